@@ -1,0 +1,88 @@
+//! Every numeric limit gyro enforces, in one place, with units last in each name.
+//!
+//! TigerBeetle's rule, adopted here: put a limit on everything, name it, and assert the relations
+//! between limits at compile time so a change to one cannot silently break another.
+
+/// RFC 6733 §3: the fixed Diameter header is 20 bytes.
+pub const HEADER_SIZE_BYTES: usize = 20;
+
+/// RFC 6733 §4.1: an AVP header is 8 bytes, 12 when the V bit adds a Vendor-ID.
+pub const AVP_HEADER_SIZE_BYTES: usize = 8;
+pub const AVP_HEADER_VENDOR_SIZE_BYTES: usize = 12;
+
+/// Largest message we accept or send. The 24-bit length field allows 16 MiB; credit-control
+/// messages are a few KiB, so anything larger is treated as a corrupt stream (RFC 6733 §3 gives
+/// no maximum; 64 KiB is what freeDiameter and most stacks use in practice).
+pub const MESSAGE_SIZE_MAX_BYTES: usize = 64 * 1024;
+
+/// Deepest Grouped-inside-Grouped nesting we decode (MSCC → USU → Tariff-Change … is 3).
+pub const AVP_NESTING_DEPTH_MAX: usize = 8;
+
+/// Most AVPs (at all nesting levels) one message may carry before we answer an error.
+pub const AVPS_PER_MESSAGE_MAX: usize = 1024;
+
+/// Most Multiple-Services-Credit-Control AVPs one CCR may carry.
+pub const MSCC_PER_REQUEST_MAX: usize = 64;
+
+/// Concurrent Diameter connections the server accepts; further ones are closed at once.
+pub const CONNECTIONS_MAX: usize = 1024;
+
+/// Requests dispatched but not yet answered on one connection; more get 3004 TOO_BUSY.
+pub const IN_FLIGHT_PER_CONNECTION_MAX: usize = 1024;
+
+/// Answers queued for one connection's writer before the reader stops reading (backpressure).
+pub const WRITE_QUEUE_PER_CONNECTION_MAX: usize = 4096;
+
+/// Bytes the writer gathers into one write syscall.
+pub const WRITE_BATCH_MAX_BYTES: usize = 256 * 1024;
+
+/// RFC 6733 §5.5.4: duplicates must be detected for at least the time a client may retransmit;
+/// 4 minutes matches TCP's 2×MSL and jDiameter's default.
+pub const DUPLICATE_WINDOW_MS: u64 = 240_000;
+
+/// Answers remembered for transport-level duplicate detection, across all peers.
+pub const DUPLICATE_ENTRIES_MAX: usize = 262_144;
+
+/// Shards of the duplicate cache; a power of two so the shard is a mask of the hash.
+pub const DUPLICATE_SHARDS: usize = 64;
+
+/// RFC 3539 §3.4.1: Tw defaults to 30 s and must not be below 6 s.
+pub const WATCHDOG_INTERVAL_MS_DEFAULT: u64 = 30_000;
+pub const WATCHDOG_INTERVAL_MS_MIN: u64 = 6_000;
+
+/// RFC 3539 §3.4.1: jitter of ±2 s around Tw, so peers do not synchronise.
+pub const WATCHDOG_JITTER_MS: u64 = 2_000;
+
+/// How long a fresh connection may take to send its CER before it is closed.
+pub const CER_TIMEOUT_MS: u64 = 10_000;
+
+/// How long we wait for DPA (and for the peer to close) during graceful shutdown.
+pub const DPA_TIMEOUT_MS: u64 = 3_000;
+
+/// Longest Error-Message text we put on the wire.
+pub const ERROR_MESSAGE_MAX_BYTES: usize = 256;
+
+/// Longest DiameterIdentity (RFC 6733 §4.3.1 derives from FQDN limits: 255 octets).
+pub const DIAMETER_IDENTITY_MAX_BYTES: usize = 255;
+
+/// Dictionary files read from one directory, and AVP definitions in a dictionary set.
+pub const DICTIONARY_FILES_MAX: usize = 256;
+pub const DICTIONARY_AVPS_MAX: usize = 65_536;
+
+const _: () = assert!(HEADER_SIZE_BYTES < MESSAGE_SIZE_MAX_BYTES);
+const _: () = assert!(MESSAGE_SIZE_MAX_BYTES < (1 << 24)); // Fits the 24-bit length field.
+const _: () = assert!(MESSAGE_SIZE_MAX_BYTES % 4 == 0);
+const _: () = assert!(WRITE_BATCH_MAX_BYTES >= MESSAGE_SIZE_MAX_BYTES);
+const _: () = assert!(DUPLICATE_SHARDS.is_power_of_two());
+const _: () = assert!(DUPLICATE_ENTRIES_MAX % DUPLICATE_SHARDS == 0);
+const _: () = assert!(WATCHDOG_INTERVAL_MS_DEFAULT >= WATCHDOG_INTERVAL_MS_MIN);
+const _: () = assert!(WATCHDOG_JITTER_MS < WATCHDOG_INTERVAL_MS_MIN);
+const _: () = assert!(IN_FLIGHT_PER_CONNECTION_MAX <= WRITE_QUEUE_PER_CONNECTION_MAX);
+const _: () = assert!(MSCC_PER_REQUEST_MAX < AVPS_PER_MESSAGE_MAX);
+
+/// A peer that does not read its answers for this long is considered dead.
+pub const WRITE_TIMEOUT_MS: u64 = 30_000;
+
+/// Bytes asked of the kernel per read; the read buffer never holds more than one maximum-size
+/// message plus one read.
+pub const READ_CHUNK_BYTES: usize = 64 * 1024;
