@@ -1,0 +1,178 @@
+//! The `gyro` command line: `serve`, `config check`, `dict check`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::diameter::{ApplicationId, Dictionary, LocalIdentity};
+use crate::net::{Server, Shared};
+use crate::peer::PeerConfig;
+
+#[derive(Debug, Parser)]
+#[command(name = "gyro", version, about = "gyro: online charging over Diameter (Gy/Ro)")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the Diameter server (embedded defaults when no --config is given).
+    Serve {
+        /// TOML configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Override diameter.listen, e.g. 127.0.0.1:3868.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Tokio worker threads (default: one per core).
+        #[arg(long)]
+        workers: Option<usize>,
+    },
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Dictionary tools.
+    Dict {
+        #[command(subcommand)]
+        command: DictCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a configuration file and print the effective settings.
+    Check { file: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DictCommand {
+    /// Validate the embedded dictionaries plus DIR (if given) and print what they hold.
+    Check { dir: Option<PathBuf> },
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { config, listen, workers } => serve(config, listen, workers),
+        Command::Config { command: ConfigCommand::Check { file } } => {
+            let cfg = Config::load(&file)?;
+            load_dictionary(&cfg)?;
+            println!("{}: OK", file.display());
+            println!("{cfg:#?}");
+            Ok(())
+        }
+        Command::Dict { command: DictCommand::Check { dir } } => {
+            let dict = match &dir {
+                Some(d) => Dictionary::embedded_and_dir(d)?,
+                None => Dictionary::embedded()?,
+            };
+            print!("{}", dict.summary());
+            println!("OK");
+            Ok(())
+        }
+    }
+}
+
+fn load_dictionary(cfg: &Config) -> anyhow::Result<Dictionary> {
+    let dict = match &cfg.diameter.dictionary_dir {
+        Some(d) => Dictionary::embedded_and_dir(d)?,
+        None => Dictionary::embedded()?,
+    };
+    Ok(dict)
+}
+
+fn init_tracing(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+}
+
+fn serve(
+    config: Option<PathBuf>,
+    listen: Option<std::net::SocketAddr>,
+    workers: Option<usize>,
+) -> anyhow::Result<()> {
+    let mut cfg = match &config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    if let Some(l) = listen {
+        cfg.diameter.listen = l;
+    }
+    init_tracing(&cfg.log.level);
+    let dict = Arc::new(load_dictionary(&cfg)?);
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all();
+    if let Some(n) = workers {
+        rt.worker_threads(n.max(1));
+    }
+    let rt = rt.build().context("cannot start the async runtime")?;
+    rt.block_on(serve_async(cfg, dict, config.is_none()))
+}
+
+async fn serve_async(cfg: Config, dict: Arc<Dictionary>, defaults: bool) -> anyhow::Result<()> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let local = LocalIdentity {
+        origin_host: cfg.diameter.origin_host.clone(),
+        origin_realm: cfg.diameter.origin_realm.clone(),
+        host_ip_addresses: cfg.host_ip_addresses(),
+        vendor_id: 0,
+        product_name: cfg.diameter.product_name.clone(),
+        firmware_revision: firmware_revision(),
+        origin_state_id: now.as_secs() as u32,
+    };
+    let peer = Arc::new(PeerConfig {
+        local,
+        dictionary: dict,
+        applications: cfg.diameter.applications.iter().map(|&a| ApplicationId(a)).collect(),
+        allowed_peers: cfg.diameter.allowed_peers.clone(),
+        watchdog_interval_ms: cfg.diameter.watchdog_interval_ms,
+    });
+    let shared = Arc::new(Shared::new(peer, Vec::new(), cfg.diameter.in_flight_per_connection));
+    let server = Server::bind(cfg.diameter.listen, shared)
+        .await
+        .with_context(|| format!("cannot listen on {} (diameter.listen)", cfg.diameter.listen))?;
+    let addr = server.local_addr()?;
+    tracing::info!(
+        %addr,
+        origin_host = %cfg.diameter.origin_host,
+        origin_realm = %cfg.diameter.origin_realm,
+        config = if defaults { "embedded defaults" } else { "file" },
+        "gyro listening for Diameter"
+    );
+    tracing::warn!("the credit-control engine is not part of this build yet: CCR is answered with 3007");
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signals(shutdown.clone()));
+    server.run(shutdown).await;
+    tracing::info!("gyro stopped");
+    Ok(())
+}
+
+/// SIGTERM and SIGINT start a graceful shutdown: stop accepting, DPR to peers, drain, exit 0.
+async fn signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    shutdown.cancel();
+}
+
+/// RFC 6733 §5.3.4 Firmware-Revision: the crate version as MMmmpp (0.1.0 → 100).
+fn firmware_revision() -> u32 {
+    let v = |s: &str| s.parse::<u32>().unwrap_or(0);
+    v(env!("CARGO_PKG_VERSION_MAJOR")) * 10_000
+        + v(env!("CARGO_PKG_VERSION_MINOR")) * 100
+        + v(env!("CARGO_PKG_VERSION_PATCH"))
+}

@@ -1,0 +1,204 @@
+//! Configuration: a TOML file (or the embedded defaults) turned into validated options.
+//!
+//! Unknown keys are errors (serde `deny_unknown_fields`), and every value check names the key,
+//! so an operator's typo is caught at start-up or by `gyro config check`, not in production.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::diameter::ApplicationId;
+use crate::limits::{DIAMETER_IDENTITY_MAX_BYTES, IN_FLIGHT_PER_CONNECTION_MAX, WATCHDOG_INTERVAL_MS_MIN};
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub diameter: DiameterConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiameterConfig {
+    /// TCP address of the Diameter listener (RFC 6733 §2.1: port 3868).
+    pub listen: SocketAddr,
+    pub origin_host: String,
+    pub origin_realm: String,
+    /// Host-IP-Address values for CEA; empty means the listen address (or 127.0.0.1 when the
+    /// listener is bound to an unspecified address).
+    pub host_ip_addresses: Vec<IpAddr>,
+    pub product_name: String,
+    /// Applications advertised in CEA.
+    pub applications: Vec<u32>,
+    /// When present, only these Origin-Hosts may connect; others get 3010 in CEA.
+    pub allowed_peers: Option<Vec<String>>,
+    /// RFC 3539 Tw, at least 6000 ms.
+    pub watchdog_interval_ms: u64,
+    /// Requests in flight per connection before 3004 TOO_BUSY.
+    pub in_flight_per_connection: usize,
+    /// Extra dictionary files (`*.xml`) loaded after the embedded ones.
+    pub dictionary_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter directive such as `info` or `gyro=debug,info`.
+    pub level: String,
+}
+
+impl Default for DiameterConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 3868),
+            origin_host: "gyro.localdomain".to_owned(),
+            origin_realm: "localdomain".to_owned(),
+            host_ip_addresses: Vec::new(),
+            product_name: "gyro".to_owned(),
+            applications: vec![ApplicationId::CREDIT_CONTROL.0],
+            allowed_peers: None,
+            watchdog_interval_ms: crate::limits::WATCHDOG_INTERVAL_MS_DEFAULT,
+            in_flight_per_connection: IN_FLIGHT_PER_CONNECTION_MAX,
+            dictionary_dir: None,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { level: "info".to_owned() }
+    }
+}
+
+
+/// A configuration problem, naming the file and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{path}: key `{key}`: {problem}")]
+    Value { path: String, key: &'static str, problem: String },
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let p = path.display().to_string();
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: p.clone(), source })?;
+        Self::parse(&p, &text)
+    }
+
+    /// Parses and validates TOML text; `origin` names it in errors.
+    pub fn parse(origin: &str, text: &str) -> Result<Self, ConfigError> {
+        let cfg: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        cfg.validate(origin)?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let err = |key, problem: String| ConfigError::Value { path: origin.to_owned(), key, problem };
+        let d = &self.diameter;
+        check_identity(&d.origin_host).map_err(|p| err("diameter.origin_host", p))?;
+        check_identity(&d.origin_realm).map_err(|p| err("diameter.origin_realm", p))?;
+        if d.product_name.is_empty() {
+            return Err(err("diameter.product_name", "must not be empty".into()));
+        }
+        if d.applications.is_empty() {
+            return Err(err(
+                "diameter.applications",
+                "must list at least one application (4 = credit control)".into(),
+            ));
+        }
+        if d.applications.contains(&0) {
+            return Err(err(
+                "diameter.applications",
+                "application 0 is never advertised (RFC 6733 §2.4)".into(),
+            ));
+        }
+        if d.watchdog_interval_ms < WATCHDOG_INTERVAL_MS_MIN {
+            return Err(err(
+                "diameter.watchdog_interval_ms",
+                format!(
+                    "{} is below the RFC 3539 minimum of {WATCHDOG_INTERVAL_MS_MIN}",
+                    d.watchdog_interval_ms
+                ),
+            ));
+        }
+        if !(1..=IN_FLIGHT_PER_CONNECTION_MAX).contains(&d.in_flight_per_connection) {
+            return Err(err(
+                "diameter.in_flight_per_connection",
+                format!("{} is outside 1..={IN_FLIGHT_PER_CONNECTION_MAX}", d.in_flight_per_connection),
+            ));
+        }
+        if let Some(peers) = &d.allowed_peers {
+            for p in peers {
+                check_identity(p).map_err(|e| err("diameter.allowed_peers", format!("`{p}`: {e}")))?;
+            }
+        }
+        if self.log.level.parse::<tracing_subscriber::EnvFilter>().is_err() {
+            return Err(err(
+                "log.level",
+                format!("`{}` is not a valid filter (try info, debug, gyro=debug)", self.log.level),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Host-IP-Address values to advertise.
+    pub fn host_ip_addresses(&self) -> Vec<IpAddr> {
+        let d = &self.diameter;
+        if !d.host_ip_addresses.is_empty() {
+            return d.host_ip_addresses.clone();
+        }
+        let ip = d.listen.ip();
+        vec![if ip.is_unspecified() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { ip }]
+    }
+}
+
+fn check_identity(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if s.len() > DIAMETER_IDENTITY_MAX_BYTES {
+        return Err(format!("longer than {DIAMETER_IDENTITY_MAX_BYTES} bytes"));
+    }
+    if !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_') {
+        return Err(format!("`{s}` is not a DiameterIdentity (letters, digits, '.', '-')"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate("defaults").unwrap();
+        let c = Config::parse("empty", "").unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Config::parse("g.toml", "[diameter]\norigin_hots = \"x\"\n").unwrap_err().to_string();
+        assert!(e.contains("origin_hots"), "{e}");
+        assert!(e.starts_with("g.toml"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = Config::parse("g.toml", "[diameter]\nwatchdog_interval_ms = 10\n").unwrap_err().to_string();
+        assert!(e.contains("diameter.watchdog_interval_ms"), "{e}");
+        let e = Config::parse("g.toml", "[diameter]\norigin_host = \"a b\"\n").unwrap_err().to_string();
+        assert!(e.contains("diameter.origin_host"), "{e}");
+        let e = Config::parse("g.toml", "[diameter]\nlisten = \"nope\"\n").unwrap_err().to_string();
+        assert!(e.contains("listen"), "{e}");
+    }
+}

@@ -1,0 +1,19 @@
+//! gyro: an online charging system speaking Diameter credit control (RFC 6733, RFC 4006/8506,
+//! 3GPP TS 32.299).
+//!
+//! # Layout
+//! - [`limits`]: every numeric limit, with compile-time checks between them.
+//! - [`diameter`]: the sans-IO wire protocol: framing, AVPs, types, dictionaries, validation.
+//! - [`peer`]: the sans-IO peer state machine (CER/DWR/DPR, watchdog, duplicate detection).
+//! - [`net`]: sockets and tasks; the only module with I/O.
+//! - [`config`]: the TOML configuration, validated into per-module options.
+//! - [`cli`]: the `gyro` command line.
+//!
+//! See ARCHITECTURE.md for the data flow and the invariants.
+
+pub mod cli;
+pub mod config;
+pub mod diameter;
+pub mod limits;
+pub mod net;
+pub mod peer;

@@ -1,0 +1,249 @@
+//! One connection's task: read, frame, run the peer state machine and the application, and
+//! write every answer produced by one read in a single write call.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{DeferredAnswer, Handled, Reply, Request, Shared};
+use crate::diameter::answer::error_answer;
+use crate::diameter::codes::{AvpCode, ResultCode};
+use crate::diameter::{frame, FrameError, MessageRef};
+use crate::limits::{HEADER_SIZE_BYTES, READ_CHUNK_BYTES, WRITE_TIMEOUT_MS};
+use crate::peer::dedupe::with_hop_by_hop;
+use crate::peer::{Action, Peer};
+
+pub(super) struct Connection {
+    stream: TcpStream,
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    peer: Peer,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    in_flight: usize,
+    tx: mpsc::UnboundedSender<DeferredAnswer>,
+    rx: mpsc::UnboundedReceiver<DeferredAnswer>,
+    /// The peer's Origin-Host, shared by the duplicate-cache keys of its requests.
+    peer_host: Option<Arc<str>>,
+}
+
+impl Connection {
+    pub(super) fn new(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>) -> Self {
+        let now = shared.now_ms();
+        let peer = Peer::new(Arc::clone(&shared.peer), now, shared.next_seed());
+        let (tx, rx) = mpsc::unbounded_channel();
+        Self {
+            stream,
+            addr,
+            shared,
+            peer,
+            rbuf: BytesMut::with_capacity(READ_CHUNK_BYTES),
+            wbuf: BytesMut::with_capacity(READ_CHUNK_BYTES),
+            in_flight: 0,
+            tx,
+            rx,
+            peer_host: None,
+        }
+    }
+
+    pub(super) async fn run(mut self, shutdown: CancellationToken) {
+        // Answers are small and latency-bound; batching happens in our buffer, not in Nagle.
+        if let Err(error) = self.stream.set_nodelay(true) {
+            tracing::warn!(%error, "TCP_NODELAY not set");
+        }
+        tracing::debug!(addr = %self.addr, "connection accepted");
+        let mut disconnecting = false;
+        loop {
+            let deadline = self.deadline();
+            self.rbuf.reserve(READ_CHUNK_BYTES);
+            let action = tokio::select! {
+                r = self.stream.read_buf(&mut self.rbuf) => match r {
+                    Ok(0) => Action::Close,
+                    Ok(_) => self.on_read(),
+                    Err(error) => {
+                        tracing::debug!(addr = %self.addr, %error, "read failed");
+                        Action::Close
+                    }
+                },
+                Some(d) = self.rx.recv() => {
+                    self.on_deferred(d);
+                    while let Ok(d) = self.rx.try_recv() {
+                        self.on_deferred(d);
+                    }
+                    Action::Continue
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    let now = self.shared.now_ms();
+                    self.peer.poll(now, &mut self.wbuf)
+                }
+                () = shutdown.cancelled(), if !disconnecting => {
+                    disconnecting = true;
+                    let now = self.shared.now_ms();
+                    self.peer.disconnect(now, &mut self.wbuf)
+                }
+            };
+            if !self.flush().await || action == Action::Close {
+                break;
+            }
+        }
+        let _ = self.stream.shutdown().await;
+        tracing::debug!(addr = %self.addr, peer = self.peer.remote().map(|r| r.origin_host.as_str()), "connection closed");
+    }
+
+    fn deadline(&self) -> tokio::time::Instant {
+        let ms = self.peer.next_deadline_ms().min(self.shared.now_ms() + 86_400_000);
+        self.shared.epoch + Duration::from_millis(ms)
+    }
+
+    /// Writes everything buffered in one call. Returns false if the connection is dead.
+    async fn flush(&mut self) -> bool {
+        if self.wbuf.is_empty() {
+            return true;
+        }
+        let write = self.stream.write_all(&self.wbuf);
+        let ok = match tokio::time::timeout(Duration::from_millis(WRITE_TIMEOUT_MS), write).await {
+            Ok(Ok(())) => true,
+            Ok(Err(error)) => {
+                tracing::debug!(addr = %self.addr, %error, "write failed");
+                false
+            }
+            Err(_) => {
+                tracing::warn!(addr = %self.addr, "peer does not read its answers; closing");
+                false
+            }
+        };
+        self.wbuf.clear();
+        ok
+    }
+
+    /// Frames and handles every whole message in the read buffer.
+    fn on_read(&mut self) -> Action {
+        loop {
+            match frame(&self.rbuf) {
+                Ok(None) => return Action::Continue,
+                Ok(Some(len)) => {
+                    let f = self.rbuf.split_to(len).freeze();
+                    if self.on_frame(&f) == Action::Close {
+                        return Action::Close;
+                    }
+                }
+                Err(e) => {
+                    self.on_corrupt(e);
+                    return Action::Close;
+                }
+            }
+        }
+    }
+
+    /// The stream cannot be framed any more: answer if the header allows it, then close
+    /// (RFC 6733 §7.1.5: 5011 for an unsupported version, 5015 for a bad message length).
+    fn on_corrupt(&mut self, e: FrameError) {
+        tracing::warn!(addr = %self.addr, error = %e, "corrupt stream; closing connection");
+        if self.rbuf.len() < HEADER_SIZE_BYTES || self.rbuf[4] & 0x80 == 0 {
+            return;
+        }
+        let mut header = [0u8; HEADER_SIZE_BYTES];
+        header.copy_from_slice(&self.rbuf[..HEADER_SIZE_BYTES]);
+        header[0] = 1;
+        header[1..4].copy_from_slice(&[0, 0, HEADER_SIZE_BYTES as u8]);
+        let Some(msg) = MessageRef::parse(&header) else { return };
+        let text = e.to_string();
+        error_answer(&mut self.wbuf, &self.shared.peer.local, &msg, e.result_code(), Some(&text), None);
+    }
+
+    fn on_frame(&mut self, f: &Bytes) -> Action {
+        let Some(msg) = MessageRef::parse(f) else {
+            // `frame` guarantees the slice is exactly one message.
+            debug_assert!(false, "framed message did not parse");
+            return Action::Close;
+        };
+        let now = self.shared.now_ms();
+        match self.peer.handle(now, &msg, &mut self.wbuf) {
+            Action::Dispatch => {
+                self.dispatch(now, &msg, f);
+                Action::Continue
+            }
+            other => other,
+        }
+    }
+
+    fn dispatch(&mut self, now: u64, msg: &MessageRef<'_>, f: &Bytes) {
+        let h = msg.header;
+        let origin_host = msg.str(AvpCode::ORIGIN_HOST);
+        // RFC 6733 §5.5.4: a request with an Origin-Host and End-to-End id we answered within
+        // the window is a duplicate; replay the answer and do not process it again.
+        if let Some(host) = origin_host {
+            if let Some(answer) = self.shared.dedupe.lookup(now, host, h.end_to_end) {
+                tracing::debug!(
+                    peer = host,
+                    e2e = h.end_to_end,
+                    t_flag = h.flags.is_retransmit(),
+                    "duplicate request; answer replayed"
+                );
+                with_hop_by_hop(&answer, h.hop_by_hop, &mut self.wbuf);
+                return;
+            }
+        }
+        let local = &self.shared.peer.local;
+        let Some(app) = self.shared.application(h.application).cloned() else {
+            let text = format!("application {} is not served by this node", h.application.0);
+            error_answer(&mut self.wbuf, local, msg, ResultCode::APPLICATION_UNSUPPORTED, Some(&text), None);
+            return;
+        };
+        if self.in_flight >= self.shared.in_flight_max {
+            // Never drop silently: the client learns at once and may try another server.
+            error_answer(
+                &mut self.wbuf,
+                local,
+                msg,
+                ResultCode::TOO_BUSY,
+                Some("too many requests in flight on this connection"),
+                None,
+            );
+            return;
+        }
+        let key = origin_host.map(|host| (self.host_key(host), h.end_to_end));
+        let reply = Reply { tx: self.tx.clone(), key: key.clone() };
+        let peer = self.peer.remote().map_or("", |r| r.origin_host.as_str());
+        let req = Request { msg: *msg, frame: f, peer };
+        let start = self.wbuf.len();
+        self.in_flight += 1;
+        match app.handle(&req, &mut self.wbuf, reply) {
+            Handled::Answered => {
+                self.in_flight -= 1;
+                if let Some((host, e2e)) = key {
+                    let answer = Bytes::copy_from_slice(&self.wbuf[start..]);
+                    self.shared.dedupe.insert(now, &host, e2e, answer);
+                }
+            }
+            Handled::Deferred => {}
+        }
+    }
+
+    fn on_deferred(&mut self, d: DeferredAnswer) {
+        debug_assert!(self.in_flight > 0);
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if let Some((host, e2e)) = &d.key {
+            self.shared.dedupe.insert(self.shared.now_ms(), host, *e2e, d.answer.clone());
+        }
+        self.wbuf.extend_from_slice(&d.answer);
+    }
+
+    /// The duplicate-cache key for a request's Origin-Host: the peer's own host is shared, a
+    /// relayed request's host is copied.
+    fn host_key(&mut self, host: &str) -> Arc<str> {
+        if self.peer_host.is_none() {
+            self.peer_host = self.peer.remote().map(|r| Arc::from(r.origin_host.as_str()));
+        }
+        match &self.peer_host {
+            Some(h) if h.eq_ignore_ascii_case(host) => Arc::clone(h),
+            _ => Arc::from(host),
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! Transport-level duplicate detection (RFC 6733 §5.5.4).
+//!
+//! "The End-to-End Identifier ... MUST remain locally unique for at least 4 minutes" and,
+//! together with the Origin-Host, "is used to detect duplicate messages". A request seen again
+//! within the window gets the answer we sent the first time, byte for byte except the
+//! Hop-by-Hop id, and is not processed again.
+//!
+//! Memory is bounded by `DUPLICATE_ENTRIES_MAX`: when full, the oldest entry is evicted even if
+//! its window has not passed (counted in `evicted_early`, so an operator can see it).
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use bytes::Bytes;
+
+use crate::limits::{DUPLICATE_ENTRIES_MAX, DUPLICATE_SHARDS, DUPLICATE_WINDOW_MS};
+
+#[derive(Debug)]
+struct Entry {
+    host: Box<str>,
+    answer: Bytes,
+    at_ms: u64,
+}
+
+#[derive(Debug, Default)]
+struct Shard {
+    map: HashMap<(u64, u32), Entry>,
+    /// Insertion order, for expiry and eviction; entries may be stale after an overwrite.
+    order: VecDeque<(u64, (u64, u32))>,
+}
+
+#[derive(Debug)]
+pub struct DuplicateCache {
+    shards: Vec<Mutex<Shard>>,
+    per_shard_max: usize,
+    window_ms: u64,
+    pub evicted_early: AtomicU64,
+    pub replayed: AtomicU64,
+}
+
+impl Default for DuplicateCache {
+    fn default() -> Self {
+        Self::new(DUPLICATE_ENTRIES_MAX, DUPLICATE_WINDOW_MS)
+    }
+}
+
+fn host_hash(host: &str) -> u64 {
+    // Origin-Host is case-insensitive (a DiameterIdentity is an FQDN).
+    let mut h = DefaultHasher::new();
+    for b in host.bytes() {
+        b.to_ascii_lowercase().hash(&mut h);
+    }
+    h.finish()
+}
+
+impl DuplicateCache {
+    pub fn new(entries_max: usize, window_ms: u64) -> Self {
+        let per_shard_max = (entries_max / DUPLICATE_SHARDS).max(1);
+        Self {
+            shards: (0..DUPLICATE_SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            per_shard_max,
+            window_ms,
+            evicted_early: AtomicU64::new(0),
+            replayed: AtomicU64::new(0),
+        }
+    }
+
+    fn shard(&self, key: (u64, u32)) -> &Mutex<Shard> {
+        let i = (key.0 ^ u64::from(key.1).wrapping_mul(0x9e37_79b9_7f4a_7c15)) as usize;
+        &self.shards[i & (DUPLICATE_SHARDS - 1)]
+    }
+
+    /// The answer sent to an earlier request with this Origin-Host and End-to-End id, if it was
+    /// sent within the window.
+    pub fn lookup(&self, now_ms: u64, origin_host: &str, end_to_end: u32) -> Option<Bytes> {
+        let key = (host_hash(origin_host), end_to_end);
+        let shard = self.shard(key).lock().unwrap_or_else(|p| p.into_inner());
+        let e = shard.map.get(&key)?;
+        let fresh = now_ms.saturating_sub(e.at_ms) < self.window_ms;
+        if fresh && e.host.eq_ignore_ascii_case(origin_host) {
+            self.replayed.fetch_add(1, Ordering::Relaxed);
+            return Some(e.answer.clone());
+        }
+        None
+    }
+
+    /// Remembers the answer to a request.
+    pub fn insert(&self, now_ms: u64, origin_host: &str, end_to_end: u32, answer: Bytes) {
+        let key = (host_hash(origin_host), end_to_end);
+        let mut shard = self.shard(key).lock().unwrap_or_else(|p| p.into_inner());
+        self.expire(&mut shard, now_ms);
+        while shard.map.len() >= self.per_shard_max {
+            let Some((at, k)) = shard.order.pop_front() else { break };
+            if shard.map.get(&k).is_some_and(|e| e.at_ms == at) {
+                shard.map.remove(&k);
+                self.evicted_early.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        shard.order.push_back((now_ms, key));
+        shard.map.insert(key, Entry { host: origin_host.into(), answer, at_ms: now_ms });
+        debug_assert!(shard.map.len() <= self.per_shard_max);
+    }
+
+    fn expire(&self, shard: &mut Shard, now_ms: u64) {
+        while let Some(&(at, k)) = shard.order.front() {
+            if now_ms.saturating_sub(at) < self.window_ms {
+                break;
+            }
+            shard.order.pop_front();
+            if shard.map.get(&k).is_some_and(|e| e.at_ms == at) {
+                shard.map.remove(&k);
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).map.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Copies a remembered answer with the Hop-by-Hop id of the retransmitted request
+/// (RFC 6733 §6.2: answers carry the Hop-by-Hop id of the request they answer).
+pub fn with_hop_by_hop(answer: &[u8], hop_by_hop: u32, out: &mut bytes::BytesMut) {
+    let start = out.len();
+    out.extend_from_slice(answer);
+    out[start + 12..start + 16].copy_from_slice(&hop_by_hop.to_be_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replays_within_window_only() {
+        let c = DuplicateCache::new(64, 1000);
+        c.insert(0, "pgw.example", 7, Bytes::from_static(b"answer"));
+        assert_eq!(c.lookup(999, "PGW.example", 7).as_deref(), Some(&b"answer"[..]));
+        assert_eq!(c.lookup(999, "other.example", 7), None);
+        assert_eq!(c.lookup(999, "pgw.example", 8), None);
+        assert_eq!(c.lookup(1000, "pgw.example", 7), None);
+    }
+
+    #[test]
+    fn memory_is_bounded() {
+        let c = DuplicateCache::new(DUPLICATE_SHARDS * 2, 1_000_000);
+        for i in 0..10_000u32 {
+            c.insert(u64::from(i), "h", i, Bytes::from_static(b"a"));
+        }
+        assert!(c.len() <= DUPLICATE_SHARDS * 2);
+        assert!(c.evicted_early.load(Ordering::Relaxed) > 0);
+    }
+}
