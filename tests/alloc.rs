@@ -1,0 +1,41 @@
+//! The decode hot path allocates nothing: frame + validate a CCR-U with a counting allocator.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use gyro::diameter::{frame, validate_request, ApplicationId, Dictionary, MessageRef};
+
+struct Counting;
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[test]
+fn decoding_a_ccr_u_allocates_nothing() {
+    let dict = Dictionary::embedded().unwrap();
+    let supported = [ApplicationId::COMMON, ApplicationId::CREDIT_CONTROL];
+    for name in ["ccr_u", "ccr_u_10mscc"] {
+        let bytes =
+            std::fs::read(format!("{}/tests/vectors/{name}.bin", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        for _ in 0..100 {
+            let len = frame(&bytes).unwrap().unwrap();
+            let msg = MessageRef::parse(&bytes[..len]).unwrap();
+            assert!(validate_request(&dict, &msg, &supported).is_ok());
+        }
+        let after = ALLOCATIONS.load(Ordering::Relaxed);
+        assert_eq!(after - before, 0, "{name}: allocations during 100 decodes");
+    }
+}

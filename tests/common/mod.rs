@@ -1,0 +1,185 @@
+//! Test harness: a server on 127.0.0.1:0 and a minimal client that speaks raw Diameter.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use gyro::diameter::encode::spec;
+use gyro::diameter::{
+    frame, ApplicationId, CommandCode, CommandFlags, Dictionary, Encoder, LocalIdentity, MessageRef,
+};
+use gyro::net::{Application, Server, Shared};
+use gyro::peer::PeerConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Every network step in tests is bounded by this.
+pub const STEP: Duration = Duration::from_secs(5);
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<()>,
+    pub shared: Arc<Shared>,
+}
+
+pub struct Options {
+    pub applications: Vec<Arc<dyn Application>>,
+    pub allowed_peers: Option<Vec<String>>,
+    pub in_flight_max: usize,
+    pub dictionary: Option<Dictionary>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { applications: Vec::new(), allowed_peers: None, in_flight_max: 1024, dictionary: None }
+    }
+}
+
+pub fn local() -> LocalIdentity {
+    LocalIdentity {
+        origin_host: "gyro.test".into(),
+        origin_realm: "test".into(),
+        host_ip_addresses: vec!["127.0.0.1".parse().unwrap()],
+        vendor_id: 0,
+        product_name: "gyro".into(),
+        firmware_revision: 1,
+        origin_state_id: 42,
+    }
+}
+
+pub async fn start(opts: Options) -> TestServer {
+    let dict = opts.dictionary.unwrap_or_else(|| Dictionary::embedded().unwrap());
+    let peer = Arc::new(PeerConfig {
+        local: local(),
+        dictionary: Arc::new(dict),
+        applications: vec![ApplicationId::CREDIT_CONTROL],
+        allowed_peers: opts.allowed_peers,
+        watchdog_interval_ms: 30_000,
+    });
+    let shared = Arc::new(Shared::new(peer, opts.applications, opts.in_flight_max));
+    let server = Server::bind("127.0.0.1:0".parse().unwrap(), Arc::clone(&shared)).await.unwrap();
+    let addr = server.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(server.run(shutdown.clone()));
+    TestServer { addr, shutdown, task, shared }
+}
+
+pub struct Client {
+    pub stream: TcpStream,
+    buf: BytesMut,
+    next_id: u32,
+    pub origin_host: String,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Self {
+        let stream = tokio::time::timeout(STEP, TcpStream::connect(addr)).await.unwrap().unwrap();
+        Self { stream, buf: BytesMut::new(), next_id: 1000, origin_host: "pgw.test".into() }
+    }
+
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        tokio::time::timeout(STEP, self.stream.write_all(bytes)).await.unwrap().unwrap();
+    }
+
+    /// Reads one whole message; None when the server closed the connection.
+    pub async fn recv(&mut self) -> Option<Bytes> {
+        loop {
+            if let Ok(Some(len)) = frame(&self.buf) {
+                return Some(self.buf.split_to(len).freeze());
+            }
+            let n = tokio::time::timeout(STEP, self.stream.read_buf(&mut self.buf))
+                .await
+                .expect("server answered in time")
+                .ok()?;
+            if n == 0 {
+                return None;
+            }
+        }
+    }
+
+    /// Expects the server to close the connection (after any pending answers were read).
+    pub async fn expect_closed(&mut self) {
+        let mut tmp = [0u8; 1024];
+        loop {
+            match tokio::time::timeout(STEP, self.stream.read(&mut tmp)).await.expect("server closed in time")
+            {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    }
+
+    pub fn ids(&mut self) -> (u32, u32) {
+        self.next_id += 1;
+        (self.next_id, self.next_id + 0x1000_0000)
+    }
+
+    /// Builds a request with Origin-Host/Realm; `body` adds the rest.
+    pub fn request(
+        &mut self,
+        command: CommandCode,
+        app: ApplicationId,
+        body: impl FnOnce(&mut Encoder<'_>),
+    ) -> Bytes {
+        let (hbh, e2e) = self.ids();
+        let mut buf = BytesMut::new();
+        let mut e = Encoder::new(&mut buf, CommandFlags(CommandFlags::REQUEST), command, app, hbh, e2e);
+        e.str(spec::ORIGIN_HOST, &self.origin_host.clone());
+        e.str(spec::ORIGIN_REALM, "test");
+        body(&mut e);
+        e.finish();
+        buf.freeze()
+    }
+
+    pub fn cer(&mut self, apps: &[u32]) -> Bytes {
+        self.request(CommandCode::CAPABILITIES_EXCHANGE, ApplicationId::COMMON, |e| {
+            e.ip(spec::HOST_IP_ADDRESS, "127.0.0.1".parse().unwrap());
+            e.u32(spec::VENDOR_ID, 10415);
+            e.str(spec::PRODUCT_NAME, "test-pgw");
+            for a in apps {
+                e.u32(spec::AUTH_APPLICATION_ID, *a);
+            }
+        })
+    }
+
+    pub fn dwr(&mut self) -> Bytes {
+        self.request(CommandCode::DEVICE_WATCHDOG, ApplicationId::COMMON, |_| {})
+    }
+
+    /// Connects and completes CER/CEA with application 4.
+    pub async fn open(addr: SocketAddr) -> Self {
+        let mut c = Self::connect(addr).await;
+        let cer = c.cer(&[4]);
+        c.send_raw(&cer).await;
+        let cea = c.recv().await.expect("CEA");
+        assert_eq!(result_code(&cea), Some(2001));
+        c
+    }
+
+    pub async fn call(&mut self, req: &[u8]) -> Bytes {
+        self.send_raw(req).await;
+        self.recv().await.expect("an answer")
+    }
+}
+
+pub fn msg(b: &Bytes) -> MessageRef<'_> {
+    MessageRef::parse(b).expect("well-framed message")
+}
+
+pub fn result_code(b: &Bytes) -> Option<u32> {
+    msg(b).u32(gyro::diameter::AvpCode::RESULT_CODE)
+}
+
+/// The Failed-AVP's first member, as (code, whole raw bytes).
+pub fn failed_avp(b: &Bytes) -> Option<(u32, Vec<u8>)> {
+    let m = msg(b);
+    let f = m.find(gyro::diameter::AvpCode::FAILED_AVP)?;
+    let inner = f.members().next()?.ok()?;
+    Some((inner.code.0, inner.raw.to_vec()))
+}

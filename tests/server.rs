@@ -1,0 +1,434 @@
+//! Server tests over real loopback sockets: peer lifecycle, every error answer, isolation of a
+//! misbehaving connection, the in-flight limit, duplicate replay and graceful shutdown.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::BytesMut;
+use common::*;
+use gyro::diameter::answer::begin_answer;
+use gyro::diameter::encode::spec;
+use gyro::diameter::{ApplicationId, AvpCode, AvpSpec, CommandCode, CommandFlags, Dictionary, ResultCode};
+use gyro::net::{Application, Handled, Reply, Request};
+
+const CCR: CommandCode = CommandCode::CREDIT_CONTROL;
+const CC: ApplicationId = ApplicationId::CREDIT_CONTROL;
+
+/// Answers every request with 2001 and counts how often it ran.
+#[derive(Default)]
+struct Counting {
+    calls: AtomicUsize,
+}
+
+impl Application for Counting {
+    fn id(&self) -> ApplicationId {
+        CC
+    }
+    fn handle(&self, req: &Request<'_>, out: &mut BytesMut, _reply: Reply) -> Handled {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) as u32;
+        let mut e = begin_answer(out, &req.msg, ResultCode::SUCCESS);
+        if let Some(s) = req.msg.find(AvpCode::SESSION_ID) {
+            e.raw(s.raw);
+        }
+        e.u32(spec::RESULT_CODE, 2001).str(spec::ORIGIN_HOST, "gyro.test").str(spec::ORIGIN_REALM, "test");
+        e.u32(AvpSpec::mandatory(415), n);
+        e.finish();
+        Handled::Answered
+    }
+}
+
+/// Keeps every request in flight forever.
+#[derive(Default)]
+struct Deferring {
+    held: Mutex<Vec<Reply>>,
+}
+
+impl Application for Deferring {
+    fn id(&self) -> ApplicationId {
+        CC
+    }
+    fn handle(&self, _req: &Request<'_>, _out: &mut BytesMut, reply: Reply) -> Handled {
+        self.held.lock().unwrap().push(reply);
+        Handled::Deferred
+    }
+}
+
+fn ccr(c: &mut Client, session: &str) -> bytes::Bytes {
+    let req = c.request(CCR, CC, |e| {
+        e.str(spec::DESTINATION_REALM, "test");
+        e.u32(spec::AUTH_APPLICATION_ID, 4);
+        e.str(AvpSpec::mandatory(461), "32251@3gpp.org");
+        e.u32(AvpSpec::mandatory(416), 2);
+        e.u32(AvpSpec::mandatory(415), 1);
+    });
+    with_session(req, session)
+}
+
+/// Rebuilds a message with a Session-Id as its first AVP.
+fn with_session(b: bytes::Bytes, session: &str) -> bytes::Bytes {
+    let m = msg(&b);
+    let h = m.header;
+    let mut out = BytesMut::new();
+    let mut e =
+        gyro::diameter::Encoder::new(&mut out, h.flags, h.command, h.application, h.hop_by_hop, h.end_to_end);
+    e.str(spec::SESSION_ID, session);
+    e.raw(m.body);
+    e.finish();
+    out.freeze()
+}
+
+#[tokio::test]
+async fn cer_dwr_dpr() {
+    let s = start(Options::default()).await;
+    let mut c = Client::connect(s.addr).await;
+    let cer = c.cer(&[4]);
+    let cea = c.call(&cer).await;
+    let m = msg(&cea);
+    assert!(!m.header.flags.is_request());
+    assert_eq!(m.header.command, CommandCode::CAPABILITIES_EXCHANGE);
+    assert_eq!(m.header.hop_by_hop, msg(&cer).header.hop_by_hop);
+    assert_eq!(m.header.end_to_end, msg(&cer).header.end_to_end);
+    assert_eq!(m.u32(AvpCode::RESULT_CODE), Some(2001));
+    assert_eq!(m.str(AvpCode::ORIGIN_HOST), Some("gyro.test"));
+    assert_eq!(m.str(AvpCode::ORIGIN_REALM), Some("test"));
+    assert_eq!(m.str(AvpCode::PRODUCT_NAME), Some("gyro"));
+    assert_eq!(m.u32(AvpCode::AUTH_APPLICATION_ID), Some(4));
+    assert_eq!(m.u32(AvpCode::SUPPORTED_VENDOR_ID), Some(10415));
+    assert!(m.find(AvpCode::HOST_IP_ADDRESS).is_some());
+    assert!(m.find(AvpCode::VENDOR_SPECIFIC_APPLICATION_ID).is_some());
+
+    let dwr = c.dwr();
+    let dwa = c.call(&dwr).await;
+    assert_eq!(msg(&dwa).header.command, CommandCode::DEVICE_WATCHDOG);
+    assert_eq!(result_code(&dwa), Some(2001));
+
+    let dpr = c.request(CommandCode::DISCONNECT_PEER, ApplicationId::COMMON, |e| {
+        e.u32(spec::DISCONNECT_CAUSE, 0);
+    });
+    let dpa = c.call(&dpr).await;
+    assert_eq!(msg(&dpa).header.command, CommandCode::DISCONNECT_PEER);
+    assert_eq!(result_code(&dpa), Some(2001));
+    c.expect_closed().await;
+}
+
+#[tokio::test]
+async fn request_before_cer_is_refused() {
+    let s = start(Options::default()).await;
+    let mut c = Client::connect(s.addr).await;
+    let dwr = c.dwr();
+    let a = c.call(&dwr).await;
+    assert_eq!(result_code(&a), Some(3010));
+    assert!(msg(&a).header.flags.is_error());
+    c.expect_closed().await;
+}
+
+#[tokio::test]
+async fn no_common_application_gets_5010() {
+    let s = start(Options::default()).await;
+    let mut c = Client::connect(s.addr).await;
+    let cer = c.cer(&[16_777_238]);
+    let a = c.call(&cer).await;
+    assert_eq!(result_code(&a), Some(5010));
+    c.expect_closed().await;
+}
+
+#[tokio::test]
+async fn allowlist_refuses_unknown_peer() {
+    let s = start(Options { allowed_peers: Some(vec!["pgw.allowed".into()]), ..Options::default() }).await;
+    let mut c = Client::connect(s.addr).await;
+    let cer = c.cer(&[4]);
+    let a = c.call(&cer).await;
+    assert_eq!(result_code(&a), Some(3010));
+    assert!(msg(&a).header.flags.is_error());
+    c.expect_closed().await;
+
+    let mut ok = Client::connect(s.addr).await;
+    ok.origin_host = "PGW.allowed".into();
+    let cer = ok.cer(&[4]);
+    assert_eq!(result_code(&ok.call(&cer).await), Some(2001));
+}
+
+#[tokio::test]
+async fn unknown_command_gets_3001_and_connection_stays_up() {
+    let s = start(Options::default()).await;
+    let mut c = Client::open(s.addr).await;
+    let req = c.request(CommandCode(999), ApplicationId::COMMON, |_| {});
+    let a = c.call(&req).await;
+    assert_eq!(result_code(&a), Some(3001));
+    assert!(msg(&a).header.flags.is_error());
+    assert_eq!(msg(&a).header.command, CommandCode(999));
+    let dwr = c.dwr();
+    assert_eq!(result_code(&c.call(&dwr).await), Some(2001));
+}
+
+#[tokio::test]
+async fn ccr_without_engine_gets_3007() {
+    let s = start(Options::default()).await;
+    let mut c = Client::open(s.addr).await;
+    let req = ccr(&mut c, "s1");
+    let a = c.call(&req).await;
+    assert_eq!(result_code(&a), Some(3007));
+    assert!(msg(&a).header.flags.is_error());
+    assert_eq!(msg(&a).str(AvpCode::SESSION_ID), Some("s1"), "Session-Id echoed");
+    // An application the peer never negotiated is 3007 too.
+    let req = c.request(CCR, ApplicationId(16_777_238), |_| {});
+    assert_eq!(result_code(&c.call(&req).await), Some(3007));
+}
+
+#[tokio::test]
+async fn e_bit_on_request_gets_3008() {
+    let s = start(Options::default()).await;
+    let mut c = Client::open(s.addr).await;
+    let mut req = c.dwr().to_vec();
+    req[4] |= CommandFlags::ERROR;
+    let a = c.call(&req).await;
+    assert_eq!(result_code(&a), Some(3008));
+    assert!(msg(&a).header.flags.is_error());
+}
+
+#[tokio::test]
+async fn avp_errors_get_the_right_result_code_and_failed_avp() {
+    let s = start(Options::default()).await;
+    let mut c = Client::open(s.addr).await;
+
+    // 5001: unknown AVP with the M bit; Failed-AVP holds it.
+    let req = c.request(CommandCode::DEVICE_WATCHDOG, ApplicationId::COMMON, |e| {
+        e.u32(AvpSpec::mandatory(99_999), 7);
+    });
+    let a = c.call(&req).await;
+    assert_eq!(result_code(&a), Some(5001));
+    let (code, raw) = failed_avp(&a).unwrap();
+    assert_eq!(code, 99_999);
+    assert_eq!(&raw[8..12], &7u32.to_be_bytes());
+
+    // Unknown AVP without the M bit: ignored.
+    let req = c.request(CommandCode::DEVICE_WATCHDOG, ApplicationId::COMMON, |e| {
+        e.u32(AvpSpec::optional(99_999), 7);
+    });
+    assert_eq!(result_code(&c.call(&req).await), Some(2001));
+
+    // 5009: Origin-Host twice.
+    let req = c.request(CommandCode::DEVICE_WATCHDOG, ApplicationId::COMMON, |e| {
+        e.str(spec::ORIGIN_HOST, "again.test");
+    });
+    let a = c.call(&req).await;
+    assert_eq!(result_code(&a), Some(5009));
+    assert_eq!(failed_avp(&a).unwrap().0, 264);
+
+    // 5005: DWR without Origin-Realm; Failed-AVP holds a zero-filled example.
+    let (hbh, e2e) = c.ids();
+    let mut b = BytesMut::new();
+    let mut e = gyro::diameter::Encoder::new(
+        &mut b,
+        CommandFlags(CommandFlags::REQUEST),
+        CommandCode::DEVICE_WATCHDOG,
+        ApplicationId::COMMON,
+        hbh,
+        e2e,
+    );
+    e.str(spec::ORIGIN_HOST, "pgw.test");
+    e.finish();
+    let a = c.call(&b).await;
+    assert_eq!(result_code(&a), Some(5005));
+    let (code, raw) = failed_avp(&a).unwrap();
+    assert_eq!(code, 296);
+    assert_eq!(raw.len(), 9, "header + 1 zero byte, the minimum DiameterIdentity");
+    assert!(msg(&a).str(AvpCode::ERROR_MESSAGE).unwrap().contains("Origin-Realm"));
+
+    // 5004: an Origin-Host that is not a DiameterIdentity.
+    let req = c.request(CommandCode::DEVICE_WATCHDOG, ApplicationId::COMMON, |e| {
+        e.u32(spec::ORIGIN_STATE_ID, 1);
+    });
+    let mut bad = req.to_vec();
+    let pos = bad.windows(8).position(|w| w == b"pgw.test").unwrap();
+    bad[pos + 3] = b' ';
+    let a = c.call(&bad).await;
+    assert_eq!(result_code(&a), Some(5004));
+
+    // 5014: an Unsigned32 with 3 bytes of data.
+    let req = c.request(CommandCode::DEVICE_WATCHDOG, ApplicationId::COMMON, |e| {
+        e.bytes(spec::ORIGIN_STATE_ID, &[0, 0, 1]);
+    });
+    let a = c.call(&req).await;
+    assert_eq!(result_code(&a), Some(5014));
+    assert_eq!(failed_avp(&a).unwrap().0, 278);
+
+    // 5014: an AVP whose length runs past the message; the stream stays in sync.
+    let mut bad = c.dwr().to_vec();
+    let n = bad.len();
+    bad.extend_from_slice(&[0, 0, 1, 22, 0x40, 0, 0, 200]);
+    bad[1..4].copy_from_slice(&((n + 8) as u32).to_be_bytes()[1..]);
+    let a = c.call(&bad).await;
+    assert_eq!(result_code(&a), Some(5014));
+    assert_eq!(failed_avp(&a).unwrap().0, 278, "code of the overrunning AVP");
+
+    // 3009: Error-Message (M bit must not be set, RFC 6733 §7.3) with the M bit.
+    let req = c.request(CommandCode::DEVICE_WATCHDOG, ApplicationId::COMMON, |e| {
+        e.str(AvpSpec::mandatory(281), "oops");
+    });
+    assert_eq!(result_code(&c.call(&req).await), Some(3009));
+
+    // After all of that the connection still works.
+    let dwr = c.dwr();
+    assert_eq!(result_code(&c.call(&dwr).await), Some(2001));
+}
+
+#[tokio::test]
+async fn avp_not_allowed_gets_5008() {
+    let extra = r#"<dictionary>
+      <application id="0" name="Test">
+        <command code="8388000" name="Test-Forbidden" short="TF">
+          <request><rule avp="Origin-Host" min="1" max="1"/><rule avp="Result-Code" max="0"/></request>
+          <answer><rule avp="Result-Code" min="1" max="1"/></answer>
+        </command>
+      </application>
+    </dictionary>"#;
+    let sources = gyro::diameter::dictionary::EMBEDDED
+        .iter()
+        .map(|(n, t)| ((*n).to_owned(), (*t).to_owned()))
+        .chain([("test.xml".to_owned(), extra.to_owned())]);
+    let dict = Dictionary::from_sources(sources).unwrap();
+    let s = start(Options { dictionary: Some(dict), ..Options::default() }).await;
+    let mut c = Client::open(s.addr).await;
+    let req = c.request(CommandCode(8_388_000), ApplicationId::COMMON, |e| {
+        e.u32(spec::RESULT_CODE, 2001);
+    });
+    let a = c.call(&req).await;
+    assert_eq!(result_code(&a), Some(5008));
+    assert_eq!(failed_avp(&a).unwrap().0, 268);
+}
+
+#[tokio::test]
+async fn corrupt_streams_are_answered_then_closed() {
+    let s = start(Options::default()).await;
+    // 5015: length not a multiple of 4.
+    let mut c = Client::open(s.addr).await;
+    let mut bad = c.dwr().to_vec();
+    bad.push(0);
+    let n = bad.len() as u32;
+    bad[1..4].copy_from_slice(&n.to_be_bytes()[1..]);
+    let a = c.call(&bad).await;
+    assert_eq!(result_code(&a), Some(5015));
+    c.expect_closed().await;
+
+    // 5011: version 2.
+    let mut c = Client::open(s.addr).await;
+    let mut bad = c.dwr().to_vec();
+    bad[0] = 2;
+    let a = c.call(&bad).await;
+    assert_eq!(result_code(&a), Some(5011));
+    c.expect_closed().await;
+}
+
+#[tokio::test]
+async fn misbehaving_connections_do_not_disturb_a_good_peer() {
+    let s = start(Options { applications: vec![Arc::new(Counting::default())], ..Options::default() }).await;
+    let mut good = Client::open(s.addr).await;
+
+    let mut garbage = Client::connect(s.addr).await;
+    garbage.send_raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let mut half = Client::open(s.addr).await;
+    let dwr = half.dwr();
+    half.send_raw(&dwr[..dwr.len() / 2]).await;
+    let mut huge = Client::open(s.addr).await;
+    huge.send_raw(&[1, 0xff, 0xff, 0xfc, 0x80, 0, 1, 24]).await;
+    huge.send_raw(&[0u8; 4096]).await;
+
+    for i in 0..50 {
+        let req = ccr(&mut good, &format!("good;{i}"));
+        let a = good.call(&req).await;
+        assert_eq!(result_code(&a), Some(2001));
+        let dwr = good.dwr();
+        assert_eq!(result_code(&good.call(&dwr).await), Some(2001));
+    }
+    garbage.expect_closed().await;
+    huge.expect_closed().await;
+    // The stalled peer is still connected (its watchdog will deal with it) and the rest of its
+    // message completes normally.
+    half.send_raw(&dwr[dwr.len() / 2..]).await;
+    assert_eq!(result_code(&half.recv().await.unwrap()), Some(2001));
+}
+
+#[tokio::test]
+async fn in_flight_limit_answers_3004() {
+    let app = Arc::new(Deferring::default());
+    let s = start(Options { applications: vec![app.clone()], in_flight_max: 4, ..Options::default() }).await;
+    let mut c = Client::open(s.addr).await;
+    let mut batch = Vec::new();
+    for i in 0..6 {
+        batch.extend_from_slice(&ccr(&mut c, &format!("s;{i}")));
+    }
+    c.send_raw(&batch).await;
+    for _ in 0..2 {
+        let a = c.recv().await.unwrap();
+        assert_eq!(result_code(&a), Some(3004));
+        assert!(msg(&a).header.flags.is_error());
+    }
+    assert_eq!(app.held.lock().unwrap().len(), 4);
+    // Answering one frees a slot.
+    let reply = app.held.lock().unwrap().pop().unwrap();
+    let mut b = BytesMut::new();
+    let req = ccr(&mut c, "late");
+    let mut e = begin_answer(&mut b, &msg(&req), ResultCode::SUCCESS);
+    e.u32(spec::RESULT_CODE, 2001);
+    e.finish();
+    reply.send(b.freeze());
+    let a = c.recv().await.unwrap();
+    assert_eq!(result_code(&a), Some(2001));
+    let req = ccr(&mut c, "s;after");
+    c.send_raw(&req).await;
+    // The freed slot admits the next request: it is dispatched, not answered 3004.
+    tokio::time::timeout(STEP, async {
+        while app.held.lock().unwrap().len() < 4 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn duplicate_request_gets_the_original_answer() {
+    let app = Arc::new(Counting::default());
+    let s = start(Options { applications: vec![app.clone()], ..Options::default() }).await;
+    let mut c = Client::open(s.addr).await;
+    let req = ccr(&mut c, "dup;1");
+    let first = c.call(&req).await;
+    // Retransmission on another connection, with the T flag and a new Hop-by-Hop id.
+    let mut again = req.to_vec();
+    again[4] |= CommandFlags::RETRANSMIT;
+    again[12..16].copy_from_slice(&0xabcd_ef01u32.to_be_bytes());
+    let mut c2 = Client::open(s.addr).await;
+    let second = c2.call(&again).await;
+    assert_eq!(app.calls.load(Ordering::SeqCst), 1, "processed once");
+    assert_eq!(msg(&second).header.hop_by_hop, 0xabcd_ef01);
+    assert_eq!(&first[..12], &second[..12]);
+    assert_eq!(&first[16..], &second[16..]);
+    // A different End-to-End id is a new request.
+    let req2 = ccr(&mut c, "dup;1");
+    c.call(&req2).await;
+    assert_eq!(app.calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn graceful_shutdown_sends_dpr_and_drains() {
+    let s = start(Options::default()).await;
+    let mut c = Client::open(s.addr).await;
+    s.shutdown.cancel();
+    let dpr = c.recv().await.expect("DPR");
+    let m = msg(&dpr);
+    assert!(m.header.flags.is_request());
+    assert_eq!(m.header.command, CommandCode::DISCONNECT_PEER);
+    assert_eq!(m.u32(AvpCode::DISCONNECT_CAUSE), Some(0));
+    let mut b = BytesMut::new();
+    let mut e = begin_answer(&mut b, &m, ResultCode::SUCCESS);
+    e.u32(spec::RESULT_CODE, 2001).str(spec::ORIGIN_HOST, "pgw.test").str(spec::ORIGIN_REALM, "test");
+    e.finish();
+    c.send_raw(&b).await;
+    c.expect_closed().await;
+    tokio::time::timeout(STEP, s.task).await.expect("server stopped in time").unwrap();
+    // No new connections are accepted.
+    assert!(tokio::net::TcpStream::connect(s.addr).await.is_err());
+}
