@@ -71,7 +71,6 @@ impl Default for LogConfig {
     }
 }
 
-
 /// A configuration problem, naming the file and the key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

@@ -4,8 +4,6 @@
 //! nothing. Iteration stops at the first malformed AVP, because after a bad length the rest of
 //! the buffer cannot be trusted; the error says which AVP and why.
 
-use nom::number::complete::{be_u24, be_u32, be_u8};
-
 use super::codes::{AvpCode, VendorId};
 use crate::limits::{AVP_HEADER_SIZE_BYTES, AVP_HEADER_VENDOR_SIZE_BYTES};
 
@@ -89,21 +87,6 @@ impl<'a> AvpIter<'a> {
     }
 }
 
-struct RawHeader {
-    code: u32,
-    flags: u8,
-    length: u32,
-    vendor: u32,
-}
-
-fn parse_avp_header(i: &[u8]) -> nom::IResult<&[u8], RawHeader> {
-    let (i, code) = be_u32(i)?;
-    let (i, flags) = be_u8(i)?;
-    let (i, length) = be_u24(i)?;
-    let (i, vendor) = if flags & AvpFlags::VENDOR != 0 { be_u32(i)? } else { (i, 0) };
-    Ok((i, RawHeader { code, flags, length, vendor }))
-}
-
 impl<'a> Iterator for AvpIter<'a> {
     type Item = Result<AvpRef<'a>, AvpFrameError>;
 
@@ -112,24 +95,37 @@ impl<'a> Iterator for AvpIter<'a> {
             return None;
         }
         let rest = &self.buf[self.pos..];
-        let Ok((_, h)) = parse_avp_header(rest) else {
+        // The 8 fixed header bytes, then the Vendor-ID when the V bit is set (RFC 6733 §4.1).
+        // Read by hand: this runs for every AVP of every message, and a measured nom version
+        // cost twice the instructions for the same checks.
+        let Some(&[c0, c1, c2, c3, flags, l0, l1, l2]) = rest.first_chunk::<8>() else {
             self.failed = true;
             return Some(Err(AvpFrameError::TruncatedHeader { remaining: rest.len() }));
         };
-        let code = AvpCode(h.code);
-        let vendor = VendorId(h.vendor);
-        let header_len = if h.flags & AvpFlags::VENDOR != 0 {
-            AVP_HEADER_VENDOR_SIZE_BYTES
+        let vendor_flag = flags & AvpFlags::VENDOR != 0;
+        let vendor = if vendor_flag {
+            match rest.get(8..12) {
+                Some(&[v0, v1, v2, v3]) => u32::from_be_bytes([v0, v1, v2, v3]),
+                _ => {
+                    self.failed = true;
+                    return Some(Err(AvpFrameError::TruncatedHeader { remaining: rest.len() }));
+                }
+            }
         } else {
-            AVP_HEADER_SIZE_BYTES
+            0
         };
-        let length = h.length as usize;
+        let h_code = u32::from_be_bytes([c0, c1, c2, c3]);
+        let h_length = u32::from_be_bytes([0, l0, l1, l2]);
+        let code = AvpCode(h_code);
+        let vendor = VendorId(vendor);
+        let header_len = if vendor_flag { AVP_HEADER_VENDOR_SIZE_BYTES } else { AVP_HEADER_SIZE_BYTES };
+        let length = h_length as usize;
         if length < header_len {
             self.failed = true;
             return Some(Err(AvpFrameError::LengthTooShort {
                 code,
                 vendor,
-                length: h.length,
+                length: h_length,
                 offset: self.pos,
             }));
         }
@@ -138,11 +134,11 @@ impl<'a> Iterator for AvpIter<'a> {
         let padded = (length + 3) & !3;
         if padded > rest.len() {
             self.failed = true;
-            return Some(Err(AvpFrameError::Overrun { code, vendor, length: h.length, offset: self.pos }));
+            return Some(Err(AvpFrameError::Overrun { code, vendor, length: h_length, offset: self.pos }));
         }
         let avp = AvpRef {
             code,
-            flags: AvpFlags(h.flags),
+            flags: AvpFlags(flags),
             vendor,
             data: &rest[header_len..length],
             raw: &rest[..length],

@@ -42,6 +42,74 @@ pub struct Rule {
     pub max: u16,
 }
 
+/// The member rules of a command or Grouped AVP, with an index sorted by AVP so validation
+/// finds an AVP's rule by binary search instead of scanning up to `RULES_PER_GROUP_MAX` rules.
+#[derive(Clone, Debug, Default)]
+pub struct RuleSet {
+    rules: Vec<Rule>,
+    /// Position + 1 of each AVP's rule, indexed by AVP index (0: no rule). One byte per AVP of
+    /// the dictionary: validation finds a member's rule with one load instead of a search.
+    slots: Vec<u8>,
+    /// Positions of the rules with `min > 0`, the only ones checked after the walk.
+    required: Vec<u8>,
+}
+
+impl RuleSet {
+    pub const EMPTY: Self = Self { rules: Vec::new(), slots: Vec::new(), required: Vec::new() };
+
+    fn new(rules: Vec<Rule>, avp_count: usize) -> Self {
+        assert!(rules.len() < RULES_PER_GROUP_MAX.min(255), "checked when the dictionary is resolved");
+        let mut slots = vec![0u8; if rules.is_empty() { 0 } else { avp_count }];
+        for (i, r) in rules.iter().enumerate() {
+            slots[r.avp.0 as usize] = i as u8 + 1;
+        }
+        let required = (0..rules.len()).filter(|&i| rules[i].min > 0).map(|i| i as u8).collect();
+        Self { rules, slots, required }
+    }
+
+    fn push(&mut self, rule: Rule, avp_count: usize) {
+        let mut rules = std::mem::take(&mut self.rules);
+        rules.push(rule);
+        *self = Self::new(rules, avp_count);
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// Positions of the rules that require at least one occurrence.
+    pub fn required(&self) -> impl Iterator<Item = usize> + '_ {
+        self.required.iter().map(|&i| usize::from(i))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// The position of the rule for `avp`, if the group has one.
+    #[inline]
+    pub fn slot(&self, avp: AvpIndex) -> Option<usize> {
+        match self.slots.get(avp.0 as usize) {
+            Some(&s) if s > 0 => Some(usize::from(s - 1)),
+            _ => None,
+        }
+    }
+}
+
+/// Validation facts of one AVP (see [`Dictionary::hot`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct HotAvp {
+    pub ty: AvpType,
+    /// The definition forbids the M bit.
+    pub must_not_mandatory: bool,
+    /// The definition lists enumeration values.
+    pub has_enums: bool,
+}
+
 #[derive(Clone, Debug)]
 pub struct AvpDef {
     pub name: String,
@@ -53,7 +121,7 @@ pub struct AvpDef {
     /// Sorted by value.
     pub enums: Vec<(i32, String)>,
     /// Members of a Grouped AVP.
-    pub rules: Vec<Rule>,
+    pub rules: RuleSet,
     pub source: Location,
 }
 
@@ -69,8 +137,8 @@ pub struct CommandDef {
     pub short: String,
     pub code: CommandCode,
     pub application: ApplicationId,
-    pub request: Vec<Rule>,
-    pub answer: Vec<Rule>,
+    pub request: RuleSet,
+    pub answer: RuleSet,
 }
 
 #[derive(Clone, Debug)]
@@ -108,6 +176,7 @@ const DIRECT_CODES: usize = 4096;
 #[derive(Debug)]
 pub struct Dictionary {
     avps: Vec<AvpDef>,
+    hot: Vec<HotAvp>,
     /// Direct index for vendor-0 and 3GPP codes below 4096: the hot path of validation looks
     /// up every AVP, and an array read is several times cheaper than hashing.
     direct_ietf: Vec<u32>,
@@ -157,9 +226,21 @@ impl Dictionary {
         } else if c < DIRECT_CODES && vendor == VendorId::TGPP {
             self.direct_tgpp[c]
         } else {
-            *self.by_code.get(&(code.0, vendor.0))?
+            return self.lookup_hashed(code, vendor);
         };
         (i != NONE).then_some(AvpIndex(i))
+    }
+
+    #[cold]
+    fn lookup_hashed(&self, code: AvpCode, vendor: VendorId) -> Option<AvpIndex> {
+        self.by_code.get(&(code.0, vendor.0)).map(|&i| AvpIndex(i))
+    }
+
+    /// The few facts validation needs about an AVP, packed together so the walk over a
+    /// message touches one small array instead of the full definitions.
+    #[inline]
+    pub fn hot(&self, i: AvpIndex) -> HotAvp {
+        self.hot[i.0 as usize]
     }
 
     pub fn by_name(&self, name: &str) -> Option<AvpIndex> {
@@ -332,6 +413,9 @@ enum Target {
 struct Parser<'t> {
     file: &'t str,
     text: &'t str,
+    /// Line counting resumes from the last position asked for, so it is linear in the file
+    /// (positions only move forward while parsing; an earlier one restarts the count).
+    cursor: std::cell::Cell<(usize, usize)>,
 }
 
 impl Parser<'_> {
@@ -341,7 +425,13 @@ impl Parser<'_> {
         let pos = pos.min(self.text.len());
         let blanks = self.text.as_bytes()[pos..].iter().take_while(|b| b.is_ascii_whitespace()).count();
         let pos = pos + blanks;
-        self.text.as_bytes()[..pos].iter().filter(|&&b| b == b'\n').count() + 1
+        let (mut from, mut line) = self.cursor.get();
+        if pos < from {
+            (from, line) = (0, 1);
+        }
+        line += self.text.as_bytes()[from..pos].iter().filter(|&&b| b == b'\n').count();
+        self.cursor.set((pos, line));
+        line
     }
 
     fn err(&self, pos: usize, problem: impl Into<String>) -> DictError {
@@ -480,7 +570,7 @@ fn parse_avp(p: &Parser<'_>, pos: usize, attrs: &[(String, String)]) -> Result<R
 }
 
 fn parse_file(file: &str, text: &str, raw: &mut RawSet) -> Result<(), DictError> {
-    let p = Parser { file, text };
+    let p = Parser { file, text, cursor: std::cell::Cell::new((0, 1)) };
     let mut reader = Reader::from_str(text);
     reader.config_mut().trim_text(true);
     let mut stack: Vec<String> = Vec::new();
@@ -691,12 +781,13 @@ impl RawSet {
             }
             Ok(out)
         };
-        let mut avps: Vec<AvpDef> = Vec::with_capacity(kept.len());
+        let avp_count = kept.len();
+        let mut avps: Vec<AvpDef> = Vec::with_capacity(avp_count);
         for (a, rules) in kept.into_iter().zip(&rules_raw) {
             let mut enums = a.enums;
             enums.sort_unstable_by_key(|(k, _)| *k);
             avps.push(AvpDef {
-                rules: resolve(rules)?,
+                rules: RuleSet::new(resolve(rules)?, avp_count),
                 name: a.name,
                 code: AvpCode(a.code),
                 vendor: VendorId(a.vendor),
@@ -723,7 +814,7 @@ impl RawSet {
             }
             let extra = resolve(&all)?;
             for r in extra {
-                if avps[i as usize].rules.iter().any(|t| t.avp == r.avp) {
+                if avps[i as usize].rules.slot(r.avp).is_some() {
                     let name = &avps[r.avp.0 as usize].name;
                     return Err(at_err(&x.at, format!("<extend avp=\"{}\"> repeats member `{name}`", x.avp)));
                 }
@@ -731,7 +822,7 @@ impl RawSet {
                 if target.len() == RULES_PER_GROUP_MAX {
                     return Err(at_err(&x.at, format!("more than {RULES_PER_GROUP_MAX} rules in one group")));
                 }
-                target.push(r);
+                target.push(r, avp_count);
             }
         }
         let mut commands = Vec::with_capacity(self.commands.len());
@@ -751,8 +842,8 @@ impl RawSet {
                 short: c.short.clone(),
                 code: CommandCode(c.code),
                 application: ApplicationId(c.application),
-                request: resolve(&c.request)?,
-                answer: resolve(&c.answer)?,
+                request: RuleSet::new(resolve(&c.request)?, avp_count),
+                answer: RuleSet::new(resolve(&c.answer)?, avp_count),
             });
         }
         let mut direct_ietf = vec![NONE; DIRECT_CODES];
@@ -764,8 +855,17 @@ impl RawSet {
                 direct_tgpp[code as usize] = i;
             }
         }
+        let hot = avps
+            .iter()
+            .map(|a| HotAvp {
+                ty: a.ty,
+                must_not_mandatory: a.must_not.0 & AvpFlags::MANDATORY != 0,
+                has_enums: !a.enums.is_empty(),
+            })
+            .collect();
         Ok(Dictionary {
             avps,
+            hot,
             direct_ietf,
             direct_tgpp,
             by_code,
@@ -831,7 +931,7 @@ mod tests {
         let i = d.lookup(AvpCode(264), VendorId(0)).unwrap();
         assert_eq!(d.avp(i).name, "Origin-Host");
         let c = d.command(ApplicationId(4), CommandCode(280)).unwrap();
-        assert_eq!(c.request[0].min, 1);
+        assert_eq!(c.request.rules()[0].min, 1);
     }
 
     #[test]

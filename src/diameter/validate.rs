@@ -6,9 +6,9 @@
 
 use super::avp::{avp_header_len, AvpFlags, AvpFrameError, AvpIter, AvpRef};
 use super::codes::{ApplicationId, AvpCode, ResultCode, VendorId};
-use super::dictionary::{CommandDef, Dictionary, Rule, RULES_PER_GROUP_MAX};
+use super::dictionary::{CommandDef, Dictionary, Rule, RuleSet, RULES_PER_GROUP_MAX};
 use super::message::MessageRef;
-use super::types::{decode_value, AvpType, Value, ValueError};
+use super::types::{self, AvpType, ValueError};
 use crate::limits::{AVPS_PER_MESSAGE_MAX, AVP_NESTING_DEPTH_MAX};
 
 /// What is wrong with a message. Each maps to one Result-Code (RFC 6733 §7.1).
@@ -122,14 +122,21 @@ pub fn validate_request<'d>(
         return Err(Invalid::bare(Violation::InvalidHeaderBits));
     }
     let command = command_for(dict, msg, supported)?;
-    check_framing(dict, msg.body)?;
-    check_group(dict, &command.request, msg.body, 0, &mut 0)?;
+    check_body(dict, &command.request, msg.body)?;
     Ok(command)
 }
 
-/// A top-level AVP that cannot be framed makes every judgement about the other AVPs unsafe
-/// (a skipped padding shifts all that follows), so framing is checked before content: 5014
-/// wins over an earlier AVP's flags or value.
+/// Validates a message body. A top-level AVP that cannot be framed makes every judgement about
+/// the other AVPs unsafe (a skipped padding shifts all that follows), so when content is wrong
+/// the rest of the body is framed too, and 5014 wins over an earlier AVP's flags or value. On
+/// the happy path the body is walked once.
+fn check_body(dict: &Dictionary, rules: &RuleSet, body: &[u8]) -> Result<(), Invalid> {
+    check_group(dict, rules, body, 0, &mut 0).map_err(|e| match check_framing(dict, body) {
+        Err(framing) => framing,
+        Ok(()) => e,
+    })
+}
+
 fn check_framing(dict: &Dictionary, body: &[u8]) -> Result<(), Invalid> {
     for item in AvpIter::new(body) {
         item.map_err(|e| frame_invalid(dict, body, e))?;
@@ -146,9 +153,8 @@ pub fn validate_answer<'d>(
     let command = command_for(dict, msg, supported)?;
     // RFC 6733 §7.2: an answer with the E bit follows the generic error format, not the
     // command's ABNF, so only its AVPs' framing and values are checked.
-    let rules: &[Rule] = if msg.header.flags.is_error() { &[] } else { &command.answer };
-    check_framing(dict, msg.body)?;
-    check_group(dict, rules, msg.body, 0, &mut 0)?;
+    let rules = if msg.header.flags.is_error() { &RuleSet::EMPTY } else { &command.answer };
+    check_body(dict, rules, msg.body)?;
     Ok(command)
 }
 
@@ -176,13 +182,14 @@ fn command_for<'d>(
 
 fn check_group(
     dict: &Dictionary,
-    rules: &[Rule],
+    rules: &RuleSet,
     buf: &[u8],
     depth: usize,
     total: &mut usize,
 ) -> Result<(), Invalid> {
     debug_assert!(rules.len() <= RULES_PER_GROUP_MAX);
-    let mut counts = [0u16; RULES_PER_GROUP_MAX];
+    // Saturating u8 counters: a max above 254 behaves as unbounded, which no RFC rule needs.
+    let mut counts = [0u8; RULES_PER_GROUP_MAX];
     for item in AvpIter::new(buf) {
         let avp = item.map_err(|e| frame_invalid(dict, buf, e))?;
         *total += 1;
@@ -197,30 +204,28 @@ fn check_group(
             }
             continue;
         };
-        let def = dict.avp(index);
+        let hot = dict.hot(index);
         // RFC 6733 §7.1.3 3009: flags "inconsistent with the AVP's definition". We are strict
         // only about the M bit on IETF AVPs that must not carry it; 3GPP senders differ in
         // practice (go-diameter#105), and rejecting a known AVP for its flags breaks interop.
-        if avp.vendor == VendorId::IETF
-            && avp.flags.is_mandatory()
-            && def.must_not.0 & AvpFlags::MANDATORY != 0
-        {
+        if avp.vendor == VendorId::IETF && avp.flags.is_mandatory() && hot.must_not_mandatory {
             return Err(Invalid::at(Violation::InvalidAvpBits, &avp));
         }
-        if let Some(pos) = rules.iter().position(|r| r.avp == index) {
+        if let Some(pos) = rules.slot(index) {
             counts[pos] = counts[pos].saturating_add(1);
-            let max = rules[pos].max;
+            let max = rules.rules()[pos].max;
             if max == 0 {
                 return Err(Invalid::at(Violation::AvpNotAllowed, &avp));
             }
-            if counts[pos] > max {
+            if u16::from(counts[pos]) > max {
                 return Err(Invalid::at(Violation::AvpOccursTooManyTimes, &avp));
             }
         }
-        check_value(dict, &avp, def.ty, index, depth, total)?;
+        check_value(dict, &avp, hot, index, depth, total)?;
     }
-    for (pos, rule) in rules.iter().enumerate() {
-        if counts[pos] < rule.min {
+    for pos in rules.required() {
+        let rule = &rules.rules()[pos];
+        if u16::from(counts[pos]) < rule.min {
             return Err(missing(dict, rule));
         }
     }
@@ -230,11 +235,12 @@ fn check_group(
 fn check_value(
     dict: &Dictionary,
     avp: &AvpRef<'_>,
-    ty: AvpType,
+    hot: super::dictionary::HotAvp,
     index: super::dictionary::AvpIndex,
     depth: usize,
     total: &mut usize,
 ) -> Result<(), Invalid> {
+    let ty = hot.ty;
     if ty == AvpType::Grouped {
         if depth + 1 >= AVP_NESTING_DEPTH_MAX {
             return Err(Invalid::at(Violation::InvalidAvpValue, avp));
@@ -242,17 +248,20 @@ fn check_value(
         let def = dict.avp(index);
         return check_group(dict, &def.rules, avp.data, depth + 1, total).map_err(|inner| wrap(avp, inner));
     }
-    match decode_value(ty, avp.data) {
-        Ok(Value::Enumerated(v)) => {
-            // Enumerations are open-world unless the dictionary lists values and the sender
-            // insists (M bit): then an unknown value is 5004 (RFC 6733 §4.3.1 Enumerated).
-            let def = dict.avp(index);
-            if avp.flags.is_mandatory() && !def.enums.is_empty() && def.enum_name(v).is_none() {
-                return Err(Invalid::at(Violation::InvalidAvpValue, avp));
-            }
-            Ok(())
+    if ty == AvpType::Enumerated {
+        let Ok(bytes) = <[u8; 4]>::try_from(avp.data) else {
+            return Err(Invalid::at(Violation::InvalidAvpLength, avp));
+        };
+        let v = i32::from_be_bytes(bytes);
+        // Enumerations are open-world unless the dictionary lists values and the sender
+        // insists (M bit): then an unknown value is 5004 (RFC 6733 §4.3.1 Enumerated).
+        if avp.flags.is_mandatory() && hot.has_enums && dict.avp(index).enum_name(v).is_none() {
+            return Err(Invalid::at(Violation::InvalidAvpValue, avp));
         }
-        Ok(_) => Ok(()),
+        return Ok(());
+    }
+    match types::check_value(ty, avp.data) {
+        Ok(()) => Ok(()),
         Err(ValueError::Length { .. }) => Err(Invalid::at(Violation::InvalidAvpLength, avp)),
         Err(ValueError::Value { .. }) => Err(Invalid::at(Violation::InvalidAvpValue, avp)),
     }

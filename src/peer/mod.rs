@@ -443,3 +443,174 @@ fn offered_applications(msg: &MessageRef<'_>) -> Vec<ApplicationId> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    //! The state machine driven with simulated time and no runtime.
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::diameter::{frame, Encoder};
+
+    fn config(watchdog_interval_ms: u64) -> Arc<PeerConfig> {
+        Arc::new(PeerConfig {
+            local: LocalIdentity {
+                origin_host: "gyro.test".into(),
+                origin_realm: "test".into(),
+                host_ip_addresses: vec!["127.0.0.1".parse().unwrap()],
+                vendor_id: 0,
+                product_name: "gyro".into(),
+                firmware_revision: 1,
+                origin_state_id: 9,
+            },
+            dictionary: Arc::new(Dictionary::embedded().unwrap()),
+            applications: vec![ApplicationId::CREDIT_CONTROL],
+            allowed_peers: None,
+            watchdog_interval_ms,
+        })
+    }
+
+    fn request(command: CommandCode, body: impl FnOnce(&mut Encoder<'_>)) -> Bytes {
+        let mut b = BytesMut::new();
+        let mut e =
+            Encoder::new(&mut b, CommandFlags(CommandFlags::REQUEST), command, ApplicationId::COMMON, 1, 2);
+        e.str(spec::ORIGIN_HOST, "pgw.test").str(spec::ORIGIN_REALM, "test");
+        body(&mut e);
+        e.finish();
+        b.freeze()
+    }
+
+    fn cer() -> Bytes {
+        request(CommandCode::CAPABILITIES_EXCHANGE, |e| {
+            e.ip(spec::HOST_IP_ADDRESS, "127.0.0.1".parse().unwrap());
+            e.u32(spec::VENDOR_ID, 0).str(spec::PRODUCT_NAME, "t");
+            let g = e.begin_group(spec::VENDOR_SPECIFIC_APPLICATION_ID);
+            e.u32(spec::VENDOR_ID, 10415).u32(spec::AUTH_APPLICATION_ID, 4);
+            e.end_group(g);
+        })
+    }
+
+    /// Splits the output buffer into messages.
+    fn messages(out: &mut BytesMut) -> Vec<Bytes> {
+        let mut v = Vec::new();
+        while let Ok(Some(n)) = frame(out) {
+            v.push(out.split_to(n).freeze());
+        }
+        assert!(out.is_empty());
+        v
+    }
+
+    fn open(tw: u64) -> Peer {
+        let mut p = Peer::new(config(tw), 0, 0x1234_5678_9abc_def0);
+        let mut out = BytesMut::new();
+        let c = cer();
+        assert_eq!(p.handle(0, &MessageRef::parse(&c).unwrap(), &mut out), Action::Continue);
+        let cea = messages(&mut out);
+        assert_eq!(MessageRef::parse(&cea[0]).unwrap().u32(AvpCode::RESULT_CODE), Some(2001));
+        assert_eq!(p.state(), State::Open);
+        assert_eq!(p.remote().unwrap().common, vec![ApplicationId::CREDIT_CONTROL]);
+        p
+    }
+
+    #[test]
+    fn application_inside_vendor_specific_application_id_counts() {
+        open(30_000);
+    }
+
+    #[test]
+    fn cer_timeout_closes() {
+        let mut p = Peer::new(config(30_000), 0, 1);
+        let mut out = BytesMut::new();
+        assert_eq!(p.poll(CER_TIMEOUT_MS - 1, &mut out), Action::Continue);
+        assert_eq!(p.poll(CER_TIMEOUT_MS, &mut out), Action::Close);
+    }
+
+    #[test]
+    fn watchdog_sends_dwr_then_suspects_then_closes() {
+        let tw = 30_000;
+        let mut p = open(tw);
+        let mut out = BytesMut::new();
+        let first = p.next_deadline_ms();
+        assert!((tw - WATCHDOG_JITTER_MS..=tw + WATCHDOG_JITTER_MS).contains(&first), "{first}");
+        assert_eq!(p.poll(first - 1, &mut out), Action::Continue);
+        assert!(out.is_empty());
+        // Idle for Tw: a DWR goes out.
+        assert_eq!(p.poll(first, &mut out), Action::Continue);
+        let dwr = messages(&mut out);
+        let m = MessageRef::parse(&dwr[0]).unwrap();
+        assert!(m.header.flags.is_request());
+        assert_eq!(m.header.command, CommandCode::DEVICE_WATCHDOG);
+        // No DWA for another Tw: suspect, nothing sent; another Tw: closed.
+        let second = p.next_deadline_ms();
+        assert_eq!(p.poll(second, &mut out), Action::Continue);
+        assert!(out.is_empty());
+        let third = p.next_deadline_ms();
+        assert_eq!(p.poll(third, &mut out), Action::Close);
+    }
+
+    #[test]
+    fn any_traffic_revives_the_watchdog() {
+        let mut p = open(30_000);
+        let mut out = BytesMut::new();
+        let t = p.next_deadline_ms();
+        p.poll(t, &mut out);
+        let dwr = messages(&mut out).pop().unwrap();
+        // The DWA comes back: the watchdog is okay again and re-armed from now.
+        let mut b = BytesMut::new();
+        let req = MessageRef::parse(&dwr).unwrap();
+        let mut e = begin_answer(&mut b, &req, ResultCode::SUCCESS);
+        e.u32(spec::RESULT_CODE, 2001).str(spec::ORIGIN_HOST, "pgw.test").str(spec::ORIGIN_REALM, "test");
+        e.finish();
+        assert_eq!(p.handle(t + 10, &MessageRef::parse(&b).unwrap(), &mut out), Action::Continue);
+        assert!(p.next_deadline_ms() >= t + 10 + 30_000 - WATCHDOG_JITTER_MS);
+        assert_eq!(p.poll(t + 20, &mut out), Action::Continue);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn disconnect_sends_dpr_and_closes_on_dpa_or_timeout() {
+        let mut p = open(30_000);
+        let mut out = BytesMut::new();
+        assert_eq!(p.disconnect(100, &mut out), Action::Continue);
+        let dpr = messages(&mut out).pop().unwrap();
+        let req = MessageRef::parse(&dpr).unwrap();
+        assert_eq!(req.header.command, CommandCode::DISCONNECT_PEER);
+        assert_eq!(req.u32(AvpCode::DISCONNECT_CAUSE), Some(0));
+        let mut b = BytesMut::new();
+        let mut e = begin_answer(&mut b, &req, ResultCode::SUCCESS);
+        e.u32(spec::RESULT_CODE, 2001).str(spec::ORIGIN_HOST, "pgw.test").str(spec::ORIGIN_REALM, "test");
+        e.finish();
+        assert_eq!(p.handle(200, &MessageRef::parse(&b).unwrap(), &mut out), Action::Close);
+
+        let mut p = open(30_000);
+        p.disconnect(100, &mut out);
+        out.clear();
+        assert_eq!(p.poll(100 + DPA_TIMEOUT_MS, &mut out), Action::Close);
+    }
+
+    #[test]
+    fn second_cer_on_open_connection_gets_5012() {
+        let mut p = open(30_000);
+        let mut out = BytesMut::new();
+        let c = cer();
+        assert_eq!(p.handle(5, &MessageRef::parse(&c).unwrap(), &mut out), Action::Continue);
+        let a = messages(&mut out).pop().unwrap();
+        assert_eq!(MessageRef::parse(&a).unwrap().u32(AvpCode::RESULT_CODE), Some(5012));
+        assert_eq!(p.state(), State::Open);
+    }
+
+    #[test]
+    fn malformed_cer_gets_error_cea_and_close() {
+        let mut p = Peer::new(config(30_000), 0, 1);
+        let mut out = BytesMut::new();
+        // No Host-IP-Address, Vendor-Id or Product-Name.
+        let c = request(CommandCode::CAPABILITIES_EXCHANGE, |_| {});
+        assert_eq!(p.handle(0, &MessageRef::parse(&c).unwrap(), &mut out), Action::Close);
+        let a = messages(&mut out).pop().unwrap();
+        let m = MessageRef::parse(&a).unwrap();
+        assert_eq!(m.u32(AvpCode::RESULT_CODE), Some(5005));
+        assert!(m.find(AvpCode::FAILED_AVP).is_some());
+        assert!(m.find(AvpCode::HOST_IP_ADDRESS).is_some(), "an error CEA still carries our identity");
+    }
+}
