@@ -389,6 +389,31 @@ async fn in_flight_limit_answers_3004() {
     .unwrap();
 }
 
+/// Panics on every request.
+struct Panicking;
+
+impl Application for Panicking {
+    fn id(&self) -> ApplicationId {
+        CC
+    }
+    fn handle(&self, _req: &Request<'_>, out: &mut BytesMut, _reply: Reply) -> Handled {
+        out.extend_from_slice(b"half an answer");
+        panic!("bug in the application");
+    }
+}
+
+#[tokio::test]
+async fn application_panic_gets_5012_and_connection_stays_up() {
+    let s = start(Options { applications: vec![Arc::new(Panicking)], ..Options::default() }).await;
+    let mut c = Client::open(s.addr).await;
+    let req = ccr(&mut c, "boom");
+    let a = c.call(&req).await;
+    assert_eq!(result_code(&a), Some(5012));
+    assert!(!msg(&a).header.flags.is_error(), "5012 is a permanent failure, not a protocol error");
+    let dwr = c.dwr();
+    assert_eq!(result_code(&c.call(&dwr).await), Some(2001));
+}
+
 #[tokio::test]
 async fn duplicate_request_gets_the_original_answer() {
     let app = Arc::new(Counting::default());

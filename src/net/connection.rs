@@ -214,7 +214,30 @@ impl Connection {
         let req = Request { msg: *msg, frame: f, peer };
         let start = self.wbuf.len();
         self.in_flight += 1;
-        match app.handle(&req, &mut self.wbuf, reply) {
+        // A bug in an application must cost one answer, not the connection (and with it every
+        // other request in flight on it): RFC 6733 §7.1.5 5012 is the answer for internal
+        // failures. The closure only borrows the write buffer, which is cut back on failure.
+        let wbuf = &mut self.wbuf;
+        let handled =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| app.handle(&req, wbuf, reply)));
+        let handled = handled.unwrap_or_else(|_| {
+            tracing::error!(
+                command = h.command.0,
+                application = h.application.0,
+                "application panicked; answered 5012"
+            );
+            self.wbuf.truncate(start);
+            error_answer(
+                &mut self.wbuf,
+                &self.shared.peer.local,
+                msg,
+                ResultCode::UNABLE_TO_COMPLY,
+                Some("internal error"),
+                None,
+            );
+            Handled::Answered
+        });
+        match handled {
             Handled::Answered => {
                 self.in_flight -= 1;
                 if let Some((host, e2e)) = key {

@@ -184,6 +184,7 @@ impl Peer {
                 Action::Continue
             }
             CommandCode::DEVICE_WATCHDOG => {
+                tracing::debug!(peer = self.remote_host(), "DWR received");
                 self.write_simple_answer(out, msg);
                 Action::Continue
             }
@@ -209,7 +210,14 @@ impl Peer {
             return Action::Continue;
         }
         match (msg.header.command, self.state) {
-            (CommandCode::DEVICE_WATCHDOG, _) => Action::Continue,
+            (CommandCode::DEVICE_WATCHDOG, _) => {
+                tracing::debug!(
+                    peer = self.remote_host(),
+                    result = msg.u32(AvpCode::RESULT_CODE),
+                    "DWA received"
+                );
+                Action::Continue
+            }
             (CommandCode::DISCONNECT_PEER, State::Closing { .. }) => {
                 self.state = State::Closed;
                 Action::Close
@@ -382,6 +390,7 @@ impl Peer {
                 let mut e = self.write_request(out, CommandCode::DEVICE_WATCHDOG);
                 e.u32(spec::ORIGIN_STATE_ID, state_id);
                 e.finish();
+                tracing::debug!(peer = self.remote_host(), "watchdog: peer idle, DWR sent");
                 self.watchdog = Watchdog::Okay { pending: true };
                 self.arm_watchdog(now_ms);
                 Action::Continue
