@@ -134,7 +134,7 @@ async fn serve_async(cfg: Config, dict: Arc<Dictionary>, defaults: bool) -> anyh
         allowed_peers: cfg.diameter.allowed_peers.clone(),
         watchdog_interval_ms: cfg.diameter.watchdog_interval_ms,
     });
-    let shared = Arc::new(Shared::new(peer, Vec::new(), cfg.diameter.in_flight_per_connection));
+    let shared = Arc::new(Shared::new(peer, Vec::new(), cfg.server_limits()));
     let server = Server::bind(cfg.diameter.listen, shared)
         .await
         .with_context(|| format!("cannot listen on {} (diameter.listen)", cfg.diameter.listen))?;

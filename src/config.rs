@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::diameter::ApplicationId;
-use crate::limits::{DIAMETER_IDENTITY_MAX_BYTES, IN_FLIGHT_PER_CONNECTION_MAX, WATCHDOG_INTERVAL_MS_MIN};
+use crate::limits::{
+    CONNECTIONS_MAX, DIAMETER_IDENTITY_MAX_BYTES, IN_FLIGHT_PER_CONNECTION_MAX, MESSAGE_SIZE_MAX_BYTES,
+    WATCHDOG_INTERVAL_MS_MIN,
+};
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -37,6 +40,10 @@ pub struct DiameterConfig {
     pub watchdog_interval_ms: u64,
     /// Requests in flight per connection before 3004 TOO_BUSY.
     pub in_flight_per_connection: usize,
+    /// Concurrent connections; more are closed at once.
+    pub connections_max: usize,
+    /// Largest message accepted; a larger one is a corrupt stream (5015, close).
+    pub message_size_max_bytes: usize,
     /// Extra dictionary files (`*.xml`) loaded after the embedded ones.
     pub dictionary_dir: Option<PathBuf>,
 }
@@ -60,6 +67,8 @@ impl Default for DiameterConfig {
             allowed_peers: None,
             watchdog_interval_ms: crate::limits::WATCHDOG_INTERVAL_MS_DEFAULT,
             in_flight_per_connection: IN_FLIGHT_PER_CONNECTION_MAX,
+            connections_max: CONNECTIONS_MAX,
+            message_size_max_bytes: MESSAGE_SIZE_MAX_BYTES,
             dictionary_dir: None,
         }
     }
@@ -135,6 +144,24 @@ impl Config {
                 format!("{} is outside 1..={IN_FLIGHT_PER_CONNECTION_MAX}", d.in_flight_per_connection),
             ));
         }
+        if !(1..=CONNECTIONS_MAX).contains(&d.connections_max) {
+            return Err(err(
+                "diameter.connections_max",
+                format!("{} is outside 1..={CONNECTIONS_MAX}", d.connections_max),
+            ));
+        }
+        // The smallest useful limit holds a CER with a few addresses and applications.
+        if !(1024..=MESSAGE_SIZE_MAX_BYTES).contains(&d.message_size_max_bytes)
+            || d.message_size_max_bytes % 4 != 0
+        {
+            return Err(err(
+                "diameter.message_size_max_bytes",
+                format!(
+                    "{} is not a multiple of 4 in 1024..={MESSAGE_SIZE_MAX_BYTES}",
+                    d.message_size_max_bytes
+                ),
+            ));
+        }
         if let Some(peers) = &d.allowed_peers {
             for p in peers {
                 check_identity(p).map_err(|e| err("diameter.allowed_peers", format!("`{p}`: {e}")))?;
@@ -150,6 +177,14 @@ impl Config {
     }
 
     /// Host-IP-Address values to advertise.
+    pub fn server_limits(&self) -> crate::net::ServerLimits {
+        crate::net::ServerLimits {
+            in_flight_per_connection: self.diameter.in_flight_per_connection,
+            connections: self.diameter.connections_max,
+            message_size_bytes: self.diameter.message_size_max_bytes,
+        }
+    }
+
     pub fn host_ip_addresses(&self) -> Vec<IpAddr> {
         let d = &self.diameter;
         if !d.host_ip_addresses.is_empty() {

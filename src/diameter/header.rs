@@ -135,6 +135,12 @@ impl FrameError {
 /// Only the 4-byte prefix (version, length) is read before the whole message is buffered, so a
 /// peer announcing 16 MiB is refused at once instead of making us wait and buffer.
 pub fn frame(buf: &[u8]) -> Result<Option<usize>, FrameError> {
+    frame_within(buf, MESSAGE_SIZE_MAX_BYTES)
+}
+
+/// `frame` with a configured size limit at or below `MESSAGE_SIZE_MAX_BYTES`.
+pub fn frame_within(buf: &[u8], max: usize) -> Result<Option<usize>, FrameError> {
+    debug_assert!(max <= MESSAGE_SIZE_MAX_BYTES);
     if buf.len() < 4 {
         return Ok(None);
     }
@@ -146,8 +152,8 @@ pub fn frame(buf: &[u8]) -> Result<Option<usize>, FrameError> {
     if (length as usize) < HEADER_SIZE_BYTES {
         return Err(FrameError::LengthTooShort { length });
     }
-    if length as usize > MESSAGE_SIZE_MAX_BYTES {
-        return Err(FrameError::LengthTooLong { length, max: MESSAGE_SIZE_MAX_BYTES });
+    if length as usize > max {
+        return Err(FrameError::LengthTooLong { length, max });
     }
     // RFC 6733 §3: "the message length field is always a multiple of 4".
     if length % 4 != 0 {

@@ -21,6 +21,6 @@ pub use avp::{AvpFlags, AvpIter, AvpRef};
 pub use codes::{ApplicationId, AvpCode, CommandCode, ResultCode, VendorId};
 pub use dictionary::Dictionary;
 pub use encode::{AvpSpec, Encoder};
-pub use header::{frame, CommandFlags, FrameError, Header};
+pub use header::{frame, frame_within, CommandFlags, FrameError, Header};
 pub use message::MessageRef;
 pub use validate::{validate_answer, validate_request, Invalid, Violation};

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::{DeferredAnswer, Handled, Reply, Request, Shared};
 use crate::diameter::answer::error_answer;
 use crate::diameter::codes::{AvpCode, ResultCode};
-use crate::diameter::{frame, FrameError, MessageRef};
+use crate::diameter::{frame_within, FrameError, MessageRef};
 use crate::limits::{HEADER_SIZE_BYTES, READ_CHUNK_BYTES, WRITE_TIMEOUT_MS};
 use crate::peer::dedupe::with_hop_by_hop;
 use crate::peer::{Action, Peer};
@@ -125,7 +125,7 @@ impl Connection {
     /// Frames and handles every whole message in the read buffer.
     fn on_read(&mut self) -> Action {
         loop {
-            match frame(&self.rbuf) {
+            match frame_within(&self.rbuf, self.shared.message_size_max) {
                 Ok(None) => return Action::Continue,
                 Ok(Some(len)) => {
                     let f = self.rbuf.split_to(len).freeze();

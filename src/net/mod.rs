@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use crate::diameter::{ApplicationId, MessageRef};
 
-pub use server::{Server, ServerHandle, Shared};
+pub use server::{Server, ServerHandle, ServerLimits, Shared};
 
 /// An application (credit control, a test responder) behind the peer layer.
 ///

@@ -25,11 +25,33 @@ pub struct Shared {
     pub epoch: tokio::time::Instant,
     pub connections_open: AtomicUsize,
     pub in_flight_max: usize,
+    pub connections_max: usize,
+    pub message_size_max: usize,
     seed: AtomicU64,
 }
 
+/// Per-server limits from the configuration (each at or below its constant in `limits`).
+#[derive(Clone, Copy, Debug)]
+pub struct ServerLimits {
+    pub in_flight_per_connection: usize,
+    pub connections: usize,
+    pub message_size_bytes: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            in_flight_per_connection: crate::limits::IN_FLIGHT_PER_CONNECTION_MAX,
+            connections: CONNECTIONS_MAX,
+            message_size_bytes: crate::limits::MESSAGE_SIZE_MAX_BYTES,
+        }
+    }
+}
+
 impl Shared {
-    pub fn new(peer: Arc<PeerConfig>, applications: Vec<Arc<dyn Application>>, in_flight_max: usize) -> Self {
+    pub fn new(peer: Arc<PeerConfig>, applications: Vec<Arc<dyn Application>>, limits: ServerLimits) -> Self {
+        assert!(limits.connections <= CONNECTIONS_MAX);
+        assert!(limits.message_size_bytes <= crate::limits::MESSAGE_SIZE_MAX_BYTES);
         // Seed ids and jitter from the process start time and pid, so restarts differ
         // (RFC 6733 §3: End-to-End ids should not repeat across reboots).
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
@@ -41,7 +63,9 @@ impl Shared {
             applications,
             epoch: tokio::time::Instant::now(),
             connections_open: AtomicUsize::new(0),
-            in_flight_max,
+            in_flight_max: limits.in_flight_per_connection,
+            connections_max: limits.connections,
+            message_size_max: limits.message_size_bytes,
             seed: AtomicU64::new(seed),
         }
     }
@@ -91,7 +115,7 @@ impl Server {
     /// connections to drain (bounded) and returns.
     pub async fn run(self, shutdown: CancellationToken) {
         let tracker = TaskTracker::new();
-        let permits = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+        let permits = Arc::new(Semaphore::new(self.shared.connections_max));
         loop {
             let accepted = tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -107,7 +131,7 @@ impl Server {
                 }
             };
             let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-                tracing::warn!(peer = %addr, limit = CONNECTIONS_MAX, "connection limit reached, closing");
+                tracing::warn!(peer = %addr, limit = self.shared.connections_max, "connection limit reached, closing");
                 drop(stream);
                 continue;
             };

@@ -11,7 +11,7 @@ use gyro::diameter::encode::spec;
 use gyro::diameter::{
     frame, ApplicationId, CommandCode, CommandFlags, Dictionary, Encoder, LocalIdentity, MessageRef,
 };
-use gyro::net::{Application, Server, Shared};
+use gyro::net::{Application, Server, ServerLimits, Shared};
 use gyro::peer::PeerConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -62,7 +62,8 @@ pub async fn start(opts: Options) -> TestServer {
         allowed_peers: opts.allowed_peers,
         watchdog_interval_ms: 30_000,
     });
-    let shared = Arc::new(Shared::new(peer, opts.applications, opts.in_flight_max));
+    let limits = ServerLimits { in_flight_per_connection: opts.in_flight_max, ..ServerLimits::default() };
+    let shared = Arc::new(Shared::new(peer, opts.applications, limits));
     let server = Server::bind("127.0.0.1:0".parse().unwrap(), Arc::clone(&shared)).await.unwrap();
     let addr = server.local_addr().unwrap();
     let shutdown = CancellationToken::new();
