@@ -43,6 +43,8 @@ pub enum Command {
         #[command(subcommand)]
         command: DictCommand,
     },
+    /// Send Credit-Control requests to a Diameter server and print the answers.
+    Ccr(Box<crate::tools::ccr::CcrArgs>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -76,6 +78,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!("OK");
             Ok(())
         }
+        // Exit codes are part of the command's contract (1: expectation failed, 2: usage or
+        // connection), which an `anyhow` error returned to main cannot express.
+        Command::Ccr(args) => std::process::exit(crate::tools::ccr::main(&args)),
     }
 }
 

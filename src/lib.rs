@@ -17,3 +17,4 @@ pub mod diameter;
 pub mod limits;
 pub mod net;
 pub mod peer;
+pub mod tools;
