@@ -1,0 +1,233 @@
+//! One shard of the account table: its accounts, in chunks that never move, and its share of the
+//! ledger-wide sums. Every mutation of an account goes through [`ShardSlot::run`] (or the expiry
+//! sweep), which checks the account's invariants and the paired movement checks afterwards.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use crate::rating::MoneyMinor;
+
+use super::account::{Account, Effect};
+use super::{lock, AccountId, Reject, ReservationKey, ACCOUNTS_PER_CHUNK, CURRENCIES_MAX, SHARDS};
+
+/// A shard lock and the earliest reservation deadline behind it, on their own cache lines so
+/// that threads working on neighbouring shards do not slow each other down.
+#[repr(align(128))]
+pub(super) struct ShardSlot {
+    state: Mutex<Shard>,
+    /// At or before the earliest deadline of the shard's open reservations (it may be earlier:
+    /// commits do not raise it; the sweep recomputes it). `expire` skips the shard when `now_ms`
+    /// is before it, without taking the lock.
+    deadline_min_ms: AtomicU64,
+}
+
+pub(super) struct Shard {
+    chunks: Vec<Chunk>,
+    pub(super) sums: Sums,
+}
+
+struct Chunk {
+    /// Allocated with capacity `ACCOUNTS_PER_CHUNK` and never grown beyond it.
+    accounts: Vec<Account>,
+    /// Like `ShardSlot::deadline_min_ms`, for this chunk: the sweep skips chunks with nothing due.
+    deadline_min_ms: u64,
+}
+
+/// The shard's share of the ledger-wide figures, kept in step with its accounts by
+/// [`Sums::apply`] and recomputed from them by [`Shard::audit`].
+#[derive(Default)]
+pub(super) struct Sums {
+    pub(super) open_reservations: u64,
+    pub(super) reserved_by_currency: [i64; CURRENCIES_MAX],
+    balances: i128,
+    funded: i128,
+    debited: i128,
+}
+
+pub(super) struct Totals {
+    pub(super) balances: i128,
+    pub(super) funded: i128,
+    pub(super) debited: i128,
+}
+
+/// An account's figures before a mutation, for the paired checks after it.
+struct Before {
+    balance: i64,
+    reserved: i64,
+    available: i64,
+}
+
+impl ShardSlot {
+    pub(super) fn new() -> Self {
+        let shard = Shard { chunks: Vec::new(), sums: Sums::default() };
+        Self { state: Mutex::new(shard), deadline_min_ms: AtomicU64::new(u64::MAX) }
+    }
+
+    pub(super) fn lock(&self) -> MutexGuard<'_, Shard> {
+        lock(&self.state)
+    }
+
+    /// Appends a new account at `slot`, which must be the next free one.
+    pub(super) fn insert(&self, slot: usize, account: Account) {
+        assert!(account.violation().is_none() && account.reservations.is_empty());
+        let mut guard = self.lock();
+        let Shard { chunks, sums } = &mut *guard;
+        if chunks.last().is_none_or(|chunk| chunk.accounts.len() == ACCOUNTS_PER_CHUNK) {
+            chunks
+                .push(Chunk { accounts: Vec::with_capacity(ACCOUNTS_PER_CHUNK), deadline_min_ms: u64::MAX });
+        }
+        let chunk_index = chunks.len() - 1;
+        let chunk = &mut chunks[chunk_index];
+        assert_eq!(
+            chunk_index * ACCOUNTS_PER_CHUNK + chunk.accounts.len(),
+            slot,
+            "slots are filled in order"
+        );
+        let (balance, currency) = (account.balance, account.currency);
+        chunk.accounts.push(account);
+        assert!(chunk.accounts.len() <= ACCOUNTS_PER_CHUNK);
+        sums.apply(currency, Effect { balance, funded: balance, ..Effect::NONE });
+    }
+
+    /// Runs one operation on the account at `slot` under the shard lock, then checks it: a
+    /// refusal changed nothing; a change left the account consistent and moved its balance,
+    /// holds and available funds exactly as the operation's effect says.
+    pub(super) fn run<T>(
+        &self,
+        slot: usize,
+        operation: impl FnOnce(&mut Account) -> Result<(T, Effect), Reject>,
+    ) -> Result<T, Reject> {
+        let mut guard = self.lock();
+        let Shard { chunks, sums } = &mut *guard;
+        let chunk = chunks.get_mut(slot / ACCOUNTS_PER_CHUNK).ok_or(Reject::AccountNotFound)?;
+        let account = chunk.accounts.get_mut(slot % ACCOUNTS_PER_CHUNK).ok_or(Reject::AccountNotFound)?;
+        let fingerprint = account.fingerprint();
+        let before = Before::of(account);
+        let (value, effect) = match operation(account) {
+            Ok(done) => done,
+            Err(reject) => {
+                assert_eq!(account.fingerprint(), fingerprint, "a refused operation changed the account");
+                return Err(reject);
+            }
+        };
+        before.check(account, &effect);
+        chunk.deadline_min_ms = chunk.deadline_min_ms.min(effect.deadline_ms);
+        sums.apply(account.currency, effect);
+        // Published under the lock, so a sweep that reset the shard's minimum either sees this
+        // reservation in the chunk or sees this lowered minimum.
+        if effect.deadline_ms < self.deadline_min_ms.load(Ordering::Acquire) {
+            self.deadline_min_ms.fetch_min(effect.deadline_ms, Ordering::AcqRel);
+        }
+        Ok(value)
+    }
+
+    /// Releases the shard's reservations due at `now_ms`, one chunk per lock acquisition.
+    pub(super) fn expire(
+        &self,
+        now_ms: u64,
+        shard_index: usize,
+        expired: &mut Vec<(AccountId, ReservationKey, MoneyMinor, u64)>,
+    ) {
+        if now_ms < self.deadline_min_ms.load(Ordering::Acquire) {
+            return;
+        }
+        // Every chunk is visited after this reset and publishes its own minimum again, and a
+        // reservation opened meanwhile publishes its deadline itself, so nothing is lost.
+        self.deadline_min_ms.store(u64::MAX, Ordering::Release);
+        for chunk_index in 0.. {
+            let mut guard = self.lock();
+            let Shard { chunks, sums } = &mut *guard;
+            let Some(chunk) = chunks.get_mut(chunk_index) else { break };
+            if now_ms < chunk.deadline_min_ms {
+                self.deadline_min_ms.fetch_min(chunk.deadline_min_ms, Ordering::AcqRel);
+                continue;
+            }
+            let mut deadline_min_ms = u64::MAX;
+            for (offset, account) in chunk.accounts.iter_mut().enumerate() {
+                if account.reservations.is_empty() {
+                    continue;
+                }
+                let slot = chunk_index * ACCOUNTS_PER_CHUNK + offset;
+                let id = AccountId((slot * SHARDS + shard_index) as u32);
+                let before = Before::of(account);
+                let (effect, account_min_ms) = account.expire(now_ms, id, expired);
+                before.check(account, &effect);
+                sums.apply(account.currency, effect);
+                deadline_min_ms = deadline_min_ms.min(account_min_ms);
+            }
+            chunk.deadline_min_ms = deadline_min_ms;
+            self.deadline_min_ms.fetch_min(deadline_min_ms, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Shard {
+    pub(super) fn account(&self, slot: usize) -> Option<&Account> {
+        self.chunks.get(slot / ACCOUNTS_PER_CHUNK)?.accounts.get(slot % ACCOUNTS_PER_CHUNK)
+    }
+
+    /// Recomputes the shard's sums from its accounts and compares: the pair of the incremental
+    /// bookkeeping in `Sums::apply`. None if anything disagrees or an account is inconsistent.
+    pub(super) fn audit(&self) -> Option<Totals> {
+        let mut balances = 0i128;
+        let mut open_reservations = 0u64;
+        let mut reserved_by_currency = [0i64; CURRENCIES_MAX];
+        for chunk in &self.chunks {
+            for account in &chunk.accounts {
+                if account.violation().is_some() || account.deadline_min_ms() < chunk.deadline_min_ms {
+                    return None;
+                }
+                balances += i128::from(account.balance);
+                open_reservations += account.reservations.len() as u64;
+                reserved_by_currency[usize::from(account.currency)] += account.reserved;
+            }
+        }
+        let sums = &self.sums;
+        let agree = balances == sums.balances
+            && open_reservations == sums.open_reservations
+            && reserved_by_currency == sums.reserved_by_currency
+            && sums.balances + sums.debited == sums.funded;
+        agree.then_some(Totals { balances, funded: sums.funded, debited: sums.debited })
+    }
+}
+
+impl Sums {
+    fn apply(&mut self, currency: u8, effect: Effect) {
+        assert!(0 <= effect.funded && 0 <= effect.debited);
+        assert_eq!(
+            effect.balance,
+            effect.funded - effect.debited,
+            "movements differ from the balance change"
+        );
+        self.balances += i128::from(effect.balance);
+        self.funded += i128::from(effect.funded);
+        self.debited += i128::from(effect.debited);
+        let reserved = &mut self.reserved_by_currency[usize::from(currency)];
+        *reserved += effect.reserved;
+        assert!(0 <= *reserved, "held money below 0");
+        self.open_reservations =
+            self.open_reservations.checked_add_signed(effect.open).expect("open reservations below 0");
+    }
+}
+
+impl Before {
+    fn of(account: &Account) -> Self {
+        Self { balance: account.balance, reserved: account.reserved, available: account.available() }
+    }
+
+    /// The paired checks after a mutation: the account agrees with itself (holds sum up), and
+    /// its balance, held money and available funds moved exactly by the effect's amounts.
+    fn check(&self, account: &Account, effect: &Effect) {
+        if let Some(what) = account.violation() {
+            panic!("ledger invariant violated: {what}");
+        }
+        assert_eq!(account.balance - self.balance, effect.balance, "balance moved by other than the effect");
+        assert_eq!(account.reserved - self.reserved, effect.reserved, "holds moved by other than the effect");
+        let available = account.available();
+        assert_eq!(available - self.available, effect.balance - effect.reserved);
+        assert!(
+            0 <= available || self.available <= available || effect.overdraft,
+            "available funds went below 0 without an overdraft"
+        );
+    }
+}
