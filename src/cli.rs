@@ -7,8 +7,12 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+use crate::catalog::Catalog;
+use crate::cc::{Engine, EngineConfig};
 use crate::config::Config;
 use crate::diameter::{ApplicationId, Dictionary, LocalIdentity};
+use crate::ledger::Ledger;
+use crate::net::charging::Charging;
 use crate::net::{Server, Shared};
 use crate::peer::PeerConfig;
 
@@ -65,6 +69,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config { command: ConfigCommand::Check { file } } => {
             let cfg = Config::load(&file)?;
             load_dictionary(&cfg)?;
+            if let Some(c) = &cfg.charging.catalog {
+                Catalog::load(c)?;
+            }
             println!("{}: OK", file.display());
             println!("{cfg:#?}");
             Ok(())
@@ -139,7 +146,9 @@ async fn serve_async(cfg: Config, dict: Arc<Dictionary>, defaults: bool) -> anyh
         allowed_peers: cfg.diameter.allowed_peers.clone(),
         watchdog_interval_ms: cfg.diameter.watchdog_interval_ms,
     });
-    let shared = Arc::new(Shared::new(peer, Vec::new(), cfg.server_limits()));
+    let (charging, accounts, catalog_name) = charging(&cfg, &peer.local)?;
+    let apps: Vec<Arc<dyn crate::net::Application>> = vec![charging.clone()];
+    let shared = Arc::new(Shared::new(peer, apps, cfg.server_limits()));
     let server = Server::bind(cfg.diameter.listen, shared)
         .await
         .with_context(|| format!("cannot listen on {} (diameter.listen)", cfg.diameter.listen))?;
@@ -151,12 +160,36 @@ async fn serve_async(cfg: Config, dict: Arc<Dictionary>, defaults: bool) -> anyh
         config = if defaults { "embedded defaults" } else { "file" },
         "gyro listening for Diameter"
     );
-    tracing::warn!("the credit-control engine is not part of this build yet: CCR is answered with 3007");
+    tracing::info!(catalog = %catalog_name, accounts, "credit control ready (application 4)");
+    if cfg.charging.catalog.is_none() {
+        eprintln!(
+            "gyro: demo catalog loaded ({accounts} accounts). Try a data session:\n  \
+             gyro ccr --server {addr} --type initial --subscriber e164:491700000001 --context 32251@3gpp.org --rg 10 --requested 0"
+        );
+    }
     let shutdown = CancellationToken::new();
     tokio::spawn(signals(shutdown.clone()));
+    tokio::spawn(charging.supervise(shutdown.clone()));
     server.run(shutdown).await;
     tracing::info!("gyro stopped");
     Ok(())
+}
+
+/// Builds the ledger and the engine from the catalog (the embedded demo one by default).
+fn charging(cfg: &Config, local: &LocalIdentity) -> anyhow::Result<(Arc<Charging>, usize, String)> {
+    let (catalog, name) = match &cfg.charging.catalog {
+        Some(p) => (Catalog::load(p)?, p.display().to_string()),
+        None => (Catalog::demo(), "embedded demo".to_owned()),
+    };
+    let mut engine_cfg = EngineConfig::new(local);
+    engine_cfg.tcc_grace_ms = cfg.charging.tcc_grace_ms;
+    engine_cfg.closed_retention_ms = cfg.charging.closed_retention_ms;
+    let engine = Arc::new(Engine::new(engine_cfg, Arc::new(Ledger::new())));
+    let charging = Arc::new(Charging::new(Arc::clone(&engine)));
+    let accounts = engine
+        .load_catalog(&catalog, charging.now().mono_ms)
+        .map_err(|e| anyhow::anyhow!("catalog {name}: {e}"))?;
+    Ok((charging, accounts, name))
 }
 
 /// SIGTERM and SIGINT start a graceful shutdown: stop accepting, DPR to peers, drain, exit 0.

@@ -18,7 +18,25 @@ use crate::limits::{
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub diameter: DiameterConfig,
+    pub charging: ChargingConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChargingConfig {
+    /// The catalog of plans, customers and accounts; absent = the embedded demo catalog.
+    pub catalog: Option<PathBuf>,
+    /// Added to Validity-Time before a silent session's reservations are released (Tcc).
+    pub tcc_grace_ms: u64,
+    /// How long closed and expired sessions are remembered (late usage, retransmissions).
+    pub closed_retention_ms: u64,
+}
+
+impl Default for ChargingConfig {
+    fn default() -> Self {
+        Self { catalog: None, tcc_grace_ms: 30_000, closed_retention_ms: 600_000 }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -166,6 +184,15 @@ impl Config {
             for p in peers {
                 check_identity(p).map_err(|e| err("diameter.allowed_peers", format!("`{p}`: {e}")))?;
             }
+        }
+        if !(1_000..=3_600_000).contains(&self.charging.tcc_grace_ms) {
+            return Err(err(
+                "charging.tcc_grace_ms",
+                format!("{} is outside 1000..=3600000", self.charging.tcc_grace_ms),
+            ));
+        }
+        if self.charging.closed_retention_ms > 86_400_000 {
+            return Err(err("charging.closed_retention_ms", "more than a day".into()));
         }
         if self.log.level.parse::<tracing_subscriber::EnvFilter>().is_err() {
             return Err(err(

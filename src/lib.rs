@@ -11,10 +11,14 @@
 //!
 //! See ARCHITECTURE.md for the data flow and the invariants.
 
+pub mod catalog;
+pub mod cc;
 pub mod cli;
 pub mod config;
 pub mod diameter;
+pub mod ledger;
 pub mod limits;
 pub mod net;
 pub mod peer;
+pub mod rating;
 pub mod tools;

@@ -47,9 +47,9 @@ pub struct AvpRef<'a> {
     pub raw: &'a [u8],
 }
 
-impl AvpRef<'_> {
+impl<'a> AvpRef<'a> {
     /// Iterates the members of a Grouped AVP.
-    pub fn members(&self) -> AvpIter<'_> {
+    pub fn members(&self) -> AvpIter<'a> {
         AvpIter::new(self.data)
     }
 }

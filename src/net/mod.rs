@@ -4,6 +4,7 @@
 //! batched write), connection and in-flight limits, transport-level duplicate replay and
 //! graceful shutdown. Everything it calls below (`peer`, `diameter`) is sans-IO.
 
+pub mod charging;
 pub mod client;
 mod connection;
 mod server;
