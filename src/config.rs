@@ -185,10 +185,14 @@ impl Config {
                 check_identity(p).map_err(|e| err("diameter.allowed_peers", format!("`{p}`: {e}")))?;
             }
         }
-        if !(1_000..=3_600_000).contains(&self.charging.tcc_grace_ms) {
+        if !(1_000..=crate::limits::TCC_GRACE_MS_MAX).contains(&self.charging.tcc_grace_ms) {
             return Err(err(
                 "charging.tcc_grace_ms",
-                format!("{} is outside 1000..=3600000", self.charging.tcc_grace_ms),
+                format!(
+                    "{} is outside 1000..={}",
+                    self.charging.tcc_grace_ms,
+                    crate::limits::TCC_GRACE_MS_MAX
+                ),
             ));
         }
         if self.charging.closed_retention_ms > 86_400_000 {

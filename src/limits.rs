@@ -86,3 +86,13 @@ pub const WRITE_TIMEOUT_MS: u64 = 30_000;
 /// Bytes asked of the kernel per read; the read buffer never holds more than one maximum-size
 /// message plus one read.
 pub const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Longest Validity-Time a plan may give a grant (a grant's reservation lives this long plus
+/// the Tcc grace).
+pub const VALIDITY_TIME_S_MAX: u64 = 43_200;
+
+/// Longest Tcc grace `charging.tcc_grace_ms` may add.
+pub const TCC_GRACE_MS_MAX: u64 = 3_600_000;
+
+// A reservation's deadline (Validity-Time + grace) stays within what the ledger accepts.
+const _: () = assert!(VALIDITY_TIME_S_MAX * 1000 + TCC_GRACE_MS_MAX < crate::ledger::RESERVATION_TTL_MS_MAX);

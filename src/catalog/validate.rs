@@ -107,6 +107,13 @@ fn check_service(service: &Service) -> Result<(), Problem> {
     if service.validity_time_s == 0 {
         return Err(Problem::Zero { field: "validity_time" });
     }
+    if u64::from(service.validity_time_s) > crate::limits::VALIDITY_TIME_S_MAX {
+        return Err(Problem::OutOfRange {
+            field: "validity_time",
+            value: service.validity_time_s.to_string(),
+            expected: "at most 43200 (12 hours)",
+        });
+    }
     match &service.final_unit_action {
         FinalUnitAction::Terminate => Ok(()),
         FinalUnitAction::Redirect { address } if address.trim().is_empty() => {

@@ -70,7 +70,7 @@ pub struct Amount {
 /// Everything a CCA carries besides the echoed header fields.
 #[derive(Clone, Debug, Default)]
 pub struct Answer<'p> {
-    pub msccs: Vec<MsccAnswer<'p>>,
+    pub msccs: smallvec::SmallVec<[MsccAnswer<'p>; 2]>,
     /// Present for the single-service form (units at command level).
     pub single: Option<MsccAnswer<'p>>,
     pub cost: Option<Amount>,

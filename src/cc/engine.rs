@@ -22,8 +22,10 @@ const NTP_UNIX_OFFSET_SECS: u64 = 2_208_988_800;
 /// How far an Event-Timestamp may be from our clock and still be used for rating.
 const EVENT_TIMESTAMP_SKEW_MAX_SECS: u64 = 86_400;
 
-/// Answers remembered per session for duplicate CCRs (Session-Id + CC-Request-Number).
-const SESSION_ANSWERS_MAX: usize = 4;
+/// Answers remembered per session for duplicate CCRs (Session-Id + CC-Request-Number): the
+/// last two, which covers a client that sends one CCR-U per MSCC in parallel (magma#8663). A
+/// number older than those is refused (5004), never charged twice.
+const SESSION_ANSWERS_MAX: usize = 2;
 
 /// Rating groups one session may use.
 const RATING_GROUPS_PER_SESSION_MAX: usize = 64;
@@ -86,7 +88,8 @@ struct RgState {
 struct Recent {
     number: u32,
     fingerprint: u64,
-    answer: Bytes,
+    /// Reused when the entry is recycled, so a long session allocates nothing per request.
+    answer: Vec<u8>,
 }
 
 #[derive(Debug)]
@@ -99,7 +102,9 @@ struct Session {
     closed_at_ms: Option<u64>,
     expired: bool,
     rgs: SmallVec<[RgState; 1]>,
-    recent: SmallVec<[Recent; 1]>,
+    recent: SmallVec<[Recent; SESSION_ANSWERS_MAX]>,
+    /// The highest CC-Request-Number answered.
+    highest: u32,
 }
 
 /// The credit-control engine.
@@ -225,7 +230,20 @@ impl Engine {
     /// under a number already used (it must not be charged a second time). Returns whether an
     /// answer was written.
     fn replay(&self, session: &Session, msg: &MessageRef<'_>, ccr: &Ccr<'_>, out: &mut BytesMut) -> bool {
-        let Some(r) = session.recent.iter().find(|r| r.number == ccr.request_number) else {
+        let n = ccr.request_number;
+        let Some(r) = session.recent.iter().find(|r| r.number == n) else {
+            let oldest = session.recent.iter().map(|r| r.number).min().unwrap_or(0);
+            if session.recent.len() == SESSION_ANSWERS_MAX && n < oldest && n < session.highest {
+                // Older than every remembered answer: it may have been charged already, and we can
+                // no longer tell, so it is refused rather than risked twice.
+                self.refuse_number(
+                    msg,
+                    ccr,
+                    out,
+                    "CC-Request-Number older than the session's recent requests",
+                );
+                return true;
+            }
             return false;
         };
         if r.fingerprint == fingerprint(msg.body) {
@@ -235,22 +253,31 @@ impl Engine {
             let start = out.len() - r.answer.len();
             out[start + 16..start + 20].copy_from_slice(&msg.header.end_to_end.to_be_bytes());
         } else {
-            let text = "CC-Request-Number already used by a different request";
-            tracing::warn!(session = ccr.session_id, number = ccr.request_number, "{text}");
-            let failed = msg.find(crate::diameter::AvpCode(415)).map(|a| a.raw.to_vec()).unwrap_or_default();
-            error_answer(out, &self.local(), msg, ResultCode::INVALID_AVP_VALUE, Some(text), Some(&failed));
+            self.refuse_number(msg, ccr, out, "CC-Request-Number already used by a different request");
         }
         true
     }
 
+    fn refuse_number(&self, msg: &MessageRef<'_>, ccr: &Ccr<'_>, out: &mut BytesMut, text: &str) {
+        tracing::warn!(session = ccr.session_id, number = ccr.request_number, "{text}");
+        let failed = msg.find(crate::diameter::AvpCode(415)).map(|a| a.raw.to_vec()).unwrap_or_default();
+        error_answer(out, &self.local(), msg, ResultCode::INVALID_AVP_VALUE, Some(text), Some(&failed));
+    }
+
     fn remember(session: &mut Session, msg: &MessageRef<'_>, ccr: &Ccr<'_>, answer: &[u8]) {
-        if session.recent.len() == SESSION_ANSWERS_MAX {
-            session.recent.remove(0);
-        }
+        let mut buf = if session.recent.len() == SESSION_ANSWERS_MAX {
+            let oldest = (0..session.recent.len()).min_by_key(|&i| session.recent[i].number).unwrap_or(0);
+            session.recent.remove(oldest).answer
+        } else {
+            Vec::with_capacity(answer.len())
+        };
+        buf.clear();
+        buf.extend_from_slice(answer);
+        session.highest = session.highest.max(ccr.request_number);
         session.recent.push(Recent {
             number: ccr.request_number,
             fingerprint: fingerprint(msg.body),
-            answer: Bytes::copy_from_slice(answer),
+            answer: buf,
         });
     }
 
@@ -304,6 +331,7 @@ impl Engine {
             expired: false,
             rgs: SmallVec::new(),
             recent: SmallVec::new(),
+            highest: 0,
         };
         let mut answer = Answer::default();
         for m in ccr.services() {
@@ -479,7 +507,7 @@ impl Engine {
         let all = rating::affordable(rate, &rg.usage, band, available, package.currency);
         // Fair share: with other grants open on the account (a family plan), take at most an
         // equal share of what is left, so one session does not starve the others.
-        let others = self.ledger.view(account).map_or(0, |v| v.reservations) as i64;
+        let others = self.ledger.open_reservations(account).unwrap_or(0) as i64;
         let share = MoneyMinor(available.0 / (others + 1));
         let fair =
             if others > 0 { rating::affordable(rate, &rg.usage, band, share, package.currency) } else { all };

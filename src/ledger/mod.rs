@@ -380,6 +380,14 @@ impl Ledger {
     }
 
     /// balance + credit_limit − reserved, never below 0.
+    /// Open reservations on the account (for fair-share grant sizing), without the copying
+    /// that `view` does.
+    pub fn open_reservations(&self, id: AccountId) -> Result<usize, Reject> {
+        let shard = self.slot(id).lock();
+        let account = shard.account(slot_of(id)).ok_or(Reject::AccountNotFound)?;
+        Ok(account.reservations.len())
+    }
+
     pub fn available(&self, id: AccountId) -> Result<MoneyMinor, Reject> {
         let shard = self.slot(id).lock();
         let account = shard.account(slot_of(id)).ok_or(Reject::AccountNotFound)?;
