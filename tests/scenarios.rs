@@ -11,7 +11,7 @@
 //!   (`before=N after=N` report usage split at a tariff change as two USUs)
 //!   -> RESULT [rgN.result=…] [rgN.granted=…] [rgN.fui=none|terminate|redirect|restrict]
 //!   [rgN.validity=…] [rgN.ttc=yes|no] [granted=…] [cost=1.23] [check=enough|no-credit]
-//!   [remaining=1.23] [low=yes|no]`.
+//!   [remaining=1.23] [low=yes|no] [rgN.threshold=…] [rgN.qht=…]`.
 //!   Bracketed groups are MSCCs; without them RSU/USU go at command level. `dup` resends the
 //!   previous request of that session byte for byte with the T flag. CC-Request-Number counts
 //!   per session unless `num=` is given. `sub` and `ctx` default to the last ones used.
@@ -412,6 +412,12 @@ fn unit_facts(avps: AvpIter<'_>, f: &mut HashMap<String, String>) {
             }
             (423, VendorId::IETF) => {
                 f.insert("cost".into(), cost_of(&m));
+            }
+            (868 | 869 | 1226, VendorId::TGPP) => {
+                f.insert("threshold".into(), u32_of(m.data).to_string());
+            }
+            (871, VendorId::TGPP) => {
+                f.insert("qht".into(), u32_of(m.data).to_string());
             }
             (2021, VendorId::TGPP) => {
                 f.insert("remaining".into(), cost_of(&m));

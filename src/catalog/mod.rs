@@ -62,6 +62,13 @@ pub struct Service {
     pub validity_time_s: u32,
     /// What the client does when the final units are used (RFC 4006 §8.34).
     pub final_unit_action: FinalUnitAction,
+    /// TS 32.299 §7.2.214/§7.2.196/§7.2.218 Volume-/Time-/Unit-Quota-Threshold, as a percentage
+    /// of each grant: the client reports when the *remaining* units fall to this share (the Gy
+    /// meaning; open5gs#3113), so the next grant arrives before the current one runs out.
+    pub threshold_percent: Option<u8>,
+    /// TS 32.299 §7.2.152 Quota-Holding-Time, seconds: the client returns an idle grant after
+    /// this long without traffic.
+    pub quota_holding_time_s: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -61,6 +61,8 @@ pub(super) struct RawService {
     pub(super) filter_id: Option<String>,
     #[serde(default)]
     pub(super) bands: Vec<RawBand>,
+    pub(super) threshold_percent: Option<u8>,
+    pub(super) quota_holding_time: Option<u32>,
 }
 
 fn one() -> u64 {

@@ -107,6 +107,16 @@ fn check_service(service: &Service) -> Result<(), Problem> {
     if service.validity_time_s == 0 {
         return Err(Problem::Zero { field: "validity_time" });
     }
+    if let Some(p) = service.threshold_percent.filter(|p| !(1..=99).contains(p)) {
+        return Err(Problem::OutOfRange {
+            field: "threshold_percent",
+            value: p.to_string(),
+            expected: "1..=99",
+        });
+    }
+    if service.quota_holding_time_s == Some(0) {
+        return Err(Problem::Zero { field: "quota_holding_time" });
+    }
     if u64::from(service.validity_time_s) > crate::limits::VALIDITY_TIME_S_MAX {
         return Err(Problem::OutOfRange {
             field: "validity_time",

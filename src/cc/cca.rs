@@ -38,6 +38,10 @@ pub(crate) mod avp {
     /// TS 32.299 §7.2.140 (vendor 10415).
     pub(crate) const REMAINING_BALANCE: AvpSpec = AvpSpec::tgpp(2021);
     pub(crate) const LOW_BALANCE_INDICATION: AvpSpec = AvpSpec::tgpp(2020);
+    pub(crate) const TIME_QUOTA_THRESHOLD: AvpSpec = AvpSpec::tgpp(868);
+    pub(crate) const VOLUME_QUOTA_THRESHOLD: AvpSpec = AvpSpec::tgpp(869);
+    pub(crate) const UNIT_QUOTA_THRESHOLD: AvpSpec = AvpSpec::tgpp(1226);
+    pub(crate) const QUOTA_HOLDING_TIME: AvpSpec = AvpSpec::tgpp(871);
 }
 
 /// Granted units of one MSCC.
@@ -58,6 +62,9 @@ pub struct MsccAnswer<'p> {
     pub grant: Option<Grant>,
     pub validity_time_s: Option<u32>,
     pub final_unit: Option<&'p FinalUnitAction>,
+    /// Remaining units at which the client should report (TS 32.299 quota thresholds).
+    pub threshold: Option<u32>,
+    pub quota_holding_time_s: Option<u32>,
 }
 
 /// Money for Cost-Information / Remaining-Balance.
@@ -119,6 +126,17 @@ pub fn write(
         }
         if let Some(sid) = m.service_id {
             e.u32(avp::SERVICE_IDENTIFIER, sid);
+        }
+        if let (Some(t), Some(g)) = (m.threshold, m.grant) {
+            let spec = match g.unit {
+                UnitKind::Time => avp::TIME_QUOTA_THRESHOLD,
+                UnitKind::Octets => avp::VOLUME_QUOTA_THRESHOLD,
+                UnitKind::Events => avp::UNIT_QUOTA_THRESHOLD,
+            };
+            e.u32(spec, t);
+        }
+        if let Some(q) = m.quota_holding_time_s {
+            e.u32(avp::QUOTA_HOLDING_TIME, q);
         }
         // TS 32.299 §7.2.128: Result-Code inside MSCC, the per-service outcome.
         e.u32(spec::RESULT_CODE, m.result.0);

@@ -411,6 +411,8 @@ impl Engine {
             grant: None,
             validity_time_s: None,
             final_unit: None,
+            threshold: None,
+            quota_holding_time_s: None,
         };
         let idx = match session.rgs.iter().position(|r| r.rating_group == m.rating_group) {
             Some(i) => i,
@@ -494,6 +496,7 @@ impl Engine {
                 rg.band_after = band_after as u8;
                 a.grant = Some(Grant { unit: rate.unit, units, tariff_time_change: change.map(ntp) });
                 a.validity_time_s = Some(service.validity_time_s);
+                grant_extras(service, units, a);
                 return;
             }
         }
@@ -533,6 +536,7 @@ impl Engine {
         rg.band_after = band_after as u8;
         a.grant = Some(Grant { unit: rate.unit, units, tariff_time_change: change.map(ntp) });
         a.validity_time_s = Some(service.validity_time_s);
+        grant_extras(service, units, a);
         if all < target && units == all {
             // The last grant the funds allow (RFC 4006 §5.6.2 Final-Unit-Indication). A grant cut
             // by the fair share is not final: more funds remain for later requests.
@@ -707,6 +711,8 @@ impl Engine {
             grant: None,
             validity_time_s: None,
             final_unit: None,
+            threshold: None,
+            quota_holding_time_s: None,
         };
         let op =
             session_key(ccr.session_id) ^ u64::from(ccr.request_number).wrapping_mul(0x9e37_79b9_7f4a_7c15);
@@ -837,6 +843,15 @@ impl Engine {
     pub fn load_catalog(&self, catalog: &Catalog, now_ms: u64) -> Result<usize, String> {
         load_catalog(self, catalog, now_ms)
     }
+}
+
+/// Quota threshold (a share of the grant that, left over, triggers a report) and
+/// Quota-Holding-Time, as the plan configures them.
+fn grant_extras(service: &Service, units: u64, a: &mut MsccAnswer<'_>) {
+    a.threshold = service
+        .threshold_percent
+        .map(|p| u32::try_from(units.saturating_mul(u64::from(p)) / 100).unwrap_or(u32::MAX));
+    a.quota_holding_time_s = service.quota_holding_time_s;
 }
 
 fn ntp(unix_secs: u64) -> u32 {
