@@ -139,6 +139,20 @@ pub enum SubscriptionKind {
     Private = 4,
 }
 
+impl SubscriptionKind {
+    /// The kind for a Subscription-Id-Type value on the wire.
+    pub fn from_wire(v: u32) -> Option<Self> {
+        Some(match v {
+            0 => Self::E164,
+            1 => Self::Imsi,
+            2 => Self::SipUri,
+            3 => Self::Nai,
+            4 => Self::Private,
+            _ => return None,
+        })
+    }
+}
+
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub struct SubscriptionId {
     pub kind: SubscriptionKind,

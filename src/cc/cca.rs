@@ -67,6 +67,22 @@ pub struct MsccAnswer<'p> {
     pub quota_holding_time_s: Option<u32>,
 }
 
+impl MsccAnswer<'_> {
+    /// 2001 for the service, nothing granted yet.
+    pub fn success(rating_group: Option<u32>, service_id: Option<u32>) -> Self {
+        Self {
+            rating_group,
+            service_id,
+            result: ResultCode::SUCCESS,
+            grant: None,
+            validity_time_s: None,
+            final_unit: None,
+            threshold: None,
+            quota_holding_time_s: None,
+        }
+    }
+}
+
 /// Money for Cost-Information / Remaining-Balance.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct Amount {

@@ -283,20 +283,14 @@ fn subscription<'a>(a: &AvpRef<'a>) -> Result<Option<(SubscriptionKind, &'a str)
     for m in a.members().map_while(Result::ok) {
         match m.code.0 {
             code::SUBSCRIPTION_ID_TYPE => {
-                kind = Some(match u32_of(&m) {
-                    Some(0) => SubscriptionKind::E164,
-                    Some(1) => SubscriptionKind::Imsi,
-                    Some(2) => SubscriptionKind::SipUri,
-                    Some(3) => SubscriptionKind::Nai,
-                    Some(4) => SubscriptionKind::Private,
-                    _ => {
-                        return Err(CcrError::at(
-                            ResultCode::INVALID_AVP_VALUE,
-                            "unknown Subscription-Id-Type",
-                            &m,
-                        ))
-                    }
-                })
+                let Some(k) = u32_of(&m).and_then(SubscriptionKind::from_wire) else {
+                    return Err(CcrError::at(
+                        ResultCode::INVALID_AVP_VALUE,
+                        "unknown Subscription-Id-Type",
+                        &m,
+                    ));
+                };
+                kind = Some(k);
             }
             code::SUBSCRIPTION_ID_DATA => data = str_of(&m),
             _ => {}

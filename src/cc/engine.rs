@@ -404,16 +404,7 @@ impl Engine {
         m: &Mscc<'_>,
         may_grant: bool,
     ) -> MsccAnswer<'p> {
-        let mut a = MsccAnswer {
-            rating_group: m.rating_group,
-            service_id: m.service_id,
-            result: ResultCode::SUCCESS,
-            grant: None,
-            validity_time_s: None,
-            final_unit: None,
-            threshold: None,
-            quota_holding_time_s: None,
-        };
+        let mut a = MsccAnswer::success(m.rating_group, m.service_id);
         let idx = match session.rgs.iter().position(|r| r.rating_group == m.rating_group) {
             Some(i) => i,
             None => {
@@ -704,16 +695,7 @@ impl Engine {
         let cost = rating::charge(rate, &usage, package.currency);
         let grant = Grant { unit: rate.unit, units, tariff_time_change: None };
         let single = ccr.single.is_some() || ccr.msccs.is_empty();
-        let mut mscc = MsccAnswer {
-            rating_group: m.rating_group,
-            service_id: m.service_id,
-            result: ResultCode::SUCCESS,
-            grant: None,
-            validity_time_s: None,
-            final_unit: None,
-            threshold: None,
-            quota_holding_time_s: None,
-        };
+        let mut mscc = MsccAnswer::success(m.rating_group, m.service_id);
         let op =
             session_key(ccr.session_id) ^ u64::from(ccr.request_number).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         let (result, changed) = match action {

@@ -82,6 +82,7 @@
 //! an error Result-Code). 1: an expectation failed. 2: usage, script or connection error
 //! (timeout, CER refused, connection lost).
 
+use crate::catalog::SubscriptionKind;
 use std::fmt::{self, Write as _};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -285,20 +286,10 @@ pub enum RequestedAction {
     PriceEnquiry = 3,
 }
 
-/// RFC 4006 §8.47 Subscription-Id-Type; the discriminant is the wire value.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum SubscriptionIdType {
-    E164 = 0,
-    Imsi = 1,
-    SipUri = 2,
-    Nai = 3,
-    Private = 4,
-}
-
 /// One Subscription-Id, written `e164:491700000001` on the command line.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Subscriber {
-    pub kind: SubscriptionIdType,
+    pub kind: SubscriptionKind,
     pub data: String,
 }
 
@@ -312,11 +303,11 @@ impl std::str::FromStr for Subscriber {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (kind, data) = s.split_once(':').ok_or(SubscriberError)?;
         let kind = match kind.to_ascii_lowercase().as_str() {
-            "e164" => SubscriptionIdType::E164,
-            "imsi" => SubscriptionIdType::Imsi,
-            "sip" => SubscriptionIdType::SipUri,
-            "nai" => SubscriptionIdType::Nai,
-            "private" => SubscriptionIdType::Private,
+            "e164" => SubscriptionKind::E164,
+            "imsi" => SubscriptionKind::Imsi,
+            "sip" => SubscriptionKind::SipUri,
+            "nai" => SubscriptionKind::Nai,
+            "private" => SubscriptionKind::Private,
             _ => return Err(SubscriberError),
         };
         if data.is_empty() {
@@ -325,7 +316,7 @@ impl std::str::FromStr for Subscriber {
         // A SIP URI carries its own scheme (RFC 4006 §8.47: "SIP URI as defined in RFC 3261"),
         // so `sip:alice@ims.test` means the URI `sip:alice@ims.test`, not `alice@ims.test`.
         let data = match kind {
-            SubscriptionIdType::SipUri if !has_uri_scheme(data) => s.to_owned(),
+            SubscriptionKind::SipUri if !has_uri_scheme(data) => s.to_owned(),
             _ => data.to_owned(),
         };
         Ok(Self { kind, data })
@@ -1480,7 +1471,7 @@ update
         assert!(steps[4].request.rating_groups.is_empty());
         assert_eq!(steps[5].session, SessionChoice::New);
         assert_eq!(steps[6].origin, Origin::Script { path: "s.txt".into(), line: 9 });
-        assert!(steps.iter().all(|s| s.request.subscribers[0].kind == SubscriptionIdType::Imsi));
+        assert!(steps.iter().all(|s| s.request.subscribers[0].kind == SubscriptionKind::Imsi));
 
         let mut session = Session::new("ccr.gyro.test");
         let ids: Vec<_> = steps.iter().map(|s| session.next(s)).collect();
