@@ -103,6 +103,11 @@ pub struct Ccr<'a> {
     /// NTP seconds.
     pub event_timestamp: Option<u32>,
     pub termination_cause: Option<u32>,
+    /// RFC 4006 §8.49 User-Equipment-Info, as received (IMEISV, MAC, …), for records.
+    pub user_equipment_info: Option<&'a [u8]>,
+    /// TS 32.299 §7.2.200 Service-Information (PS-, IMS-, SMS-Information …), as received, for
+    /// records and for rating rules that look inside it.
+    pub service_information: Option<&'a [u8]>,
 }
 
 /// A CCR that is well-formed Diameter but cannot be charged as it stands.
@@ -143,6 +148,9 @@ mod code {
     pub(super) const TERMINATION_CAUSE: u32 = 295;
     /// TS 32.299 Reporting-Reason (vendor 10415).
     pub(super) const REPORTING_REASON: u32 = 872;
+    pub(super) const USER_EQUIPMENT_INFO: u32 = 458;
+    /// TS 32.299 Service-Information (vendor 10415).
+    pub(super) const SERVICE_INFORMATION: u32 = 873;
 }
 
 fn u32_of(a: &AvpRef<'_>) -> Option<u32> {
@@ -182,11 +190,13 @@ impl<'a> Ccr<'a> {
             requested_action: None,
             event_timestamp: None,
             termination_cause: None,
+            user_equipment_info: None,
+            service_information: None,
         };
         let mut single = Mscc::default();
         for a in msg.avps().map_while(Result::ok) {
-            if a.vendor == VendorId::TGPP {
-                continue;
+            if a.vendor == VendorId::TGPP && a.code.0 == code::SERVICE_INFORMATION {
+                ccr.service_information = Some(a.raw);
             }
             if a.vendor != VendorId::IETF {
                 continue;
@@ -249,6 +259,7 @@ impl<'a> Ccr<'a> {
                 }
                 code::EVENT_TIMESTAMP => ccr.event_timestamp = u32_of(&a),
                 code::TERMINATION_CAUSE => ccr.termination_cause = u32_of(&a),
+                code::USER_EQUIPMENT_INFO => ccr.user_equipment_info = Some(a.raw),
                 _ => {}
             }
         }
@@ -401,6 +412,7 @@ mod tests {
         assert_eq!(m.rating_group, Some(10));
         assert_eq!(m.requested, Some(Units::default()));
         assert_eq!(m.used[0].units.octets(), Some(1_048_576));
+        assert!(ccr.service_information.is_some_and(|s| s.len() > 12), "PS-Information kept");
 
         let bytes = read("ccr_t");
         let ccr = Ccr::parse(&MessageRef::parse(&bytes).unwrap()).unwrap();
