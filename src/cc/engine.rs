@@ -584,16 +584,27 @@ impl Engine {
         }
         let new_charge = rating::charge(rate, &after, package.currency);
         let delta = MoneyMinor(new_charge.0 - rg.debited.0);
-        if rg.open {
-            match self.ledger.commit(now.mono_ms, account, key, delta, 0) {
-                Ok(c) if c.overdraft => {
-                    tracing::warn!(account = account.0, "usage beyond the grant put the account in overdraft")
+        // The ledger may have expired the hold on its own deadline before the session sweep
+        // noticed; then the usage is charged as late usage, never dropped.
+        let committed = rg.open
+            && match self.ledger.commit(now.mono_ms, account, key, delta, 0) {
+                Ok(c) => {
+                    if c.overdraft {
+                        tracing::warn!(
+                            account = account.0,
+                            "usage beyond the grant put the account in overdraft"
+                        );
+                    }
+                    true
                 }
-                Ok(_) => {}
-                Err(r) => tracing::error!(?r, "commit failed"),
-            }
-            rg.open = false;
-        } else if delta.0 > 0 {
+                Err(Reject::ReservationNotFound) => false,
+                Err(r) => {
+                    tracing::error!(?r, "commit failed; charging as late usage");
+                    false
+                }
+            };
+        rg.open = false;
+        if !committed && delta.0 > 0 {
             let op = key.session ^ u64::from(key.rating_group).rotate_left(32) ^ new_charge.0 as u64;
             if let Err(r) = self.ledger.debit(now.mono_ms, account, op, delta, true) {
                 tracing::error!(?r, "late usage debit failed");
