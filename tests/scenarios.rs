@@ -11,7 +11,8 @@
 //!   (`before=N after=N` report usage split at a tariff change as two USUs)
 //!   -> RESULT [rgN.result=…] [rgN.granted=…] [rgN.fui=none|terminate|redirect|restrict]
 //!   [rgN.validity=…] [rgN.ttc=yes|no] [granted=…] [cost=1.23] [check=enough|no-credit]
-//!   [remaining=1.23] [low=yes|no] [rgN.threshold=…] [rgN.qht=…]`.
+//!   [remaining=1.23] [low=yes|no] [rgN.threshold=…] [rgN.qht=…] [rgN.filter=ID]
+//!   [rgN.rules=COUNT]`.
 //!   Bracketed groups are MSCCs; without them RSU/USU go at command level. `dup` resends the
 //!   previous request of that session byte for byte with the T flag. CC-Request-Number counts
 //!   per session unless `num=` is given. `sub` and `ctx` default to the last ones used.
@@ -405,9 +406,21 @@ fn unit_facts(avps: AvpIter<'_>, f: &mut HashMap<String, String>) {
                 f.insert("validity".into(), u32_of(m.data).to_string());
             }
             (430, VendorId::IETF) => {
-                for u in m.members().map_while(Result::ok).filter(|u| u.code.0 == 449) {
-                    let name = ["terminate", "redirect", "restrict"][u32_of(u.data) as usize];
-                    f.insert("fui".into(), name.into());
+                for u in m.members().map_while(Result::ok) {
+                    match u.code.0 {
+                        449 => {
+                            let name = ["terminate", "redirect", "restrict"][u32_of(u.data) as usize];
+                            f.insert("fui".into(), name.into());
+                        }
+                        438 => {
+                            let n = f.get("rules").map_or(0, |v| v.parse::<u32>().unwrap()) + 1;
+                            f.insert("rules".into(), n.to_string());
+                        }
+                        11 => {
+                            f.insert("filter".into(), String::from_utf8_lossy(u.data).into_owned());
+                        }
+                        _ => {}
+                    }
                 }
             }
             (423, VendorId::IETF) => {

@@ -119,6 +119,7 @@ fn service(plan: &str, index: usize, raw: RawService) -> Result<Service, Located
         quota: raw.quota,
         validity_time_s: raw.validity_time,
         final_unit_action,
+        restriction_filter_rules: raw.restriction_filter_rules,
         threshold_percent: raw.threshold_percent,
         quota_holding_time_s: raw.quota_holding_time,
     })

@@ -62,6 +62,9 @@ pub struct Service {
     pub validity_time_s: u32,
     /// What the client does when the final units are used (RFC 4006 §8.34).
     pub final_unit_action: FinalUnitAction,
+    /// RFC 4006 §8.36 Restriction-Filter-Rule (IPFilterRule, e.g. `permit out ip from any to
+    /// 192.0.2.10`) sent with a RESTRICT_ACCESS Final-Unit-Indication, beside Filter-Id.
+    pub restriction_filter_rules: Vec<String>,
     /// TS 32.299 §7.2.214/§7.2.196/§7.2.218 Volume-/Time-/Unit-Quota-Threshold, as a percentage
     /// of each grant: the client reports when the *remaining* units fall to this share (the Gy
     /// meaning; open5gs#3113), so the next grant arrives before the current one runs out.

@@ -61,6 +61,8 @@ pub(super) struct RawService {
     pub(super) filter_id: Option<String>,
     #[serde(default)]
     pub(super) bands: Vec<RawBand>,
+    #[serde(default)]
+    pub(super) restriction_filter_rules: Vec<String>,
     pub(super) threshold_percent: Option<u8>,
     pub(super) quota_holding_time: Option<u32>,
 }

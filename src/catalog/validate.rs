@@ -107,6 +107,18 @@ fn check_service(service: &Service) -> Result<(), Problem> {
     if service.validity_time_s == 0 {
         return Err(Problem::Zero { field: "validity_time" });
     }
+    let restrict = matches!(service.final_unit_action, FinalUnitAction::Restrict { .. });
+    for rule in &service.restriction_filter_rules {
+        // RFC 6733 §4.3.1 IPFilterRule: "action dir proto from src to dst [options]".
+        let ok = rule.starts_with("permit ") || rule.starts_with("deny ");
+        if !restrict || !ok || rule.len() > 256 {
+            return Err(Problem::OutOfRange {
+                field: "restriction_filter_rules",
+                value: rule.clone(),
+                expected: "an IPFilterRule (\"permit …\" or \"deny …\", ≤ 256 bytes) with final_unit_action = \"restrict\"",
+            });
+        }
+    }
     if let Some(p) = service.threshold_percent.filter(|p| !(1..=99).contains(p)) {
         return Err(Problem::OutOfRange {
             field: "threshold_percent",

@@ -28,6 +28,7 @@ pub(crate) mod avp {
     pub(crate) const REDIRECT_ADDRESS_TYPE: AvpSpec = AvpSpec::mandatory(433);
     pub(crate) const REDIRECT_SERVER_ADDRESS: AvpSpec = AvpSpec::mandatory(435);
     pub(crate) const FILTER_ID: AvpSpec = AvpSpec::mandatory(11);
+    pub(crate) const RESTRICTION_FILTER_RULE: AvpSpec = AvpSpec::mandatory(438);
     pub(crate) const COST_INFORMATION: AvpSpec = AvpSpec::mandatory(423);
     pub(crate) const UNIT_VALUE: AvpSpec = AvpSpec::mandatory(445);
     pub(crate) const VALUE_DIGITS: AvpSpec = AvpSpec::mandatory(447);
@@ -62,6 +63,8 @@ pub struct MsccAnswer<'p> {
     pub grant: Option<Grant>,
     pub validity_time_s: Option<u32>,
     pub final_unit: Option<&'p FinalUnitAction>,
+    /// Restriction-Filter-Rules for a RESTRICT_ACCESS final unit.
+    pub final_unit_rules: &'p [String],
     /// Remaining units at which the client should report (TS 32.299 quota thresholds).
     pub threshold: Option<u32>,
     pub quota_holding_time_s: Option<u32>,
@@ -77,6 +80,7 @@ impl MsccAnswer<'_> {
             grant: None,
             validity_time_s: None,
             final_unit: None,
+            final_unit_rules: &[],
             threshold: None,
             quota_holding_time_s: None,
         }
@@ -230,6 +234,9 @@ fn write_units(e: &mut Encoder<'_>, m: &MsccAnswer<'_>) {
             }
             FinalUnitAction::Restrict { filter_id } => {
                 e.u32(avp::FINAL_UNIT_ACTION, 2);
+                for rule in m.final_unit_rules {
+                    e.str(avp::RESTRICTION_FILTER_RULE, rule);
+                }
                 e.str(avp::FILTER_ID, filter_id);
             }
         }

@@ -532,6 +532,7 @@ impl Engine {
             // The last grant the funds allow (RFC 4006 §5.6.2 Final-Unit-Indication). A grant cut
             // by the fair share is not final: more funds remain for later requests.
             a.final_unit = Some(&service.final_unit_action);
+            a.final_unit_rules = &service.restriction_filter_rules;
         }
     }
 
