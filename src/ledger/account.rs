@@ -27,7 +27,7 @@ pub(super) struct Account {
     pub(super) credit_limit: i64,
     /// Open holds, unordered (a few per account; found by a linear scan). The capacity is kept
     /// when they close, so the reserve/commit path does not allocate once an account has had a
-    /// session (at the cost of 160 bytes for the first four holds, kept while idle).
+    /// session; it starts at one hold (40 bytes) and grows as more are held at once.
     pub(super) reservations: Vec<Reservation>,
     pub(super) bundles: Box<[Bundle]>,
     pub(super) customer: Box<str>,
@@ -233,6 +233,11 @@ impl Account {
         }
         assert!(self.reservations.len() < RESERVATIONS_PER_ACCOUNT_MAX);
 
+        if self.reservations.capacity() == 0 {
+            // Most accounts hold one grant at a time; Vec's default first growth (4) would keep
+            // 160 bytes per account that has ever had a session.
+            self.reservations.reserve_exact(1);
+        }
         self.reservations.push(Reservation {
             session: key.session,
             money,
