@@ -8,7 +8,8 @@
 //!   move both clocks.
 //! - `ccr I|U|T|E SESSION [sub=e164:4917…] [ctx=32251] [num=N] [req=N] [used=N] [tcu=before|after]
 //!   [reason=final] [action=debit|refund|check|price] [[rg=10 req=0 used=N tcu=after] …] [dup]
-//!   (`before=N after=N` report usage split at a tariff change as two USUs)
+//!   (`before=N after=N` report usage split at a tariff change as two USUs; `money=0.05` asks
+//!   for what 0.05 EUR buys, as CC-Money; `aoc=full|cost` sends AoC-Request-Type)
 //!   -> RESULT [rgN.result=…] [rgN.granted=…] [rgN.fui=none|terminate|redirect|restrict]
 //!   [rgN.validity=…] [rgN.ttc=yes|no] [granted=…] [cost=1.23] [check=enough|no-credit]
 //!   [remaining=1.23] [low=yes|no] [rgN.threshold=…] [rgN.qht=…] [rgN.filter=ID]
@@ -257,6 +258,10 @@ impl Harness {
         if let Some(a) = action {
             e.u32(AvpSpec::mandatory(436), a);
         }
+        if let Some((_, aoc)) = single.iter().find(|(k, _)| k == "aoc") {
+            // TS 32.299 AoC-Request-Type: 1 AoC_FULL, 2 AoC_COST_ONLY.
+            e.u32(AvpSpec::tgpp(2055), if aoc == "full" { 1 } else { 2 });
+        }
         if rtype == 3 {
             e.u32(AvpSpec::mandatory(295), 1);
         }
@@ -340,6 +345,18 @@ fn service_units(e: &mut Encoder<'_>, at: &str, kv: &[(String, String)]) {
                 if n > 0 {
                     put(e, n);
                 }
+                e.end_group(g);
+            }
+            "money" => {
+                // RSU{CC-Money{Unit-Value{Value-Digits, Exponent -2}, Currency-Code 978}}.
+                let cents = (v.parse::<f64>().unwrap() * 100.0).round() as i64;
+                let g = e.begin_group(AvpSpec::mandatory(437));
+                let m = e.begin_group(AvpSpec::mandatory(413));
+                let uv = e.begin_group(AvpSpec::mandatory(445));
+                e.i64(AvpSpec::mandatory(447), cents).i32(AvpSpec::mandatory(429), -2);
+                e.end_group(uv);
+                e.u32(AvpSpec::mandatory(425), 978);
+                e.end_group(m);
                 e.end_group(g);
             }
             "before" | "after" => {

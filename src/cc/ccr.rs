@@ -44,6 +44,16 @@ pub struct Units {
     pub input_octets: Option<u64>,
     pub output_octets: Option<u64>,
     pub specific: Option<u64>,
+    /// RFC 4006 §8.22 CC-Money: Value-Digits × 10^Exponent in the ISO 4217 currency.
+    pub money: Option<Money>,
+}
+
+/// A CC-Money / Unit-Value amount as received.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Money {
+    pub value_digits: i64,
+    pub exponent: i32,
+    pub currency: Option<u16>,
 }
 
 impl Units {
@@ -103,6 +113,9 @@ pub struct Ccr<'a> {
     /// NTP seconds.
     pub event_timestamp: Option<u32>,
     pub termination_cause: Option<u32>,
+    /// TS 32.299 §7.2.12 AoC-Request-Type: 0 NOT_REQUESTED, 1 AoC_FULL, 2 AoC_COST_ONLY,
+    /// 3 AoC_TARIFF_ONLY.
+    pub aoc_request_type: Option<u32>,
     /// RFC 4006 §8.49 User-Equipment-Info, as received (IMEISV, MAC, …), for records.
     pub user_equipment_info: Option<&'a [u8]>,
     /// TS 32.299 §7.2.200 Service-Information (PS-, IMS-, SMS-Information …), as received, for
@@ -149,6 +162,13 @@ mod code {
     /// TS 32.299 Reporting-Reason (vendor 10415).
     pub(super) const REPORTING_REASON: u32 = 872;
     pub(super) const USER_EQUIPMENT_INFO: u32 = 458;
+    pub(super) const CC_MONEY: u32 = 413;
+    pub(super) const UNIT_VALUE: u32 = 445;
+    pub(super) const VALUE_DIGITS: u32 = 447;
+    pub(super) const EXPONENT: u32 = 429;
+    pub(super) const CURRENCY_CODE: u32 = 425;
+    /// TS 32.299 AoC-Request-Type (vendor 10415).
+    pub(super) const AOC_REQUEST_TYPE: u32 = 2055;
     /// TS 32.299 Service-Information (vendor 10415).
     pub(super) const SERVICE_INFORMATION: u32 = 873;
 }
@@ -192,11 +212,15 @@ impl<'a> Ccr<'a> {
             termination_cause: None,
             user_equipment_info: None,
             service_information: None,
+            aoc_request_type: None,
         };
         let mut single = Mscc::default();
         for a in msg.avps().map_while(Result::ok) {
             if a.vendor == VendorId::TGPP && a.code.0 == code::SERVICE_INFORMATION {
                 ccr.service_information = Some(a.raw);
+            }
+            if a.vendor == VendorId::TGPP && a.code.0 == code::AOC_REQUEST_TYPE {
+                ccr.aoc_request_type = u32_of(&a);
             }
             if a.vendor != VendorId::IETF {
                 continue;
@@ -319,10 +343,35 @@ fn units(a: &AvpRef<'_>) -> Units {
             code::CC_INPUT_OCTETS => u.input_octets = u64_of(&m),
             code::CC_OUTPUT_OCTETS => u.output_octets = u64_of(&m),
             code::CC_SERVICE_SPECIFIC_UNITS => u.specific = u64_of(&m),
+            code::CC_MONEY => u.money = money(&m),
             _ => {}
         }
     }
     u
+}
+
+fn money(a: &AvpRef<'_>) -> Option<Money> {
+    let mut out = Money { value_digits: 0, exponent: 0, currency: None };
+    let mut seen = false;
+    for m in a.members().map_while(Result::ok).filter(|m| m.vendor == VendorId::IETF) {
+        match m.code.0 {
+            code::UNIT_VALUE => {
+                for v in m.members().map_while(Result::ok) {
+                    match v.code.0 {
+                        code::VALUE_DIGITS => {
+                            out.value_digits = i64::from_be_bytes(v.data.try_into().ok()?);
+                            seen = true;
+                        }
+                        code::EXPONENT => out.exponent = i32::from_be_bytes(v.data.try_into().ok()?),
+                        _ => {}
+                    }
+                }
+            }
+            code::CURRENCY_CODE => out.currency = u32_of(&m).and_then(|c| u16::try_from(c).ok()),
+            _ => {}
+        }
+    }
+    seen.then_some(out)
 }
 
 fn used(a: &AvpRef<'_>) -> UsedUnits {

@@ -383,6 +383,11 @@ impl Engine {
             let service = session.rgs.first().map(|r| &package.services[usize::from(r.service)]);
             self.remaining_balance(session.account, &package, service, &mut answer);
         }
+        if !terminate && matches!(ccr.aoc_request_type, Some(1 | 2)) {
+            // TS 32.299 §6.5 advice of charge: the cost of the session so far.
+            let total = session.rgs.iter().map(|r| r.debited.0).sum::<i64>();
+            answer.cost = Some(Amount { money: MoneyMinor(total), currency: package.currency });
+        }
         session.expired = false;
         self.refresh_deadline(now, &mut session);
         let result = if terminate && answer.msccs.is_empty() && answer.single.is_none() {
@@ -462,8 +467,16 @@ impl Engine {
         let service = &package.services[usize::from(session.rgs[idx].service)];
         let rate = &service.rate;
         let requested = m.requested.as_ref().and_then(|u| units_of(rate.unit, u)).filter(|&u| u > 0);
-        let target = requested.map_or(service.quota, |r| r.min(service.quota)).max(1);
         let band = rating::band_at(rate, now.unix_secs, package.utc_offset_minutes);
+        // RFC 4006 §8.22: a client may ask for money (CC-Money) rather than units; the grant is
+        // then what that much money buys, in the service's units.
+        let for_money = m
+            .requested
+            .as_ref()
+            .and_then(|u| u.money)
+            .and_then(|money| money_minor(money, package.currency))
+            .map(|cap| rating::affordable(rate, &session.rgs[idx].usage, band, cap, package.currency));
+        let target = requested.or(for_money).map_or(service.quota, |r| r.min(service.quota)).max(1);
         let change = rating::next_band_change(rate, now.unix_secs, package.utc_offset_minutes)
             .filter(|&t| t < now.unix_secs + u64::from(service.validity_time_s));
         let band_after = change.map_or(band, |t| rating::band_at(rate, t, package.utc_offset_minutes));
@@ -846,6 +859,21 @@ fn grant_extras(service: &Service, units: u64, a: &mut MsccAnswer<'_>) {
         .threshold_percent
         .map(|p| u32::try_from(units.saturating_mul(u64::from(p)) / 100).unwrap_or(u32::MAX));
     a.quota_holding_time_s = service.quota_holding_time_s;
+}
+
+/// A CC-Money amount in minor units of `currency`, if it is in that currency (or names none)
+/// and fits; fractions of a minor unit are dropped (the client asked for at most this much).
+fn money_minor(money: super::ccr::Money, currency: rating::Currency) -> Option<MoneyMinor> {
+    if money.currency.is_some_and(|c| c != currency.numeric) || money.value_digits < 0 {
+        return None;
+    }
+    let shift = money.exponent.checked_add(i32::from(currency.exponent))?;
+    let value = if shift >= 0 {
+        money.value_digits.checked_mul(10i64.checked_pow(u32::try_from(shift).ok()?)?)?
+    } else {
+        money.value_digits / 10i64.checked_pow(u32::try_from(-shift).ok()?).unwrap_or(i64::MAX)
+    };
+    Some(MoneyMinor(value))
 }
 
 fn ntp(unix_secs: u64) -> u32 {
