@@ -286,22 +286,18 @@ impl Engine {
 
     fn initial(&self, now: Now, msg: &MessageRef<'_>, ccr: &Ccr<'_>, out: &mut BytesMut) {
         let start = out.len();
-        if let Some(s) = self.sessions.get(ccr.session_id) {
-            if self.replay(&s, msg, ccr, out) {
+        // The entry stays locked while the session is set up, so the same CCR-I arriving on two
+        // connections at once is processed once and replayed once, and no hold is orphaned.
+        let vacant = match self.sessions.entry(ccr.session_id.into()) {
+            dashmap::mapref::entry::Entry::Occupied(s) => {
+                if !self.replay(s.get(), msg, ccr, out) {
+                    let text = Some("session already exists");
+                    error_answer(out, &self.local(), msg, ResultCode::INVALID_AVP_VALUE, text, None);
+                }
                 return;
             }
-            drop(s);
-            let local = self.local();
-            error_answer(
-                out,
-                &local,
-                msg,
-                ResultCode::INVALID_AVP_VALUE,
-                Some("session already exists"),
-                None,
-            );
-            return;
-        }
+            dashmap::mapref::entry::Entry::Vacant(v) => v,
+        };
         let Some(account) = self.resolve(ccr) else {
             // RFC 4006 §9.1 5030 DIAMETER_USER_UNKNOWN.
             self.write(out, msg, ccr, ResultCode::USER_UNKNOWN, &Answer::default());
@@ -343,7 +339,7 @@ impl Engine {
         self.write(out, msg, ccr, result, &answer);
         Self::remember(&mut session, msg, ccr, &out[start..]);
         if result.is_success() {
-            self.sessions.insert(ccr.session_id.into(), session);
+            vacant.insert(session);
         } else {
             // RFC 4006 §5.6: a failed CCR-I leaves no session; release what was granted.
             self.release_all(&mut session);
@@ -356,7 +352,8 @@ impl Engine {
     fn update(&self, now: Now, msg: &MessageRef<'_>, ccr: &Ccr<'_>, out: &mut BytesMut) {
         let start = out.len();
         let Some(mut session) = self.sessions.get_mut(ccr.session_id) else {
-            // RFC 4006 §8.? / RFC 6733 §7.1.5: 5002 DIAMETER_UNKNOWN_SESSION_ID.
+            // RFC 4006 §7 (server state machine, Idle: CCR-U/T → 5002) and RFC 6733 §7.1.5
+            // DIAMETER_UNKNOWN_SESSION_ID.
             self.write(out, msg, ccr, ResultCode::UNKNOWN_SESSION_ID, &Answer::default());
             return;
         };
