@@ -112,7 +112,9 @@ pub struct Engine {
     cfg: EngineConfig,
     ledger: Arc<Ledger>,
     packages: DashMap<AccountId, SharedPackage>,
-    sessions: DashMap<Box<str>, Session>,
+    /// Boxed: a map slot is then a key and a pointer, and the hash table's growth slack (up to
+    /// 2× at a power-of-two boundary) costs 24 bytes per session instead of the whole session.
+    sessions: DashMap<Box<str>, Box<Session>>,
     /// Event (CCR-E) answers by (Session-Id, CC-Request-Number): events have no session.
     events: crate::peer::dedupe::DuplicateCache,
 }
@@ -339,7 +341,7 @@ impl Engine {
         self.write(out, msg, ccr, result, &answer);
         Self::remember(&mut session, msg, ccr, &out[start..]);
         if result.is_success() {
-            vacant.insert(session);
+            vacant.insert(Box::new(session));
         } else {
             // RFC 4006 §5.6: a failed CCR-I leaves no session; release what was granted.
             self.release_all(&mut session);
