@@ -484,6 +484,11 @@ impl Engine {
         let account = session.account;
         let rg = &mut session.rgs[idx];
         debug_assert!(!rg.open, "charge_usage or release_rg closed the previous grant");
+        let shape = GrantShape {
+            band: band as u8,
+            band_after: band_after as u8,
+            tariff_time_change: change.map(ntp),
+        };
         // Free units first.
         if let Some((bundle, free)) = self.ledger.find_bundle(account, &service.name, now.mono_ms) {
             let units = target.min(free);
@@ -493,13 +498,7 @@ impl Engine {
                     .reserve(now.mono_ms, account, key, MoneyMinor(0), Some((bundle, units)), expires_at_ms)
                     .is_ok()
             {
-                rg.open = true;
-                rg.from_bundle = true;
-                rg.band_before = band as u8;
-                rg.band_after = band_after as u8;
-                a.grant = Some(Grant { unit: rate.unit, units, tariff_time_change: change.map(ntp) });
-                a.validity_time_s = Some(service.validity_time_s);
-                grant_extras(service, units, a);
+                shape.record(rg, a, service, units, Funds::Bundle);
                 return;
             }
         }
@@ -533,13 +532,7 @@ impl Engine {
             a.result = reject_code(r);
             return;
         }
-        rg.open = true;
-        rg.from_bundle = false;
-        rg.band_before = band as u8;
-        rg.band_after = band_after as u8;
-        a.grant = Some(Grant { unit: rate.unit, units, tariff_time_change: change.map(ntp) });
-        a.validity_time_s = Some(service.validity_time_s);
-        grant_extras(service, units, a);
+        shape.record(rg, a, service, units, Funds::Money);
         if all < target && units == all {
             // The last grant the funds allow (RFC 4006 §5.6.2 Final-Unit-Indication). A grant cut
             // by the fair share is not final: more funds remain for later requests.
@@ -851,13 +844,45 @@ impl Engine {
     }
 }
 
-/// Quota threshold (a share of the grant that, left over, triggers a report) and
-/// Quota-Holding-Time, as the plan configures them.
-fn grant_extras(service: &Service, units: u64, a: &mut MsccAnswer<'_>) {
-    a.threshold = service
-        .threshold_percent
-        .map(|p| u32::try_from(units.saturating_mul(u64::from(p)) / 100).unwrap_or(u32::MAX));
-    a.quota_holding_time_s = service.quota_holding_time_s;
+/// What pays for a grant.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Funds {
+    Bundle,
+    Money,
+}
+
+/// The tariff facts of a grant being made.
+#[derive(Clone, Copy, Debug)]
+struct GrantShape {
+    band: u8,
+    band_after: u8,
+    /// NTP seconds.
+    tariff_time_change: Option<u32>,
+}
+
+impl GrantShape {
+    /// Records a reserved grant in the rating-group state and the answer: units, Validity-Time,
+    /// Tariff-Time-Change, the quota threshold (the share of the grant that, left over,
+    /// triggers a report) and Quota-Holding-Time as the plan configures them.
+    fn record<'p>(
+        self,
+        rg: &mut RgState,
+        a: &mut MsccAnswer<'p>,
+        service: &'p Service,
+        units: u64,
+        funds: Funds,
+    ) {
+        rg.open = true;
+        rg.from_bundle = funds == Funds::Bundle;
+        rg.band_before = self.band;
+        rg.band_after = self.band_after;
+        a.grant = Some(Grant { unit: service.rate.unit, units, tariff_time_change: self.tariff_time_change });
+        a.validity_time_s = Some(service.validity_time_s);
+        a.threshold = service
+            .threshold_percent
+            .map(|p| u32::try_from(units.saturating_mul(u64::from(p)) / 100).unwrap_or(u32::MAX));
+        a.quota_holding_time_s = service.quota_holding_time_s;
+    }
 }
 
 /// A CC-Money amount in minor units of `currency`, if it is in that currency (or names none)
