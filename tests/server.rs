@@ -457,3 +457,57 @@ async fn graceful_shutdown_sends_dpr_and_drains() {
     // No new connections are accepted.
     assert!(tokio::net::TcpStream::connect(s.addr).await.is_err());
 }
+
+#[tokio::test]
+async fn charging_over_tcp_with_the_demo_catalog() {
+    use gyro::catalog::Catalog;
+    use gyro::cc::{Engine, EngineConfig};
+    use gyro::ledger::Ledger;
+    use gyro::net::charging::Charging;
+
+    let engine = Arc::new(Engine::new(EngineConfig::new(&local()), Arc::new(Ledger::new())));
+    let charging = Arc::new(Charging::new(Arc::clone(&engine)));
+    engine.load_catalog(&Catalog::demo(), charging.now().mono_ms).unwrap();
+    let s = start(Options { applications: vec![charging], ..Options::default() }).await;
+    let mut c = Client::open(s.addr).await;
+    let ccr_i = |c: &mut Client, msisdn: &str| {
+        let req = c.request(CCR, CC, |e| {
+            e.str(spec::DESTINATION_REALM, "test");
+            e.u32(spec::AUTH_APPLICATION_ID, 4);
+            e.str(AvpSpec::mandatory(461), "32251@3gpp.org");
+            e.u32(AvpSpec::mandatory(416), 1);
+            e.u32(AvpSpec::mandatory(415), 0);
+            let g = e.begin_group(AvpSpec::mandatory(443));
+            e.u32(AvpSpec::mandatory(450), 0).str(AvpSpec::mandatory(444), msisdn);
+            e.end_group(g);
+            let m = e.begin_group(AvpSpec::mandatory(456));
+            let r = e.begin_group(AvpSpec::mandatory(437));
+            e.end_group(r);
+            e.u32(AvpSpec::mandatory(432), 10);
+            e.end_group(m);
+        });
+        with_session(req, &format!("pgw.test;1;{msisdn}"))
+    };
+    // Bob (card on file) gets a full 10 MiB grant; Carol (empty wallet) gets 4012; Dave is barred.
+    let bob = ccr_i(&mut c, "491700000002");
+    let a = c.call(&bob).await;
+    assert_eq!(result_code(&a), Some(2001));
+    let m = msg(&a);
+    let mscc = m.find(AvpCode(456)).unwrap();
+    let gsu = mscc.members().map_while(Result::ok).find(|x| x.code.0 == 431).unwrap();
+    let octets = gsu.members().map_while(Result::ok).find(|x| x.code.0 == 421).unwrap();
+    assert_eq!(u64::from_be_bytes(octets.data.try_into().unwrap()), 10 * 1024 * 1024);
+    let carol = ccr_i(&mut c, "491700000003");
+    assert_eq!(result_code(&c.call(&carol).await), Some(4012));
+    let dave = ccr_i(&mut c, "491700000004");
+    assert_eq!(result_code(&c.call(&dave).await), Some(4010));
+    // The same CCR-I again, on another connection with a new End-to-End id: answered once.
+    let mut again = bob.to_vec();
+    again[16..20].copy_from_slice(&0x0bad_cafeu32.to_be_bytes());
+    let mut c2 = Client::open(s.addr).await;
+    let replay = c2.call(&again).await;
+    assert_eq!(result_code(&replay), Some(2001));
+    assert_eq!(msg(&replay).header.end_to_end, 0x0bad_cafe);
+    assert_eq!(engine.open_sessions(), 1);
+    assert!(engine.ledger().check_conservation());
+}
