@@ -4,7 +4,8 @@
 //! # Layout
 //! - [`limits`]: every numeric limit, with compile-time checks between them.
 //! - [`diameter`]: the sans-IO wire protocol: framing, AVPs, types, dictionaries, validation.
-//! - [`peer`]: the sans-IO peer state machine (CER/DWR/DPR, watchdog, duplicate detection).
+//! - [`peer`]: the sans-IO peer state machine (CER/DWR/DPR, watchdog).
+//! - [`replay`]: remembered answers for duplicate requests (transport and CCR-E).
 //! - [`net`]: sockets and tasks; the only module with I/O.
 //! - [`config`]: the TOML configuration, validated into per-module options.
 //! - [`cli`]: the `gyro` command line.
@@ -21,4 +22,5 @@ pub mod limits;
 pub mod net;
 pub mod peer;
 pub mod rating;
+pub mod replay;
 pub mod tools;

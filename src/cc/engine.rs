@@ -15,6 +15,7 @@ use crate::diameter::answer::error_answer;
 use crate::diameter::{LocalIdentity, MessageRef, ResultCode};
 use crate::ledger::{AccountId, Ledger, NewAccount, NewBundle, Reject, ReservationKey};
 use crate::rating::{self, CumulativeUsage, MoneyMinor, UnitKind};
+use crate::replay::{answer_again, DuplicateCache, KeyCase};
 
 /// Seconds between the NTP era 0 (1900) and the Unix epoch, for Time AVPs (RFC 6733 §4.3.1).
 const NTP_UNIX_OFFSET_SECS: u64 = 2_208_988_800;
@@ -116,7 +117,7 @@ pub struct Engine {
     /// 2× at a power-of-two boundary) costs 24 bytes per session instead of the whole session.
     sessions: DashMap<Box<str>, Box<Session>>,
     /// Event (CCR-E) answers by (Session-Id, CC-Request-Number): events have no session.
-    events: crate::peer::dedupe::DuplicateCache,
+    events: DuplicateCache,
 }
 
 /// Why a grant could not be made for one MSCC.
@@ -159,7 +160,7 @@ impl Engine {
             ledger,
             packages: DashMap::new(),
             sessions: DashMap::new(),
-            events: crate::peer::dedupe::DuplicateCache::default(),
+            events: DuplicateCache::with_defaults(KeyCase::Sensitive),
         }
     }
 
@@ -249,11 +250,7 @@ impl Engine {
             return false;
         };
         if r.fingerprint == fingerprint(msg.body) {
-            crate::peer::dedupe::with_hop_by_hop(&r.answer, msg.header.hop_by_hop, out);
-            // A retransmission may come with a new End-to-End id (another peer after
-            // failover); the answer carries the request's own (RFC 6733 §6.2).
-            let start = out.len() - r.answer.len();
-            out[start + 16..start + 20].copy_from_slice(&msg.header.end_to_end.to_be_bytes());
+            answer_again(&r.answer, &msg.header, out);
         } else {
             self.refuse_number(msg, ccr, out, "CC-Request-Number already used by a different request");
         }
@@ -652,7 +649,7 @@ impl Engine {
 
     fn event(&self, now: Now, msg: &MessageRef<'_>, ccr: &Ccr<'_>, out: &mut BytesMut) {
         if let Some(answer) = self.events.lookup(now.mono_ms, ccr.session_id, ccr.request_number) {
-            crate::peer::dedupe::with_hop_by_hop(&answer, msg.header.hop_by_hop, out);
+            answer_again(&answer, &msg.header, out);
             return;
         }
         let start = out.len();

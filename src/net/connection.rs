@@ -16,7 +16,6 @@ use crate::diameter::answer::error_answer;
 use crate::diameter::codes::{AvpCode, ResultCode};
 use crate::diameter::{frame_within, FrameError, MessageRef};
 use crate::limits::{HEADER_SIZE_BYTES, READ_CHUNK_BYTES, WRITE_TIMEOUT_MS};
-use crate::peer::dedupe::with_hop_by_hop;
 use crate::peer::{Action, Peer};
 
 pub(super) struct Connection {
@@ -186,7 +185,7 @@ impl Connection {
                     t_flag = h.flags.is_retransmit(),
                     "duplicate request; answer replayed"
                 );
-                with_hop_by_hop(&answer, h.hop_by_hop, &mut self.wbuf);
+                crate::replay::answer_again(&answer, &h, &mut self.wbuf);
                 return;
             }
         }

@@ -13,8 +13,8 @@ use tokio_util::task::TaskTracker;
 use super::connection::Connection;
 use super::Application;
 use crate::limits::{CONNECTIONS_MAX, DPA_TIMEOUT_MS};
-use crate::peer::dedupe::DuplicateCache;
 use crate::peer::PeerConfig;
+use crate::replay::{DuplicateCache, KeyCase};
 
 /// State every connection shares.
 pub struct Shared {
@@ -59,7 +59,7 @@ impl Shared {
             (now.as_secs() << 52) ^ (u64::from(now.subsec_nanos()) << 20) ^ u64::from(std::process::id());
         Self {
             peer,
-            dedupe: DuplicateCache::default(),
+            dedupe: DuplicateCache::with_defaults(KeyCase::Insensitive),
             applications,
             epoch: tokio::time::Instant::now(),
             connections_open: AtomicUsize::new(0),

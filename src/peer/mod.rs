@@ -1,11 +1,9 @@
 //! The Diameter peer state machine, sans-IO (RFC 6733 §5; watchdog per RFC 3539 §3.4).
 //!
 //! Owns: CER/CEA, DWR/DWA, DPR/DPA, the gate that refuses requests before the capabilities
-//! exchange, the watchdog, and transport-level duplicate detection (`dedupe`). Time is passed
+//! exchange and the watchdog. Time is passed
 //! in as milliseconds on a monotonic clock; answers are written into the caller's buffer.
 //! Must not touch: sockets, tokio, the credit-control engine or the ledger.
-
-pub mod dedupe;
 
 use std::sync::Arc;
 

@@ -1,9 +1,15 @@
-//! Transport-level duplicate detection (RFC 6733 §5.5.4).
+//! Remembered answers: a bounded, windowed cache of answers by (text key, number), and the one
+//! way a remembered answer is sent again.
 //!
-//! "The End-to-End Identifier ... MUST remain locally unique for at least 4 minutes" and,
-//! together with the Origin-Host, "is used to detect duplicate messages". A request seen again
-//! within the window gets the answer we sent the first time, byte for byte except the
-//! Hop-by-Hop id, and is not processed again.
+//! Two users, one mechanism. Transport-level duplicate detection (RFC 6733 §5.5.4): "The
+//! End-to-End Identifier ... MUST remain locally unique for at least 4 minutes" and, together
+//! with the Origin-Host, "is used to detect duplicate messages" — keyed by (Origin-Host,
+//! End-to-End id), case-insensitive like any DiameterIdentity. And credit-control events
+//! (CCR-E), keyed by (Session-Id, CC-Request-Number), case-sensitive: a Session-Id is opaque.
+//! A request seen again within the window gets the answer sent the first time, byte for byte
+//! except the ids of the new request, and is not processed again.
+//!
+//! Owns nothing else; may use only `bytes`, `limits` and the `diameter` header.
 //!
 //! Memory is bounded by `DUPLICATE_ENTRIES_MAX`: when full, the oldest entry is evicted even if
 //! its window has not passed (counted in `evicted_early`, so an operator can see it).
@@ -32,8 +38,18 @@ struct Shard {
     order: VecDeque<(u64, (u64, u32))>,
 }
 
+/// How keys compare.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum KeyCase {
+    /// DiameterIdentity (Origin-Host): FQDNs compare without case.
+    Insensitive,
+    /// Opaque strings (Session-Id).
+    Sensitive,
+}
+
 #[derive(Debug)]
 pub struct DuplicateCache {
+    case: KeyCase,
     shards: Vec<Mutex<Shard>>,
     per_shard_max: usize,
     window_ms: u64,
@@ -41,25 +57,32 @@ pub struct DuplicateCache {
     pub replayed: AtomicU64,
 }
 
-impl Default for DuplicateCache {
-    fn default() -> Self {
-        Self::new(DUPLICATE_ENTRIES_MAX, DUPLICATE_WINDOW_MS)
-    }
-}
-
-fn host_hash(host: &str) -> u64 {
-    // Origin-Host is case-insensitive (a DiameterIdentity is an FQDN).
+fn key_hash(key: &str, case: KeyCase) -> u64 {
     let mut h = DefaultHasher::new();
-    for b in host.bytes() {
-        b.to_ascii_lowercase().hash(&mut h);
+    match case {
+        KeyCase::Insensitive => key.bytes().for_each(|b| b.to_ascii_lowercase().hash(&mut h)),
+        KeyCase::Sensitive => key.bytes().for_each(|b| b.hash(&mut h)),
     }
     h.finish()
 }
 
+fn same(a: &str, b: &str, case: KeyCase) -> bool {
+    match case {
+        KeyCase::Insensitive => a.eq_ignore_ascii_case(b),
+        KeyCase::Sensitive => a == b,
+    }
+}
+
 impl DuplicateCache {
-    pub fn new(entries_max: usize, window_ms: u64) -> Self {
+    /// A cache with the default size and window (`DUPLICATE_ENTRIES_MAX`, 4 minutes).
+    pub fn with_defaults(case: KeyCase) -> Self {
+        Self::new(case, DUPLICATE_ENTRIES_MAX, DUPLICATE_WINDOW_MS)
+    }
+
+    pub fn new(case: KeyCase, entries_max: usize, window_ms: u64) -> Self {
         let per_shard_max = (entries_max / DUPLICATE_SHARDS).max(1);
         Self {
+            case,
             shards: (0..DUPLICATE_SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             per_shard_max,
             window_ms,
@@ -73,14 +96,14 @@ impl DuplicateCache {
         &self.shards[i & (DUPLICATE_SHARDS - 1)]
     }
 
-    /// The answer sent to an earlier request with this Origin-Host and End-to-End id, if it was
-    /// sent within the window.
+    /// The answer sent to an earlier request with this key and number, if it was sent within
+    /// the window.
     pub fn lookup(&self, now_ms: u64, origin_host: &str, end_to_end: u32) -> Option<Bytes> {
-        let key = (host_hash(origin_host), end_to_end);
+        let key = (key_hash(origin_host, self.case), end_to_end);
         let shard = self.shard(key).lock().unwrap_or_else(|p| p.into_inner());
         let e = shard.map.get(&key)?;
         let fresh = now_ms.saturating_sub(e.at_ms) < self.window_ms;
-        if fresh && e.host.eq_ignore_ascii_case(origin_host) {
+        if fresh && same(&e.host, origin_host, self.case) {
             self.replayed.fetch_add(1, Ordering::Relaxed);
             return Some(e.answer.clone());
         }
@@ -89,7 +112,7 @@ impl DuplicateCache {
 
     /// Remembers the answer to a request.
     pub fn insert(&self, now_ms: u64, origin_host: &str, end_to_end: u32, answer: Bytes) {
-        let key = (host_hash(origin_host), end_to_end);
+        let key = (key_hash(origin_host, self.case), end_to_end);
         let mut shard = self.shard(key).lock().unwrap_or_else(|p| p.into_inner());
         self.expire(&mut shard, now_ms);
         while shard.map.len() >= self.per_shard_max {
@@ -125,12 +148,15 @@ impl DuplicateCache {
     }
 }
 
-/// Copies a remembered answer with the Hop-by-Hop id of the retransmitted request
-/// (RFC 6733 §6.2: answers carry the Hop-by-Hop id of the request they answer).
-pub fn with_hop_by_hop(answer: &[u8], hop_by_hop: u32, out: &mut bytes::BytesMut) {
+/// Writes a remembered answer for `req`: the same bytes with the request's Hop-by-Hop and
+/// End-to-End ids (RFC 6733 §6.2: an answer carries the ids of the request it answers; a client
+/// that retransmits through another agent, or re-sends with a fresh End-to-End id, must still
+/// be able to match it).
+pub fn answer_again(answer: &[u8], req: &crate::diameter::Header, out: &mut bytes::BytesMut) {
     let start = out.len();
     out.extend_from_slice(answer);
-    out[start + 12..start + 16].copy_from_slice(&hop_by_hop.to_be_bytes());
+    out[start + 12..start + 16].copy_from_slice(&req.hop_by_hop.to_be_bytes());
+    out[start + 16..start + 20].copy_from_slice(&req.end_to_end.to_be_bytes());
 }
 
 #[cfg(test)]
@@ -139,9 +165,13 @@ mod tests {
 
     #[test]
     fn replays_within_window_only() {
-        let c = DuplicateCache::new(64, 1000);
+        let c = DuplicateCache::new(KeyCase::Insensitive, 64, 1000);
         c.insert(0, "pgw.example", 7, Bytes::from_static(b"answer"));
         assert_eq!(c.lookup(999, "PGW.example", 7).as_deref(), Some(&b"answer"[..]));
+        let s = DuplicateCache::new(KeyCase::Sensitive, 64, 1000);
+        s.insert(0, "pgw;1;Ab", 7, Bytes::from_static(b"answer"));
+        assert_eq!(s.lookup(1, "pgw;1;ab", 7), None, "Session-Ids are case-sensitive");
+        assert!(s.lookup(1, "pgw;1;Ab", 7).is_some());
         assert_eq!(c.lookup(999, "other.example", 7), None);
         assert_eq!(c.lookup(999, "pgw.example", 8), None);
         assert_eq!(c.lookup(1000, "pgw.example", 7), None);
@@ -149,7 +179,7 @@ mod tests {
 
     #[test]
     fn memory_is_bounded() {
-        let c = DuplicateCache::new(DUPLICATE_SHARDS * 2, 1_000_000);
+        let c = DuplicateCache::new(KeyCase::Insensitive, DUPLICATE_SHARDS * 2, 1_000_000);
         for i in 0..10_000u32 {
             c.insert(u64::from(i), "h", i, Bytes::from_static(b"a"));
         }
