@@ -40,8 +40,8 @@ pub struct Now {
 
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
-    pub origin_host: String,
-    pub origin_realm: String,
+    /// Our identity, written into every answer (error answers included).
+    pub local: LocalIdentity,
     /// Added to Validity-Time before a silent session's reservations are released (Tcc).
     pub tcc_grace_ms: u64,
     /// How long a closed or expired session is kept, so late usage is still charged and
@@ -51,12 +51,7 @@ pub struct EngineConfig {
 
 impl EngineConfig {
     pub fn new(local: &LocalIdentity) -> Self {
-        Self {
-            origin_host: local.origin_host.clone(),
-            origin_realm: local.origin_realm.clone(),
-            tcc_grace_ms: 30_000,
-            closed_retention_ms: 600_000,
-        }
+        Self { local: local.clone(), tcc_grace_ms: 30_000, closed_retention_ms: 600_000 }
     }
 }
 
@@ -183,8 +178,7 @@ impl Engine {
         let ccr = match Ccr::parse(msg) {
             Ok(c) => c,
             Err(e) => {
-                let local = self.local();
-                error_answer(out, &local, msg, e.result, Some(e.message), Some(&e.failed_avp));
+                error_answer(out, &self.cfg.local, msg, e.result, Some(e.message), Some(&e.failed_avp));
                 return;
             }
         };
@@ -192,18 +186,6 @@ impl Engine {
             RequestType::Event => self.event(now, msg, &ccr, out),
             RequestType::Initial => self.initial(now, msg, &ccr, out),
             RequestType::Update | RequestType::Termination => self.update(now, msg, &ccr, out),
-        }
-    }
-
-    fn local(&self) -> LocalIdentity {
-        LocalIdentity {
-            origin_host: self.cfg.origin_host.clone(),
-            origin_realm: self.cfg.origin_realm.clone(),
-            host_ip_addresses: Vec::new(),
-            vendor_id: 0,
-            product_name: String::new(),
-            firmware_revision: 0,
-            origin_state_id: 0,
         }
     }
 
@@ -216,8 +198,8 @@ impl Engine {
         a: &Answer<'_>,
     ) {
         let echo = cca::Echo {
-            origin_host: &self.cfg.origin_host,
-            origin_realm: &self.cfg.origin_realm,
+            origin_host: &self.cfg.local.origin_host,
+            origin_realm: &self.cfg.local.origin_realm,
             session_id: ccr.session_id,
             request_type: ccr.request_type as u32,
             request_number: ccr.request_number,
@@ -260,7 +242,7 @@ impl Engine {
     fn refuse_number(&self, msg: &MessageRef<'_>, ccr: &Ccr<'_>, out: &mut BytesMut, text: &str) {
         tracing::warn!(session = ccr.session_id, number = ccr.request_number, "{text}");
         let failed = msg.find(crate::diameter::AvpCode(415)).map(|a| a.raw.to_vec()).unwrap_or_default();
-        error_answer(out, &self.local(), msg, ResultCode::INVALID_AVP_VALUE, Some(text), Some(&failed));
+        error_answer(out, &self.cfg.local, msg, ResultCode::INVALID_AVP_VALUE, Some(text), Some(&failed));
     }
 
     fn remember(session: &mut Session, msg: &MessageRef<'_>, ccr: &Ccr<'_>, answer: &[u8]) {
@@ -291,7 +273,7 @@ impl Engine {
             dashmap::mapref::entry::Entry::Occupied(s) => {
                 if !self.replay(s.get(), msg, ccr, out) {
                     let text = Some("session already exists");
-                    error_answer(out, &self.local(), msg, ResultCode::INVALID_AVP_VALUE, text, None);
+                    error_answer(out, &self.cfg.local, msg, ResultCode::INVALID_AVP_VALUE, text, None);
                 }
                 return;
             }
