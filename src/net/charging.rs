@@ -58,6 +58,12 @@ impl Application for Charging {
         ApplicationId::CREDIT_CONTROL
     }
 
+    /// The engine answers a retransmitted CCR from the session (Session-Id +
+    /// CC-Request-Number) and a CCR-E from its event cache, byte for byte with the new ids.
+    fn remembers_answers(&self) -> bool {
+        true
+    }
+
     fn handle(&self, req: &Request<'_>, out: &mut BytesMut, _reply: Reply) -> Handled {
         self.engine.handle(self.now(), &req.msg, out);
         Handled::Answered

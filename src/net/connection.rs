@@ -174,9 +174,18 @@ impl Connection {
 
     fn dispatch(&mut self, now: u64, msg: &MessageRef<'_>, f: &Bytes) {
         let h = msg.header;
-        let origin_host = msg.str(AvpCode::ORIGIN_HOST);
+        let local = &self.shared.peer.local;
+        let Some(app) = self.shared.application(h.application).cloned() else {
+            let text = format!("application {} is not served by this node", h.application.0);
+            error_answer(&mut self.wbuf, local, msg, ResultCode::APPLICATION_UNSUPPORTED, Some(&text), None);
+            return;
+        };
         // RFC 6733 §5.5.4: a request with an Origin-Host and End-to-End id we answered within
-        // the window is a duplicate; replay the answer and do not process it again.
+        // the window is a duplicate; replay the answer and do not process it again. An
+        // application that remembers its own answers (credit control, by Session-Id and
+        // CC-Request-Number, which also catches a retransmission with a fresh End-to-End id)
+        // does this itself; remembering each answer twice would cost a copy per request.
+        let origin_host = if app.remembers_answers() { None } else { msg.str(AvpCode::ORIGIN_HOST) };
         if let Some(host) = origin_host {
             if let Some(answer) = self.shared.dedupe.lookup(now, host, h.end_to_end) {
                 tracing::debug!(
@@ -189,12 +198,6 @@ impl Connection {
                 return;
             }
         }
-        let local = &self.shared.peer.local;
-        let Some(app) = self.shared.application(h.application).cloned() else {
-            let text = format!("application {} is not served by this node", h.application.0);
-            error_answer(&mut self.wbuf, local, msg, ResultCode::APPLICATION_UNSUPPORTED, Some(&text), None);
-            return;
-        };
         if self.in_flight >= self.shared.in_flight_max {
             // Never drop silently: the client learns at once and may try another server.
             error_answer(

@@ -25,6 +25,12 @@ pub use server::{Server, ServerHandle, ServerLimits, Shared};
 pub trait Application: Send + Sync + 'static {
     fn id(&self) -> ApplicationId;
     fn handle(&self, req: &Request<'_>, out: &mut bytes::BytesMut, reply: Reply) -> Handled;
+
+    /// Whether the application detects duplicate requests and replays its answers itself
+    /// (RFC 6733 §5.5.4). If not, the connection layer does it by Origin-Host and End-to-End id.
+    fn remembers_answers(&self) -> bool {
+        false
+    }
 }
 
 /// A validated request from an open peer.
