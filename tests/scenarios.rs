@@ -56,6 +56,8 @@ struct Harness {
     e2e: u32,
     numbers: HashMap<String, u32>,
     last: HashMap<String, Bytes>,
+    /// The answer to `last`, which a `dup` must get again byte for byte.
+    last_answer: HashMap<String, Bytes>,
     sub: String,
     ctx: String,
 }
@@ -81,6 +83,7 @@ fn check(path: &std::path::Path) {
         e2e: 1,
         numbers: HashMap::new(),
         last: HashMap::new(),
+        last_answer: HashMap::new(),
         sub: "e164:491700000001".into(),
         ctx: "32251@3gpp.org".into(),
     };
@@ -163,7 +166,8 @@ impl Harness {
         let toks = tokens(req);
         let kind = toks[1].as_str();
         let session = toks[2].clone();
-        let bytes = if toks.iter().any(|t| t == "dup") {
+        let dup = toks.iter().any(|t| t == "dup");
+        let bytes = if dup {
             let mut b = self.last.get(&session).unwrap_or_else(|| panic!("{at}: nothing to resend")).to_vec();
             b[4] |= CommandFlags::RETRANSMIT;
             Bytes::from(b)
@@ -180,6 +184,17 @@ impl Harness {
         let mut out = BytesMut::new();
         self.engine().handle(self.now, &msg, &mut out);
         let answer = out.freeze();
+        if dup {
+            let first = &self.last_answer[&session];
+            assert!(
+                first == &answer,
+                "{at}: a retransmission gets the original answer again, byte for byte\n first: {:02x?}\n again: {:02x?}",
+                &first[..],
+                &answer[..]
+            );
+        } else {
+            self.last_answer.insert(session.clone(), answer.clone());
+        }
         let a = MessageRef::parse(&answer).unwrap_or_else(|| panic!("{at}: answer does not frame"));
         assert_eq!(a.header.end_to_end, msg.header.end_to_end, "{at}: End-to-End echoed");
         assert_eq!(a.header.hop_by_hop, msg.header.hop_by_hop, "{at}: Hop-by-Hop echoed");

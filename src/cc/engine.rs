@@ -2,14 +2,15 @@
 //! work done under that session's map entry (so parallel CCR-Us on one session serialise, and
 //! different sessions run in parallel). Lock order is always session → ledger account.
 
-use std::sync::Arc;
+use std::hash::BuildHasher;
+use std::sync::{Arc, RwLock};
 
 use bytes::{Bytes, BytesMut};
-use dashmap::DashMap;
 use smallvec::SmallVec;
 
 use super::cca::{self, Amount, Answer, Grant, MsccAnswer};
 use super::ccr::{session_key, Ccr, Mscc, RequestType, RequestedAction, TariffChangeUsage, Units};
+use super::sessions::{Keyed, SessionKey, Table};
 use crate::catalog::{Catalog, Package, Service, SharedPackage};
 use crate::diameter::answer::error_answer;
 use crate::diameter::{LocalIdentity, MessageRef, ResultCode};
@@ -47,11 +48,19 @@ pub struct EngineConfig {
     /// How long a closed or expired session is kept, so late usage is still charged and
     /// retransmissions are still answered.
     pub closed_retention_ms: u64,
+    /// The SipHash key under which Session-Ids are hashed (see `sessions`). Random by default;
+    /// the journal keeps it so a restarted server finds its sessions again.
+    pub session_hash_key: [u8; 16],
 }
 
 impl EngineConfig {
     pub fn new(local: &LocalIdentity) -> Self {
-        Self { local: local.clone(), tcc_grace_ms: 30_000, closed_retention_ms: 600_000 }
+        let random = std::collections::hash_map::RandomState::new();
+        let (a, b) = (random.hash_one(1u8), random.hash_one(2u8));
+        let mut session_hash_key = [0; 16];
+        session_hash_key[..8].copy_from_slice(&a.to_le_bytes());
+        session_hash_key[8..].copy_from_slice(&b.to_le_bytes());
+        Self { local: local.clone(), tcc_grace_ms: 30_000, closed_retention_ms: 600_000, session_hash_key }
     }
 }
 
@@ -62,55 +71,188 @@ pub struct SweepStats {
     pub reservations_released: usize,
 }
 
-/// Per rating group state of a session.
+/// `RgState::rating_group` of the single-service form (no Rating-Group); also what the ledger
+/// key uses for it.
+const RG_NONE: u32 = u32::MAX;
+
+fn rg_of(rating_group: Option<u32>) -> u32 {
+    rating_group.unwrap_or(RG_NONE)
+}
+
+/// Per rating group state of a session, with the decision this rating group last contributed
+/// to an answer (`last_*`): enough to write its MSCC again for a retransmitted request, so
+/// sessions remember decisions (a few bytes) instead of answer bytes (≈ 200 per answer).
+/// Field order is for size: 80 bytes, checked below.
 #[derive(Clone, Debug)]
 struct RgState {
-    rating_group: Option<u32>,
-    /// Index into the package's services.
-    service: u16,
     /// Usage paid with money, cumulative, by band: charging always rates the total.
     usage: CumulativeUsage,
     /// What `usage` has cost so far (= rounded charge of `usage`).
     debited: MoneyMinor,
-    /// A reservation is open for this rating group.
-    open: bool,
-    from_bundle: bool,
+    /// Units of the last grant.
+    last_units: u64,
+    rating_group: u32,
+    /// CC-Request-Number of the last decision (valid when `LAST_DECIDED` is set).
+    last_number: u32,
+    /// Tariff-Time-Change (NTP seconds) of the last grant, 0 for none.
+    last_tariff_time_change: u32,
+    /// Result-Code of the last decision (every Diameter result code is below 65 536).
+    last_result: u16,
+    /// Index into the package's services.
+    service: u16,
+    /// `OPEN`, `FROM_BUNDLE`, `LAST_*` bits.
+    flags: u8,
     /// Bands in force before and after the Tariff-Time-Change of the open grant.
     band_before: u8,
     band_after: u8,
 }
 
-#[derive(Clone, Debug)]
-struct Recent {
-    number: u32,
-    fingerprint: u64,
-    /// Reused when the entry is recycled, so a long session allocates nothing per request.
-    answer: Vec<u8>,
+const _: () = assert!(size_of::<RgState>() <= 80);
+
+/// A reservation is open for this rating group.
+const OPEN: u8 = 1;
+const FROM_BUNDLE: u8 = 2;
+const LAST_DECIDED: u8 = 4;
+const LAST_GRANTED: u8 = 8;
+const LAST_FINAL: u8 = 16;
+
+impl RgState {
+    fn is(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+
+    fn set(&mut self, flag: u8, on: bool) {
+        if on {
+            self.flags |= flag;
+        } else {
+            self.flags &= !flag;
+        }
+    }
+
+    /// Starts the decision for request `number`: success, nothing granted yet.
+    fn decide(&mut self, number: u32) {
+        self.last_number = number;
+        self.last_result = ResultCode::SUCCESS.0 as u16;
+        self.flags = (self.flags | LAST_DECIDED) & !(LAST_GRANTED | LAST_FINAL);
+    }
+
+    fn refuse(&mut self, result: ResultCode) {
+        self.last_result = result_u16(result);
+    }
+
+    /// The MSCC answer of the last decision (TS 32.299 §6.3): Result-Code, and for a grant the
+    /// units, Validity-Time, Tariff-Time-Change, quota threshold, Quota-Holding-Time and FUI,
+    /// the last four as the plan configures them.
+    fn answer<'p>(&self, m: &Mscc<'_>, service: &'p Service) -> MsccAnswer<'p> {
+        let mut a = MsccAnswer::success(m.rating_group, m.service_id);
+        a.result = ResultCode(u32::from(self.last_result));
+        if self.is(LAST_GRANTED) {
+            let units = self.last_units;
+            let tariff_time_change = Some(self.last_tariff_time_change).filter(|&t| t != 0);
+            a.grant = Some(Grant { unit: service.rate.unit, units, tariff_time_change });
+            a.validity_time_s = Some(service.validity_time_s);
+            a.threshold = service
+                .threshold_percent
+                .map(|p| u32::try_from(units.saturating_mul(u64::from(p)) / 100).unwrap_or(u32::MAX));
+            a.quota_holding_time_s = service.quota_holding_time_s;
+        }
+        if self.is(LAST_FINAL) {
+            a.final_unit = Some(&service.final_unit_action);
+            a.final_unit_rules = &service.restriction_filter_rules;
+        }
+        a
+    }
 }
 
+/// Every Diameter Result-Code is below 65 536 (RFC 6733 §7.1: 1xxx–5xxx).
+fn result_u16(result: ResultCode) -> u16 {
+    u16::try_from(result.0).unwrap_or(ResultCode::UNABLE_TO_COMPLY.0 as u16)
+}
+
+/// The command-level part of a remembered answer; the MSCCs are in the rating groups.
+#[derive(Clone, Copy, Debug, Default)]
+struct Recent {
+    number: u32,
+    /// Of the request body, to tell a retransmission from a different request under the same
+    /// number. 32 bits: a collision only makes such a (buggy) request get the first answer
+    /// instead of an error; it can never charge twice.
+    fingerprint: u32,
+    result: u16,
+    /// `RECENT_*` bits.
+    flags: u8,
+    /// The Cost-Information of an advice-of-charge CCR-U, or the Remaining-Balance of a CCR-T
+    /// (whose cost, the session total, no longer changes once the session is closed).
+    money: i64,
+}
+
+const _: () = assert!(size_of::<Recent>() <= 24);
+
+const RECENT_USED: u8 = 1;
+const RECENT_COST: u8 = 2;
+const RECENT_REMAINING: u8 = 4;
+const RECENT_LOW_BALANCE: u8 = 8;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum State {
+    Open,
+    /// Terminated by CCR-T at `deadline_ms`; kept for retransmissions.
+    Closed,
+    /// Silent past its deadline; its holds were released. Late usage is still charged.
+    Expired,
+}
+
+/// One session: 184 bytes with one rating group (checked below), plus ≈ 10 bytes in the
+/// session table's index and the ledger hold of its open grant.
 #[derive(Debug)]
 struct Session {
-    account: AccountId,
+    key: SessionKey,
     package: SharedPackage,
-    context: u32,
-    key: u64,
+    /// Open: the Tcc deadline. Closed: when it was closed. Expired: the deadline it missed.
     deadline_ms: u64,
-    closed_at_ms: Option<u64>,
-    expired: bool,
-    rgs: SmallVec<[RgState; 1]>,
-    recent: SmallVec<[Recent; SESSION_ANSWERS_MAX]>,
+    account: AccountId,
+    context: u32,
     /// The highest CC-Request-Number answered.
     highest: u32,
+    state: State,
+    recent: [Recent; SESSION_ANSWERS_MAX],
+    rgs: SmallVec<[RgState; 1]>,
+}
+
+const _: () = assert!(size_of::<Session>() <= 184);
+
+impl Keyed for Session {
+    fn key(&self) -> SessionKey {
+        self.key
+    }
+}
+
+impl Session {
+    fn ledger_key(&self, rating_group: u32) -> ReservationKey {
+        ReservationKey { session: self.key.0[0], rating_group }
+    }
+
+    /// Σ what the session's usage has cost.
+    fn total_cost(&self) -> MoneyMinor {
+        MoneyMinor(self.rgs.iter().map(|r| r.debited.0).sum())
+    }
+}
+
+/// Price packages by account: interned, so a million accounts on a few plans cost 4 bytes
+/// each here (the accounts are dense numbers).
+#[derive(Default)]
+struct Packages {
+    list: Vec<SharedPackage>,
+    by_pointer: std::collections::HashMap<usize, u32>,
+    /// Index into `list`, or `u32::MAX`.
+    by_account: Vec<u32>,
 }
 
 /// The credit-control engine.
 pub struct Engine {
     cfg: EngineConfig,
     ledger: Arc<Ledger>,
-    packages: DashMap<AccountId, SharedPackage>,
-    /// Boxed: a map slot is then a key and a pointer, and the hash table's growth slack (up to
-    /// 2× at a power-of-two boundary) costs 24 bytes per session instead of the whole session.
-    sessions: DashMap<Box<str>, Box<Session>>,
+    packages: RwLock<Packages>,
+    sessions: Table<Session>,
     /// Event (CCR-E) answers by (Session-Id, CC-Request-Number): events have no session.
     events: DuplicateCache,
 }
@@ -127,7 +269,7 @@ fn reject_code(r: Reject) -> ResultCode {
 
 /// A fast, stable fingerprint of a request body, to tell a retransmission (same bytes) from a
 /// different request reusing a CC-Request-Number.
-fn fingerprint(body: &[u8]) -> u64 {
+fn fingerprint(body: &[u8]) -> u32 {
     let mut h: u64 = 0x9e37_79b9_7f4a_7c15 ^ body.len() as u64;
     let mut chunks = body.chunks_exact(8);
     for c in &mut chunks {
@@ -137,7 +279,8 @@ fn fingerprint(body: &[u8]) -> u64 {
     for &b in chunks.remainder() {
         h = (h ^ u64::from(b)).wrapping_mul(0xc4ce_b9fe_1a85_ec53);
     }
-    h ^ (h >> 29)
+    h ^= h >> 29;
+    (h ^ (h >> 32)) as u32
 }
 
 fn units_of(unit: UnitKind, u: &Units) -> Option<u64> {
@@ -151,10 +294,10 @@ fn units_of(unit: UnitKind, u: &Units) -> Option<u64> {
 impl Engine {
     pub fn new(cfg: EngineConfig, ledger: Arc<Ledger>) -> Self {
         Self {
+            sessions: Table::new(cfg.session_hash_key),
             cfg,
             ledger,
-            packages: DashMap::new(),
-            sessions: DashMap::new(),
+            packages: RwLock::default(),
             events: DuplicateCache::with_defaults(KeyCase::Sensitive),
         }
     }
@@ -165,12 +308,30 @@ impl Engine {
 
     /// Sets the price package used for an account.
     pub fn set_package(&self, account: AccountId, package: SharedPackage) {
-        self.packages.insert(account, package);
+        let mut p = self.packages.write().unwrap_or_else(|e| e.into_inner());
+        let Packages { list, by_pointer, by_account } = &mut *p;
+        let index = *by_pointer.entry(Arc::as_ptr(&package) as usize).or_insert_with(|| {
+            list.push(Arc::clone(&package));
+            u32::try_from(list.len() - 1).expect("fewer than 2^32 packages")
+        });
+        let slot = account.0 as usize;
+        if by_account.len() <= slot {
+            by_account.resize(slot + 1, u32::MAX);
+        }
+        by_account[slot] = index;
+    }
+
+    fn package(&self, account: AccountId) -> Option<SharedPackage> {
+        let p = self.packages.read().unwrap_or_else(|e| e.into_inner());
+        let index = *p.by_account.get(account.0 as usize)?;
+        p.list.get(index as usize).cloned()
     }
 
     /// Open (not closed, not expired) sessions.
     pub fn open_sessions(&self) -> usize {
-        self.sessions.iter().filter(|s| s.closed_at_ms.is_none() && !s.expired).count()
+        let mut open = 0;
+        self.sessions.for_each_shard(|s| open += s.iter().filter(|s| s.state == State::Open).count());
+        open
     }
 
     /// Handles one validated CCR and writes the CCA (or an error answer) into `out`.
@@ -211,14 +372,15 @@ impl Engine {
         ccr.subscriptions.iter().find_map(|(kind, data)| self.ledger.lookup(*kind, data))
     }
 
-    /// Replays the remembered answer to a retransmitted request; refuses a different request
-    /// under a number already used (it must not be charged a second time). Returns whether an
-    /// answer was written.
+    /// Answers a retransmitted request again, from the decisions remembered for its number;
+    /// refuses a different request under a number already used (it must not be charged a
+    /// second time). Returns whether an answer was written.
     fn replay(&self, session: &Session, msg: &MessageRef<'_>, ccr: &Ccr<'_>, out: &mut BytesMut) -> bool {
         let n = ccr.request_number;
-        let Some(r) = session.recent.iter().find(|r| r.number == n) else {
-            let oldest = session.recent.iter().map(|r| r.number).min().unwrap_or(0);
-            if session.recent.len() == SESSION_ANSWERS_MAX && n < oldest && n < session.highest {
+        let used = || session.recent.iter().filter(|r| r.flags & RECENT_USED != 0);
+        let Some(recent) = used().find(|r| r.number == n) else {
+            let oldest = used().map(|r| r.number).min().unwrap_or(0);
+            if used().count() == SESSION_ANSWERS_MAX && n < oldest && n < session.highest {
                 // Older than every remembered answer: it may have been charged already, and we can
                 // no longer tell, so it is refused rather than risked twice.
                 self.refuse_number(
@@ -231,10 +393,25 @@ impl Engine {
             }
             return false;
         };
-        if r.fingerprint == fingerprint(msg.body) {
-            answer_again(&r.answer, &msg.header, out);
-        } else {
+        if recent.fingerprint != fingerprint(msg.body) {
             self.refuse_number(msg, ccr, out, "CC-Request-Number already used by a different request");
+            return true;
+        }
+        match build_answer(session, ccr, recent) {
+            Some(answer) => {
+                self.write(out, msg, ccr, ResultCode(u32::from(recent.result)), &answer);
+            }
+            None => {
+                // A later request has since decided again for one of its rating groups (the
+                // client reported on that grant, so it had this answer); the original answer
+                // can no longer be written, and a new decision would charge twice.
+                self.refuse_number(
+                    msg,
+                    ccr,
+                    out,
+                    "the answer to this CC-Request-Number is no longer available",
+                );
+            }
         }
         true
     }
@@ -245,40 +422,51 @@ impl Engine {
         error_answer(out, &self.cfg.local, msg, ResultCode::INVALID_AVP_VALUE, Some(text), Some(&failed));
     }
 
-    fn remember(session: &mut Session, msg: &MessageRef<'_>, ccr: &Ccr<'_>, answer: &[u8]) {
-        let mut buf = if session.recent.len() == SESSION_ANSWERS_MAX {
-            let oldest = (0..session.recent.len()).min_by_key(|&i| session.recent[i].number).unwrap_or(0);
-            session.recent.remove(oldest).answer
-        } else {
-            Vec::with_capacity(answer.len())
-        };
-        buf.clear();
-        buf.extend_from_slice(answer);
-        session.highest = session.highest.max(ccr.request_number);
-        session.recent.push(Recent {
+    /// Records the command-level part of the answer to `ccr` (the MSCC parts are already in the
+    /// rating groups), replacing the oldest remembered one, and writes the answer.
+    /// `summary` carries the command-level Result-Code and the `RECENT_*` flags and money.
+    fn answer_and_remember(
+        &self,
+        session: &mut Session,
+        msg: &MessageRef<'_>,
+        ccr: &Ccr<'_>,
+        summary: Recent,
+        out: &mut BytesMut,
+    ) {
+        let recent = Recent {
             number: ccr.request_number,
             fingerprint: fingerprint(msg.body),
-            answer: buf,
-        });
+            flags: summary.flags | RECENT_USED,
+            ..summary
+        };
+        let slot = (0..SESSION_ANSWERS_MAX)
+            .min_by_key(|&i| {
+                let r = &session.recent[i];
+                (r.flags & RECENT_USED != 0, r.number)
+            })
+            .unwrap_or(0);
+        session.recent[slot] = recent;
+        session.highest = session.highest.max(ccr.request_number);
+        let answer =
+            build_answer(session, ccr, &recent).expect("every rating group of this request decided for it");
+        self.write(out, msg, ccr, ResultCode(u32::from(recent.result)), &answer);
     }
 
     // -----------------------------------------------------------------------------------------
     // CCR-I
 
     fn initial(&self, now: Now, msg: &MessageRef<'_>, ccr: &Ccr<'_>, out: &mut BytesMut) {
-        let start = out.len();
-        // The entry stays locked while the session is set up, so the same CCR-I arriving on two
+        // The shard stays locked while the session is set up, so the same CCR-I arriving on two
         // connections at once is processed once and replayed once, and no hold is orphaned.
-        let vacant = match self.sessions.entry(ccr.session_id.into()) {
-            dashmap::mapref::entry::Entry::Occupied(s) => {
-                if !self.replay(s.get(), msg, ccr, out) {
-                    let text = Some("session already exists");
-                    error_answer(out, &self.cfg.local, msg, ResultCode::INVALID_AVP_VALUE, text, None);
-                }
-                return;
+        let key = self.sessions.key(ccr.session_id);
+        let mut shard = self.sessions.lock(key);
+        if let Some(s) = shard.get_mut(key) {
+            if !self.replay(s, msg, ccr, out) {
+                let text = Some("session already exists");
+                error_answer(out, &self.cfg.local, msg, ResultCode::INVALID_AVP_VALUE, text, None);
             }
-            dashmap::mapref::entry::Entry::Vacant(v) => v,
-        };
+            return;
+        }
         let Some(account) = self.resolve(ccr) else {
             // RFC 4006 §9.1 5030 DIAMETER_USER_UNKNOWN.
             self.write(out, msg, ccr, ResultCode::USER_UNKNOWN, &Answer::default());
@@ -288,7 +476,7 @@ impl Engine {
             self.write(out, msg, ccr, reject_code(r), &Answer::default());
             return;
         }
-        let Some(package) = self.packages.get(&account).map(|p| Arc::clone(&p)) else {
+        let Some(package) = self.package(account) else {
             self.write(out, msg, ccr, ResultCode::UNABLE_TO_COMPLY, &Answer::default());
             return;
         };
@@ -299,28 +487,26 @@ impl Engine {
             return;
         };
         let mut session = Session {
-            account,
+            key,
             package: Arc::clone(&package),
-            context,
-            key: session_key(ccr.session_id),
             deadline_ms: now.mono_ms,
-            closed_at_ms: None,
-            expired: false,
-            rgs: SmallVec::new(),
-            recent: SmallVec::new(),
+            account,
+            context,
             highest: 0,
+            state: State::Open,
+            recent: [Recent::default(); SESSION_ANSWERS_MAX],
+            rgs: SmallVec::new(),
         };
-        let mut answer = Answer::default();
+        let mut results = Results::default();
         for m in ccr.services() {
-            let a = self.service_request(now, &mut session, &package, m, true);
-            push_answer(&mut answer, ccr, a);
+            results.add(self.service_request(now, &mut session, &package, ccr.request_number, m, true));
         }
-        let result = command_result(&answer);
+        let result = results.command();
         self.refresh_deadline(now, &mut session);
-        self.write(out, msg, ccr, result, &answer);
-        Self::remember(&mut session, msg, ccr, &out[start..]);
+        let summary = Recent { result: result_u16(result), ..Recent::default() };
+        self.answer_and_remember(&mut session, msg, ccr, summary, out);
         if result.is_success() {
-            vacant.insert(Box::new(session));
+            shard.insert(session);
         } else {
             // RFC 4006 §5.6: a failed CCR-I leaves no session; release what was granted.
             self.release_all(&mut session);
@@ -331,92 +517,104 @@ impl Engine {
     // CCR-U / CCR-T
 
     fn update(&self, now: Now, msg: &MessageRef<'_>, ccr: &Ccr<'_>, out: &mut BytesMut) {
-        let start = out.len();
-        let Some(mut session) = self.sessions.get_mut(ccr.session_id) else {
+        let key = self.sessions.key(ccr.session_id);
+        let mut shard = self.sessions.lock(key);
+        let Some(session) = shard.get_mut(key) else {
             // RFC 4006 §7 (server state machine, Idle: CCR-U/T → 5002) and RFC 6733 §7.1.5
             // DIAMETER_UNKNOWN_SESSION_ID.
             self.write(out, msg, ccr, ResultCode::UNKNOWN_SESSION_ID, &Answer::default());
             return;
         };
-        if self.replay(&session, msg, ccr, out) {
+        if self.replay(session, msg, ccr, out) {
             return;
         }
-        if session.closed_at_ms.is_some() {
+        if session.state == State::Closed {
             self.write(out, msg, ccr, ResultCode::UNKNOWN_SESSION_ID, &Answer::default());
             return;
         }
         let package = Arc::clone(&session.package);
         let terminate = ccr.request_type == RequestType::Termination;
-        let mut answer = Answer::default();
+        let mut results = Results::default();
         for m in ccr.services() {
-            let a = self.service_request(now, &mut session, &package, m, !terminate);
-            push_answer(&mut answer, ccr, a);
+            results.add(self.service_request(now, session, &package, ccr.request_number, m, !terminate));
         }
+        let (mut flags, mut money) = (0, 0);
         if terminate {
             // RFC 4006 §5.6: CCR-T releases what was reserved and not used.
-            self.release_all(&mut session);
-            session.closed_at_ms = Some(now.mono_ms);
-            let total = session.rgs.iter().map(|r| r.debited.0).sum::<i64>();
-            answer.cost = Some(Amount { money: MoneyMinor(total), currency: package.currency });
-            let service = session.rgs.first().map(|r| &package.services[usize::from(r.service)]);
-            self.remaining_balance(session.account, &package, service, &mut answer);
-        }
-        if !terminate && matches!(ccr.aoc_request_type, Some(1 | 2)) {
-            // TS 32.299 §6.5 advice of charge: the cost of the session so far.
-            let total = session.rgs.iter().map(|r| r.debited.0).sum::<i64>();
-            answer.cost = Some(Amount { money: MoneyMinor(total), currency: package.currency });
-        }
-        session.expired = false;
-        self.refresh_deadline(now, &mut session);
-        let result = if terminate && answer.msccs.is_empty() && answer.single.is_none() {
-            ResultCode::SUCCESS
+            self.release_all(session);
+            session.state = State::Closed;
+            session.deadline_ms = now.mono_ms;
+            // TS 32.299 §7.2.140 Remaining-Balance and §7.2.94 Low-Balance-Indication: what the
+            // subscriber can still spend, and whether it would no longer pay for a full quota
+            // of the service just used.
+            flags |= RECENT_COST;
+            if let Ok(available) = self.ledger.available(session.account) {
+                flags |= RECENT_REMAINING;
+                money = available.0;
+                let service = session.rgs.first().map(|r| &package.services[usize::from(r.service)]);
+                if service.is_some_and(|s| low_balance(available, s, &package)) {
+                    flags |= RECENT_LOW_BALANCE;
+                }
+            }
         } else {
-            command_result(&answer)
-        };
-        self.write(out, msg, ccr, result, &answer);
-        Self::remember(&mut session, msg, ccr, &out[start..]);
+            session.state = State::Open;
+            self.refresh_deadline(now, session);
+            if matches!(ccr.aoc_request_type, Some(1 | 2)) {
+                // TS 32.299 §6.5 advice of charge: the cost of the session so far.
+                flags |= RECENT_COST;
+                money = session.total_cost().0;
+            }
+        }
+        let result = if terminate && results.count == 0 { ResultCode::SUCCESS } else { results.command() };
+        let summary = Recent { result: result_u16(result), flags, money, ..Recent::default() };
+        self.answer_and_remember(session, msg, ccr, summary, out);
     }
 
     /// One MSCC (or the single-service form): charge the reported usage, then grant anew if
-    /// asked for.
-    fn service_request<'p>(
+    /// asked for. The decision is recorded in the rating group's state; returns its
+    /// Result-Code.
+    fn service_request(
         &self,
         now: Now,
         session: &mut Session,
-        package: &'p Package,
+        package: &Package,
+        number: u32,
         m: &Mscc<'_>,
         may_grant: bool,
-    ) -> MsccAnswer<'p> {
-        let mut a = MsccAnswer::success(m.rating_group, m.service_id);
-        let idx = match session.rgs.iter().position(|r| r.rating_group == m.rating_group) {
+    ) -> ResultCode {
+        let rating_group = rg_of(m.rating_group);
+        let idx = match session.rgs.iter().position(|r| r.rating_group == rating_group) {
             Some(i) => i,
             None => {
                 let Some(service) = find_service(package, session.context, m) else {
                     // TS 32.299: no rate for this rating group → 5031 DIAMETER_RATING_FAILED.
-                    a.result = ResultCode::RATING_FAILED;
-                    return a;
+                    // Not recorded: `build_answer` finds the same again from the package.
+                    return ResultCode::RATING_FAILED;
                 };
                 if session.rgs.len() == RATING_GROUPS_PER_SESSION_MAX {
-                    a.result = ResultCode::UNABLE_TO_COMPLY;
-                    return a;
+                    return ResultCode::UNABLE_TO_COMPLY;
                 }
                 session.rgs.push(RgState {
-                    rating_group: m.rating_group,
-                    service,
                     usage: CumulativeUsage::default(),
                     debited: MoneyMinor(0),
-                    open: false,
-                    from_bundle: false,
+                    last_units: 0,
+                    rating_group,
+                    last_number: 0,
+                    last_tariff_time_change: 0,
+                    last_result: 0,
+                    service,
+                    flags: 0,
                     band_before: 0,
                     band_after: 0,
                 });
                 session.rgs.len() - 1
             }
         };
+        session.rgs[idx].decide(number);
         let service = &package.services[usize::from(session.rgs[idx].service)];
         if !m.used.is_empty() {
             self.charge_usage(now, session, idx, service, package, &m.used);
-        } else if session.rgs[idx].open && may_grant && m.requested.is_some() {
+        } else if session.rgs[idx].is(OPEN) && may_grant && m.requested.is_some() {
             // A new request without usage replaces the open grant (e.g. after a RAR).
             self.release_rg(session, idx);
         }
@@ -424,24 +622,28 @@ impl Engine {
             if !may_grant {
                 self.release_rg(session, idx);
             }
-            return a;
+            return ResultCode::SUCCESS;
         }
-        self.grant(now, session, idx, package, m, &mut a);
-        a
+        match self.grant(now, session, idx, package, m) {
+            Ok(()) => ResultCode::SUCCESS,
+            Err(result) => {
+                session.rgs[idx].refuse(result);
+                result
+            }
+        }
     }
 
     /// Sizes and reserves a grant (TS 32.299 §6.3.x; architecture: grant = min(requested,
     /// quota, affordable), bundles first, a fair share of the balance when other sessions are
     /// active, Final-Unit-Indication when the funds do not cover the full quota).
-    fn grant<'p>(
+    fn grant(
         &self,
         now: Now,
         session: &mut Session,
         idx: usize,
-        package: &'p Package,
+        package: &Package,
         m: &Mscc<'_>,
-        a: &mut MsccAnswer<'p>,
-    ) {
+    ) -> Result<(), ResultCode> {
         let service = &package.services[usize::from(session.rgs[idx].service)];
         let rate = &service.rate;
         let requested = m.requested.as_ref().and_then(|u| units_of(rate.unit, u)).filter(|&u| u > 0);
@@ -459,10 +661,10 @@ impl Engine {
             .filter(|&t| t < now.unix_secs + u64::from(service.validity_time_s));
         let band_after = change.map_or(band, |t| rating::band_at(rate, t, package.utc_offset_minutes));
         let expires_at_ms = now.mono_ms + u64::from(service.validity_time_s) * 1000 + self.cfg.tcc_grace_ms;
-        let key = ReservationKey { session: session.key, rating_group: m.rating_group.unwrap_or(u32::MAX) };
+        let key = session.ledger_key(session.rgs[idx].rating_group);
         let account = session.account;
         let rg = &mut session.rgs[idx];
-        debug_assert!(!rg.open, "charge_usage or release_rg closed the previous grant");
+        debug_assert!(!rg.is(OPEN), "charge_usage or release_rg closed the previous grant");
         let shape = GrantShape {
             band: band as u8,
             band_after: band_after as u8,
@@ -477,17 +679,11 @@ impl Engine {
                     .reserve(now.mono_ms, account, key, MoneyMinor(0), Some((bundle, units)), expires_at_ms)
                     .is_ok()
             {
-                shape.record(rg, a, service, units, Funds::Bundle);
-                return;
+                shape.record(rg, units, Funds::Bundle);
+                return Ok(());
             }
         }
-        let available = match self.ledger.available(account) {
-            Ok(v) => v,
-            Err(r) => {
-                a.result = reject_code(r);
-                return;
-            }
-        };
+        let available = self.ledger.available(account).map_err(reject_code)?;
         let all = rating::affordable(rate, &rg.usage, band, available, package.currency);
         // Fair share: with other grants open on the account (a family plan), take at most an
         // equal share of what is left, so one session does not starve the others.
@@ -498,8 +694,7 @@ impl Engine {
         let units = target.min(if fair > 0 { fair } else { all });
         if units == 0 {
             // RFC 4006 §9.1 4012 DIAMETER_CREDIT_LIMIT_REACHED.
-            a.result = ResultCode::CREDIT_LIMIT_REACHED;
-            return;
+            return Err(ResultCode::CREDIT_LIMIT_REACHED);
         }
         let mut after = rg.usage;
         after.0[band] = after.0[band].saturating_add(units);
@@ -507,17 +702,12 @@ impl Engine {
             rating::charge(rate, &after, package.currency).0
                 - rating::charge(rate, &rg.usage, package.currency).0,
         );
-        if let Err(r) = self.ledger.reserve(now.mono_ms, account, key, hold, None, expires_at_ms) {
-            a.result = reject_code(r);
-            return;
-        }
-        shape.record(rg, a, service, units, Funds::Money);
-        if all < target && units == all {
-            // The last grant the funds allow (RFC 4006 §5.6.2 Final-Unit-Indication). A grant cut
-            // by the fair share is not final: more funds remain for later requests.
-            a.final_unit = Some(&service.final_unit_action);
-            a.final_unit_rules = &service.restriction_filter_rules;
-        }
+        self.ledger.reserve(now.mono_ms, account, key, hold, None, expires_at_ms).map_err(reject_code)?;
+        shape.record(rg, units, Funds::Money);
+        // The last grant the funds allow (RFC 4006 §5.6.2 Final-Unit-Indication). A grant cut
+        // by the fair share is not final: more funds remain for later requests.
+        rg.set(LAST_FINAL, all < target && units == all);
+        Ok(())
     }
 
     /// Charges reported usage (Used-Service-Unit), closing the open grant. Late usage — after
@@ -532,10 +722,7 @@ impl Engine {
         used: &[super::ccr::UsedUnits],
     ) {
         let rate = &service.rate;
-        let key = ReservationKey {
-            session: session.key,
-            rating_group: session.rgs[idx].rating_group.unwrap_or(u32::MAX),
-        };
+        let key = session.ledger_key(session.rgs[idx].rating_group);
         let account = session.account;
         let rg = &mut session.rgs[idx];
         let mut by_band = [0u64; rating::BANDS_PER_RATE_MAX + 1];
@@ -552,7 +739,7 @@ impl Engine {
             total = total.saturating_add(n);
         }
         let mut paid = by_band;
-        if rg.open && rg.from_bundle {
+        if rg.is(OPEN) && rg.is(FROM_BUNDLE) {
             match self.ledger.commit(now.mono_ms, account, key, MoneyMinor(0), total) {
                 Ok(c) => {
                     // Units beyond what the bundle still had are priced in money.
@@ -561,7 +748,7 @@ impl Engine {
                 }
                 Err(r) => tracing::error!(?r, "bundle commit failed; usage priced in money"),
             }
-            rg.open = false;
+            rg.set(OPEN, false);
         }
         let mut after = rg.usage;
         for (slot, add) in after.0.iter_mut().zip(paid) {
@@ -571,7 +758,7 @@ impl Engine {
         let delta = MoneyMinor(new_charge.0 - rg.debited.0);
         // The ledger may have expired the hold on its own deadline before the session sweep
         // noticed; then the usage is charged as late usage, never dropped.
-        let committed = rg.open
+        let committed = rg.is(OPEN)
             && match self.ledger.commit(now.mono_ms, account, key, delta, 0) {
                 Ok(c) => {
                     if c.overdraft {
@@ -588,7 +775,7 @@ impl Engine {
                     false
                 }
             };
-        rg.open = false;
+        rg.set(OPEN, false);
         if !committed && delta.0 > 0 {
             let op = key.session ^ u64::from(key.rating_group).rotate_left(32) ^ new_charge.0 as u64;
             if let Err(r) = self.ledger.debit(now.mono_ms, account, op, delta, true) {
@@ -600,13 +787,10 @@ impl Engine {
     }
 
     fn release_rg(&self, session: &mut Session, idx: usize) {
-        let key = ReservationKey {
-            session: session.key,
-            rating_group: session.rgs[idx].rating_group.unwrap_or(u32::MAX),
-        };
-        if session.rgs[idx].open {
+        if session.rgs[idx].is(OPEN) {
+            let key = session.ledger_key(session.rgs[idx].rating_group);
             let _ = self.ledger.release(session.account, key);
-            session.rgs[idx].open = false;
+            session.rgs[idx].set(OPEN, false);
         }
     }
 
@@ -661,7 +845,7 @@ impl Engine {
                 return false;
             }
         };
-        let Some(package) = self.packages.get(&account).map(|p| Arc::clone(&p)) else {
+        let Some(package) = self.package(account) else {
             self.write(out, msg, ccr, ResultCode::UNABLE_TO_COMPLY, &answer);
             return false;
         };
@@ -768,11 +952,7 @@ impl Engine {
     ) {
         let Ok(available) = self.ledger.available(account) else { return };
         answer.remaining_balance = Some(Amount { money: available, currency: package.currency });
-        answer.low_balance = service.is_some_and(|s| {
-            let mut full = CumulativeUsage::default();
-            full.0[0] = s.quota;
-            available < rating::charge(&s.rate, &full, package.currency)
-        });
+        answer.low_balance = service.is_some_and(|s| low_balance(available, s, package));
     }
 
     // -----------------------------------------------------------------------------------------
@@ -784,32 +964,25 @@ impl Engine {
     pub fn sweep(&self, now: Now) -> SweepStats {
         let mut stats = SweepStats::default();
         let retention = self.cfg.closed_retention_ms;
-        self.sessions.retain(|_, s| {
-            if let Some(at) = s.closed_at_ms {
-                let keep = now.mono_ms < at + retention;
-                stats.sessions_removed += usize::from(!keep);
-                return keep;
-            }
-            if !s.expired && s.deadline_ms <= now.mono_ms {
-                for i in 0..s.rgs.len() {
-                    if s.rgs[i].open {
-                        let key = ReservationKey {
-                            session: s.key,
-                            rating_group: s.rgs[i].rating_group.unwrap_or(u32::MAX),
-                        };
-                        let _ = self.ledger.release(s.account, key);
-                        s.rgs[i].open = false;
-                        stats.reservations_released += 1;
+        // One shard at a time: requests on the other shards go on meanwhile.
+        self.sessions.for_each_shard(|shard| {
+            shard.retain(|s| {
+                if s.state == State::Open && s.deadline_ms <= now.mono_ms {
+                    for i in 0..s.rgs.len() {
+                        if s.rgs[i].is(OPEN) {
+                            self.release_rg(s, i);
+                            stats.reservations_released += 1;
+                        }
                     }
+                    s.state = State::Expired;
+                    stats.sessions_expired += 1;
                 }
-                s.expired = true;
-                stats.sessions_expired += 1;
-            }
-            if s.expired && now.mono_ms >= s.deadline_ms + retention {
-                stats.sessions_removed += 1;
-                return false;
-            }
-            true
+                // Closed and expired sessions are kept for the retention period after their
+                // deadline (or close), then forgotten.
+                let keep = s.state == State::Open || now.mono_ms < s.deadline_ms.saturating_add(retention);
+                stats.sessions_removed += usize::from(!keep);
+                keep
+            });
         });
         for _ in self.ledger.expire(now.mono_ms) {
             stats.reservations_released += 1;
@@ -840,27 +1013,16 @@ struct GrantShape {
 }
 
 impl GrantShape {
-    /// Records a reserved grant in the rating-group state and the answer: units, Validity-Time,
-    /// Tariff-Time-Change, the quota threshold (the share of the grant that, left over,
-    /// triggers a report) and Quota-Holding-Time as the plan configures them.
-    fn record<'p>(
-        self,
-        rg: &mut RgState,
-        a: &mut MsccAnswer<'p>,
-        service: &'p Service,
-        units: u64,
-        funds: Funds,
-    ) {
-        rg.open = true;
-        rg.from_bundle = funds == Funds::Bundle;
+    /// Records a reserved grant in the rating-group state: the open hold, its bands, and the
+    /// decision (units, Tariff-Time-Change) that `RgState::answer` writes.
+    fn record(self, rg: &mut RgState, units: u64, funds: Funds) {
+        rg.set(OPEN, true);
+        rg.set(FROM_BUNDLE, funds == Funds::Bundle);
+        rg.set(LAST_GRANTED, true);
         rg.band_before = self.band;
         rg.band_after = self.band_after;
-        a.grant = Some(Grant { unit: service.rate.unit, units, tariff_time_change: self.tariff_time_change });
-        a.validity_time_s = Some(service.validity_time_s);
-        a.threshold = service
-            .threshold_percent
-            .map(|p| u32::try_from(units.saturating_mul(u64::from(p)) / 100).unwrap_or(u32::MAX));
-        a.quota_holding_time_s = service.quota_holding_time_s;
+        rg.last_units = units;
+        rg.last_tariff_time_change = self.tariff_time_change.unwrap_or(0);
     }
 }
 
@@ -911,22 +1073,84 @@ fn push_answer<'p>(answer: &mut Answer<'p>, ccr: &Ccr<'_>, a: MsccAnswer<'p>) {
 /// The command-level Result-Code from the per-MSCC ones: success if any service succeeded (or
 /// none was asked about); otherwise the common failure, so clients that read only the command
 /// level still learn it (e.g. 4012 on a single-MSCC CCR-I).
-fn command_result(answer: &Answer<'_>) -> ResultCode {
-    let mut results = answer.msccs.iter().chain(answer.single.iter()).map(|m| m.result);
-    let Some(first) = results.next() else { return ResultCode::SUCCESS };
-    if first.is_success() {
-        return ResultCode::SUCCESS;
-    }
-    let mut common = Some(first);
-    for r in results {
+#[derive(Default)]
+struct Results {
+    count: usize,
+    any_success: bool,
+    first_failure: Option<ResultCode>,
+    mixed: bool,
+}
+
+impl Results {
+    fn add(&mut self, r: ResultCode) {
+        self.count += 1;
         if r.is_success() {
-            return ResultCode::SUCCESS;
-        }
-        if Some(r) != common {
-            common = None;
+            self.any_success = true;
+        } else if self.first_failure.is_none() {
+            self.first_failure = Some(r);
+        } else if self.first_failure != Some(r) {
+            self.mixed = true;
         }
     }
-    common.unwrap_or(ResultCode::SUCCESS)
+
+    fn command(&self) -> ResultCode {
+        match self.first_failure {
+            Some(common) if !self.any_success && !self.mixed => common,
+            _ => ResultCode::SUCCESS,
+        }
+    }
+}
+
+/// The answer to request `ccr` (number n) of `session`, from the decisions its rating groups
+/// recorded for n and the command-level `recent` entry. Used for the first answer and for every
+/// retransmission alike, so both carry the same AVPs. `None` when a later request has decided
+/// again for one of the request's rating groups.
+fn build_answer<'p>(session: &'p Session, ccr: &Ccr<'_>, recent: &Recent) -> Option<Answer<'p>> {
+    let package = &*session.package;
+    let mut answer = Answer::default();
+    for m in ccr.services() {
+        let rating_group = rg_of(m.rating_group);
+        let a = match session.rgs.iter().find(|r| r.rating_group == rating_group) {
+            Some(rg) if rg.is(LAST_DECIDED) && rg.last_number == ccr.request_number => {
+                rg.answer(m, &package.services[usize::from(rg.service)])
+            }
+            Some(_) => return None,
+            None => {
+                // Not recorded (see `service_request`): no service for it, or the session had
+                // as many rating groups as it may.
+                let mut a = MsccAnswer::success(m.rating_group, m.service_id);
+                a.result = if find_service(package, session.context, m).is_none() {
+                    ResultCode::RATING_FAILED
+                } else {
+                    ResultCode::UNABLE_TO_COMPLY
+                };
+                a
+            }
+        };
+        push_answer(&mut answer, ccr, a);
+    }
+    let currency = package.currency;
+    if recent.flags & RECENT_REMAINING != 0 {
+        answer.remaining_balance = Some(Amount { money: MoneyMinor(recent.money), currency });
+        answer.low_balance = recent.flags & RECENT_LOW_BALANCE != 0;
+    }
+    if recent.flags & RECENT_COST != 0 {
+        let money = if ccr.request_type == RequestType::Termination {
+            session.total_cost()
+        } else {
+            MoneyMinor(recent.money)
+        };
+        answer.cost = Some(Amount { money, currency });
+    }
+    Some(answer)
+}
+
+/// TS 32.299 §7.2.94 Low-Balance-Indication: `available` would no longer pay for a full quota
+/// of `service`.
+fn low_balance(available: MoneyMinor, service: &Service, package: &Package) -> bool {
+    let mut full = CumulativeUsage::default();
+    full.0[0] = service.quota;
+    available < rating::charge(&service.rate, &full, package.currency)
 }
 
 /// Bundles live from the catalog load for their number of days.

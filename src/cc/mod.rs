@@ -9,5 +9,6 @@
 pub mod cca;
 pub mod ccr;
 mod engine;
+mod sessions;
 
 pub use engine::{Engine, EngineConfig, Now, SweepStats};
