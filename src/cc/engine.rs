@@ -9,12 +9,13 @@ use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
 
 use super::cca::{self, Amount, Answer, Grant, MsccAnswer};
-use super::ccr::{session_key, Ccr, Mscc, RequestType, RequestedAction, TariffChangeUsage, Units};
+use super::ccr::{Ccr, Mscc, RequestType, RequestedAction, TariffChangeUsage, Units};
+use super::redo::{self, Reader, RecordError, Recorder};
 use super::sessions::{Keyed, SessionKey, Table};
 use crate::catalog::{Catalog, Package, Service, SharedPackage};
 use crate::diameter::answer::error_answer;
 use crate::diameter::{LocalIdentity, MessageRef, ResultCode};
-use crate::ledger::{AccountId, Ledger, NewAccount, NewBundle, Reject, ReservationKey};
+use crate::ledger::{AccountId, BundleIndex, Ledger, NewAccount, NewBundle, Reject, ReservationKey};
 use crate::rating::{self, CumulativeUsage, MoneyMinor, UnitKind};
 use crate::replay::{answer_again, DuplicateCache, KeyCase};
 
@@ -28,6 +29,9 @@ const EVENT_TIMESTAMP_SKEW_MAX_SECS: u64 = 86_400;
 /// last two, which covers a client that sends one CCR-U per MSCC in parallel (magma#8663). A
 /// number older than those is refused (5004), never charged twice.
 const SESSION_ANSWERS_MAX: usize = 2;
+
+/// A sweep's changes go to the journal in records of about this size.
+const SWEEP_RECORD_BYTES: usize = 64 * 1024;
 
 /// Rating groups one session may use.
 const RATING_GROUPS_PER_SESSION_MAX: usize = 64;
@@ -96,6 +100,9 @@ struct RgState {
     last_number: u32,
     /// Tariff-Time-Change (NTP seconds) of the last grant, 0 for none.
     last_tariff_time_change: u32,
+    /// The CC-Request-Number that made the open grant: part of its hold's ledger key, so every
+    /// grant has a key of its own (see `redo`).
+    grant_number: u32,
     /// Result-Code of the last decision (every Diameter result code is below 65 536).
     last_result: u16,
     /// Index into the package's services.
@@ -193,8 +200,9 @@ const RECENT_REMAINING: u8 = 4;
 const RECENT_LOW_BALANCE: u8 = 8;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
 enum State {
-    Open,
+    Open = 0,
     /// Terminated by CCR-T at `deadline_ms`; kept for retransmissions.
     Closed,
     /// Silent past its deadline; its holds were released. Late usage is still charged.
@@ -227,8 +235,88 @@ impl Keyed for Session {
 }
 
 impl Session {
-    fn ledger_key(&self, rating_group: u32) -> ReservationKey {
-        ReservationKey { session: self.key.0[0], rating_group }
+    /// The ledger key of the hold that request `grant_number` made for `rating_group`.
+    fn ledger_key(&self, rating_group: u32, grant_number: u32) -> ReservationKey {
+        let grant = u64::from(grant_number).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        ReservationKey { session: self.key.0[0] ^ grant, rating_group }
+    }
+
+    fn hold_key(&self, idx: usize) -> ReservationKey {
+        self.ledger_key(self.rgs[idx].rating_group, self.rgs[idx].grant_number)
+    }
+
+    /// Appends the session's whole state to a redo record (`redo::TAG_SESSION`).
+    fn encode(&self, rec: &mut Recorder, now: Now) {
+        rec.u8(redo::TAG_SESSION).u64(self.key.0[0]).u64(self.key.0[1]);
+        rec.u32(self.account.0).u32(self.context).u32(self.highest);
+        rec.u8(self.state as u8).u64(redo::unix_ms(now, self.deadline_ms));
+        for r in &self.recent {
+            rec.u32(r.number).u32(r.fingerprint).u16(r.result).u8(r.flags).i64(r.money);
+        }
+        rec.u8(u8::try_from(self.rgs.len()).expect("RATING_GROUPS_PER_SESSION_MAX < 256"));
+        for g in &self.rgs {
+            for u in g.usage.0 {
+                rec.u64(u);
+            }
+            rec.i64(g.debited.0).u64(g.last_units).u32(g.rating_group).u32(g.last_number);
+            rec.u32(g.last_tariff_time_change).u32(g.grant_number).u16(g.last_result).u16(g.service);
+            rec.u8(g.flags).u8(g.band_before).u8(g.band_after);
+        }
+    }
+
+    /// Reads back what `encode` wrote (after the tag). The package comes from the account
+    /// (the catalog loaded at start); a service index it does not have is an error.
+    fn decode(r: &mut Reader<'_>, now: Now, package: SharedPackage) -> Result<Self, RecordError> {
+        let key = SessionKey([r.u64()?, r.u64()?]);
+        let (account, context, highest) = (AccountId(r.u32()?), r.u32()?, r.u32()?);
+        let state = match r.u8()? {
+            0 => State::Open,
+            1 => State::Closed,
+            2 => State::Expired,
+            _ => return Err(RecordError("session state")),
+        };
+        let deadline_ms = redo::mono_ms(now, r.u64()?);
+        let mut recent = [Recent::default(); SESSION_ANSWERS_MAX];
+        for slot in &mut recent {
+            *slot = Recent {
+                number: r.u32()?,
+                fingerprint: r.u32()?,
+                result: r.u16()?,
+                flags: r.u8()?,
+                money: r.i64()?,
+            };
+        }
+        let count = usize::from(r.u8()?);
+        if count > RATING_GROUPS_PER_SESSION_MAX {
+            return Err(RecordError("rating groups"));
+        }
+        let mut rgs = SmallVec::new();
+        for _ in 0..count {
+            let mut usage = CumulativeUsage::default();
+            for u in &mut usage.0 {
+                *u = r.u64()?;
+            }
+            let g = RgState {
+                usage,
+                debited: MoneyMinor(r.i64()?),
+                last_units: r.u64()?,
+                rating_group: r.u32()?,
+                last_number: r.u32()?,
+                last_tariff_time_change: r.u32()?,
+                grant_number: r.u32()?,
+                last_result: r.u16()?,
+                service: r.u16()?,
+                flags: r.u8()?,
+                band_before: r.u8()?,
+                band_after: r.u8()?,
+            };
+            let bands_ok = usize::from(g.band_before.max(g.band_after)) <= rating::BANDS_PER_RATE_MAX;
+            if usize::from(g.service) >= package.services.len() || !bands_ok {
+                return Err(RecordError("a rating group's service is not in the account's package"));
+            }
+            rgs.push(g);
+        }
+        Ok(Self { key, package, deadline_ms, account, context, highest, state, recent, rgs })
     }
 
     /// Σ what the session's usage has cost.
@@ -245,6 +333,46 @@ struct Packages {
     by_pointer: std::collections::HashMap<usize, u32>,
     /// Index into `list`, or `u32::MAX`.
     by_account: Vec<u32>,
+}
+
+/// Where the engine puts the redo record of each request that changed something (see `redo`).
+pub trait RecordSink {
+    /// Makes `record` durable, then sends `answer`, the bytes the engine just wrote for the
+    /// request. An empty `record` asks only that `answer` not leave before the records appended
+    /// earlier are durable (a replayed answer must not overtake its original's record). Returns
+    /// whether the sink took the answer; if not, the caller sends it as usual.
+    fn append(&mut self, record: &[u8], answer: &[u8]) -> bool;
+}
+
+/// Records go nowhere: for tests, benchmarks and the in-memory run.
+pub struct NoJournal;
+
+impl RecordSink for NoJournal {
+    fn append(&mut self, _record: &[u8], _answer: &[u8]) -> bool {
+        false
+    }
+}
+
+thread_local! {
+    /// One record buffer per thread, reused: building a record does not allocate in steady state.
+    static RECORDER: std::cell::RefCell<Recorder> = std::cell::RefCell::new(Recorder::new());
+}
+
+/// The record of the request being handled and where it goes.
+struct Tx<'a> {
+    rec: &'a mut Recorder,
+    sink: &'a mut dyn RecordSink,
+    deferred: bool,
+}
+
+impl Tx<'_> {
+    /// Hands the record and the answer written at `out[start..]` to the sink.
+    fn send(&mut self, out: &mut BytesMut, start: usize) {
+        if self.sink.append(self.rec.bytes(), &out[start..]) {
+            out.truncate(start);
+            self.deferred = true;
+        }
+    }
 }
 
 /// The credit-control engine.
@@ -334,20 +462,39 @@ impl Engine {
         open
     }
 
-    /// Handles one validated CCR and writes the CCA (or an error answer) into `out`.
+    /// Handles one validated CCR and writes the CCA (or an error answer) into `out`, without
+    /// a journal (tests, benchmarks, the in-memory run).
     pub fn handle(&self, now: Now, msg: &MessageRef<'_>, out: &mut BytesMut) {
-        let ccr = match Ccr::parse(msg) {
-            Ok(c) => c,
-            Err(e) => {
-                error_answer(out, &self.cfg.local, msg, e.result, Some(e.message), Some(&e.failed_avp));
-                return;
+        self.handle_with(now, msg, out, &mut NoJournal);
+    }
+
+    /// Handles one validated CCR. The answer is written into `out`, unless the request changed
+    /// something: then its redo record and the answer go to `sink` (which sends the answer once
+    /// the record is durable, and takes it out of `out`). Returns whether `sink` took it.
+    pub fn handle_with(
+        &self,
+        now: Now,
+        msg: &MessageRef<'_>,
+        out: &mut BytesMut,
+        sink: &mut dyn RecordSink,
+    ) -> bool {
+        RECORDER.with_borrow_mut(|rec| {
+            rec.clear();
+            let mut tx = Tx { rec, sink, deferred: false };
+            let ccr = match Ccr::parse(msg) {
+                Ok(c) => c,
+                Err(e) => {
+                    error_answer(out, &self.cfg.local, msg, e.result, Some(e.message), Some(&e.failed_avp));
+                    return false;
+                }
+            };
+            match ccr.request_type {
+                RequestType::Event => self.event(now, msg, &ccr, out, &mut tx),
+                RequestType::Initial => self.initial(now, msg, &ccr, out, &mut tx),
+                RequestType::Update | RequestType::Termination => self.update(now, msg, &ccr, out, &mut tx),
             }
-        };
-        match ccr.request_type {
-            RequestType::Event => self.event(now, msg, &ccr, out),
-            RequestType::Initial => self.initial(now, msg, &ccr, out),
-            RequestType::Update | RequestType::Termination => self.update(now, msg, &ccr, out),
-        }
+            tx.deferred
+        })
     }
 
     fn write(
@@ -455,13 +602,16 @@ impl Engine {
     // -----------------------------------------------------------------------------------------
     // CCR-I
 
-    fn initial(&self, now: Now, msg: &MessageRef<'_>, ccr: &Ccr<'_>, out: &mut BytesMut) {
+    fn initial(&self, now: Now, msg: &MessageRef<'_>, ccr: &Ccr<'_>, out: &mut BytesMut, tx: &mut Tx<'_>) {
         // The shard stays locked while the session is set up, so the same CCR-I arriving on two
         // connections at once is processed once and replayed once, and no hold is orphaned.
         let key = self.sessions.key(ccr.session_id);
         let mut shard = self.sessions.lock(key);
         if let Some(s) = shard.get_mut(key) {
-            if !self.replay(s, msg, ccr, out) {
+            let start = out.len();
+            if self.replay(s, msg, ccr, out) {
+                tx.send(out, start);
+            } else {
                 let text = Some("session already exists");
                 error_answer(out, &self.cfg.local, msg, ResultCode::INVALID_AVP_VALUE, text, None);
             }
@@ -499,24 +649,29 @@ impl Engine {
         };
         let mut results = Results::default();
         for m in ccr.services() {
-            results.add(self.service_request(now, &mut session, &package, ccr.request_number, m, true));
+            results.add(self.service_request(now, tx.rec, &mut session, &package, ccr.request_number, m, true));
         }
         let result = results.command();
         self.refresh_deadline(now, &mut session);
         let summary = Recent { result: result_u16(result), ..Recent::default() };
+        let start = out.len();
         self.answer_and_remember(&mut session, msg, ccr, summary, out);
         if result.is_success() {
+            session.encode(tx.rec, now);
+            tx.send(out, start);
             shard.insert(session);
         } else {
-            // RFC 4006 §5.6: a failed CCR-I leaves no session; release what was granted.
-            self.release_all(&mut session);
+            // RFC 4006 §5.6: a failed CCR-I leaves no session; release what was granted. The
+            // holds made and released cancel out: nothing to journal.
+            self.release_all(tx.rec, &mut session);
+            tx.rec.clear();
         }
     }
 
     // -----------------------------------------------------------------------------------------
     // CCR-U / CCR-T
 
-    fn update(&self, now: Now, msg: &MessageRef<'_>, ccr: &Ccr<'_>, out: &mut BytesMut) {
+    fn update(&self, now: Now, msg: &MessageRef<'_>, ccr: &Ccr<'_>, out: &mut BytesMut, tx: &mut Tx<'_>) {
         let key = self.sessions.key(ccr.session_id);
         let mut shard = self.sessions.lock(key);
         let Some(session) = shard.get_mut(key) else {
@@ -525,7 +680,10 @@ impl Engine {
             self.write(out, msg, ccr, ResultCode::UNKNOWN_SESSION_ID, &Answer::default());
             return;
         };
+        let start = out.len();
         if self.replay(session, msg, ccr, out) {
+            // Not before the original's record is durable.
+            tx.send(out, start);
             return;
         }
         if session.state == State::Closed {
@@ -536,12 +694,13 @@ impl Engine {
         let terminate = ccr.request_type == RequestType::Termination;
         let mut results = Results::default();
         for m in ccr.services() {
-            results.add(self.service_request(now, session, &package, ccr.request_number, m, !terminate));
+            let n = ccr.request_number;
+            results.add(self.service_request(now, tx.rec, session, &package, n, m, !terminate));
         }
         let (mut flags, mut money) = (0, 0);
         if terminate {
             // RFC 4006 §5.6: CCR-T releases what was reserved and not used.
-            self.release_all(session);
+            self.release_all(tx.rec, session);
             session.state = State::Closed;
             session.deadline_ms = now.mono_ms;
             // TS 32.299 §7.2.140 Remaining-Balance and §7.2.94 Low-Balance-Indication: what the
@@ -568,14 +727,18 @@ impl Engine {
         let result = if terminate && results.count == 0 { ResultCode::SUCCESS } else { results.command() };
         let summary = Recent { result: result_u16(result), flags, money, ..Recent::default() };
         self.answer_and_remember(session, msg, ccr, summary, out);
+        session.encode(tx.rec, now);
+        tx.send(out, start);
     }
 
     /// One MSCC (or the single-service form): charge the reported usage, then grant anew if
     /// asked for. The decision is recorded in the rating group's state; returns its
     /// Result-Code.
+    #[allow(clippy::too_many_arguments)]
     fn service_request(
         &self,
         now: Now,
+        rec: &mut Recorder,
         session: &mut Session,
         package: &Package,
         number: u32,
@@ -601,6 +764,7 @@ impl Engine {
                     rating_group,
                     last_number: 0,
                     last_tariff_time_change: 0,
+                    grant_number: 0,
                     last_result: 0,
                     service,
                     flags: 0,
@@ -613,18 +777,18 @@ impl Engine {
         session.rgs[idx].decide(number);
         let service = &package.services[usize::from(session.rgs[idx].service)];
         if !m.used.is_empty() {
-            self.charge_usage(now, session, idx, service, package, &m.used);
+            self.charge_usage(now, rec, session, idx, service, package, &m.used);
         } else if session.rgs[idx].is(OPEN) && may_grant && m.requested.is_some() {
             // A new request without usage replaces the open grant (e.g. after a RAR).
-            self.release_rg(session, idx);
+            self.release_rg(rec, session, idx);
         }
         if !may_grant || m.requested.is_none() {
             if !may_grant {
-                self.release_rg(session, idx);
+                self.release_rg(rec, session, idx);
             }
             return ResultCode::SUCCESS;
         }
-        match self.grant(now, session, idx, package, m) {
+        match self.grant(now, rec, session, idx, package, m) {
             Ok(()) => ResultCode::SUCCESS,
             Err(result) => {
                 session.rgs[idx].refuse(result);
@@ -639,6 +803,7 @@ impl Engine {
     fn grant(
         &self,
         now: Now,
+        rec: &mut Recorder,
         session: &mut Session,
         idx: usize,
         package: &Package,
@@ -661,7 +826,7 @@ impl Engine {
             .filter(|&t| t < now.unix_secs + u64::from(service.validity_time_s));
         let band_after = change.map_or(band, |t| rating::band_at(rate, t, package.utc_offset_minutes));
         let expires_at_ms = now.mono_ms + u64::from(service.validity_time_s) * 1000 + self.cfg.tcc_grace_ms;
-        let key = session.ledger_key(session.rgs[idx].rating_group);
+        let key = session.ledger_key(session.rgs[idx].rating_group, session.rgs[idx].last_number);
         let account = session.account;
         let rg = &mut session.rgs[idx];
         debug_assert!(!rg.is(OPEN), "charge_usage or release_rg closed the previous grant");
@@ -679,6 +844,7 @@ impl Engine {
                     .reserve(now.mono_ms, account, key, MoneyMinor(0), Some((bundle, units)), expires_at_ms)
                     .is_ok()
             {
+                rec.reserve(now, account, key, MoneyMinor(0), Some((bundle, units)), expires_at_ms);
                 shape.record(rg, units, Funds::Bundle);
                 return Ok(());
             }
@@ -703,6 +869,7 @@ impl Engine {
                 - rating::charge(rate, &rg.usage, package.currency).0,
         );
         self.ledger.reserve(now.mono_ms, account, key, hold, None, expires_at_ms).map_err(reject_code)?;
+        rec.reserve(now, account, key, hold, None, expires_at_ms);
         shape.record(rg, units, Funds::Money);
         // The last grant the funds allow (RFC 4006 §5.6.2 Final-Unit-Indication). A grant cut
         // by the fair share is not final: more funds remain for later requests.
@@ -715,6 +882,7 @@ impl Engine {
     fn charge_usage(
         &self,
         now: Now,
+        rec: &mut Recorder,
         session: &mut Session,
         idx: usize,
         service: &Service,
@@ -722,7 +890,7 @@ impl Engine {
         used: &[super::ccr::UsedUnits],
     ) {
         let rate = &service.rate;
-        let key = session.ledger_key(session.rgs[idx].rating_group);
+        let key = session.hold_key(idx);
         let account = session.account;
         let rg = &mut session.rgs[idx];
         let mut by_band = [0u64; rating::BANDS_PER_RATE_MAX + 1];
@@ -742,6 +910,7 @@ impl Engine {
         if rg.is(OPEN) && rg.is(FROM_BUNDLE) {
             match self.ledger.commit(now.mono_ms, account, key, MoneyMinor(0), total) {
                 Ok(c) => {
+                    rec.commit(account, key, MoneyMinor(0), total - c.units_unpaid);
                     // Units beyond what the bundle still had are priced in money.
                     paid = [0; rating::BANDS_PER_RATE_MAX + 1];
                     paid[usize::from(rg.band_before)] = c.units_unpaid;
@@ -761,6 +930,7 @@ impl Engine {
         let committed = rg.is(OPEN)
             && match self.ledger.commit(now.mono_ms, account, key, delta, 0) {
                 Ok(c) => {
+                    rec.commit(account, key, delta, 0);
                     if c.overdraft {
                         tracing::warn!(
                             account = account.0,
@@ -778,25 +948,28 @@ impl Engine {
         rg.set(OPEN, false);
         if !committed && delta.0 > 0 {
             let op = key.session ^ u64::from(key.rating_group).rotate_left(32) ^ new_charge.0 as u64;
-            if let Err(r) = self.ledger.debit(now.mono_ms, account, op, delta, true) {
-                tracing::error!(?r, "late usage debit failed");
+            match self.ledger.debit(now.mono_ms, account, op, delta, true) {
+                Ok(_) => rec.debit(account, op, delta),
+                Err(r) => tracing::error!(?r, "late usage debit failed"),
             }
         }
         rg.usage = after;
         rg.debited = new_charge;
     }
 
-    fn release_rg(&self, session: &mut Session, idx: usize) {
+    fn release_rg(&self, rec: &mut Recorder, session: &mut Session, idx: usize) {
         if session.rgs[idx].is(OPEN) {
-            let key = session.ledger_key(session.rgs[idx].rating_group);
-            let _ = self.ledger.release(session.account, key);
+            let key = session.hold_key(idx);
+            if self.ledger.release(session.account, key).is_ok() {
+                rec.release(session.account, key);
+            }
             session.rgs[idx].set(OPEN, false);
         }
     }
 
-    fn release_all(&self, session: &mut Session) {
+    fn release_all(&self, rec: &mut Recorder, session: &mut Session) {
         for i in 0..session.rgs.len() {
-            self.release_rg(session, i);
+            self.release_rg(rec, session, i);
         }
     }
 
@@ -813,25 +986,33 @@ impl Engine {
     // -----------------------------------------------------------------------------------------
     // CCR-E
 
-    fn event(&self, now: Now, msg: &MessageRef<'_>, ccr: &Ccr<'_>, out: &mut BytesMut) {
+    fn event(&self, now: Now, msg: &MessageRef<'_>, ccr: &Ccr<'_>, out: &mut BytesMut, tx: &mut Tx<'_>) {
         if let Some(answer) = self.events.lookup(now.mono_ms, ccr.session_id, ccr.request_number) {
+            let start = out.len();
             answer_again(&answer, &msg.header, out);
+            // Not before the original's record is durable.
+            tx.send(out, start);
             return;
         }
         let start = out.len();
-        let changed = self.event_inner(now, msg, ccr, out);
+        let changed = self.event_inner(now, msg, ccr, out, tx.rec);
         if changed {
-            self.events.insert(
-                now.mono_ms,
-                ccr.session_id,
-                ccr.request_number,
-                Bytes::copy_from_slice(&out[start..]),
-            );
+            let answer = &out[start..];
+            self.events.insert(now.mono_ms, ccr.session_id, ccr.request_number, Bytes::copy_from_slice(answer));
+            tx.rec.event(ccr.session_id, ccr.request_number, answer);
+            tx.send(out, start);
         }
     }
 
     /// Returns whether the ledger changed (only then is the answer remembered).
-    fn event_inner(&self, now: Now, msg: &MessageRef<'_>, ccr: &Ccr<'_>, out: &mut BytesMut) -> bool {
+    fn event_inner(
+        &self,
+        now: Now,
+        msg: &MessageRef<'_>,
+        ccr: &Ccr<'_>,
+        out: &mut BytesMut,
+        rec: &mut Recorder,
+    ) -> bool {
         let Some(account) = self.resolve(ccr) else {
             self.write(out, msg, ccr, ResultCode::USER_UNKNOWN, &Answer::default());
             return false;
@@ -876,8 +1057,10 @@ impl Engine {
         let grant = Grant { unit: rate.unit, units, tariff_time_change: None };
         let single = ccr.single.is_some() || ccr.msccs.is_empty();
         let mut mscc = MsccAnswer::success(m.rating_group, m.service_id);
-        let op =
-            session_key(ccr.session_id) ^ u64::from(ccr.request_number).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        // Keyed like sessions (a peer cannot pick two events that share a ledger key) and stable
+        // across restarts (the key is kept with the journal).
+        let op = self.sessions.key(ccr.session_id).0[0]
+            ^ u64::from(ccr.request_number).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         let (result, changed) = match action {
             RequestedAction::DirectDebiting => {
                 let bundle = self
@@ -886,17 +1069,21 @@ impl Engine {
                     .filter(|&(_, free)| free >= units);
                 let key = ReservationKey { session: op, rating_group: m.rating_group.unwrap_or(u32::MAX) };
                 let paid_by_bundle = bundle.is_some_and(|(b, _)| {
-                    self.ledger
-                        .reserve(
-                            now.mono_ms,
-                            account,
-                            key,
-                            MoneyMinor(0),
-                            Some((b, units)),
-                            now.mono_ms + 1000,
-                        )
-                        .is_ok()
-                        && self.ledger.commit(now.mono_ms, account, key, MoneyMinor(0), units).is_ok()
+                    let expires_at_ms = now.mono_ms + 1000;
+                    let held = self
+                        .ledger
+                        .reserve(now.mono_ms, account, key, MoneyMinor(0), Some((b, units)), expires_at_ms)
+                        .is_ok();
+                    if held {
+                        rec.reserve(now, account, key, MoneyMinor(0), Some((b, units)), expires_at_ms);
+                    }
+                    held && match self.ledger.commit(now.mono_ms, account, key, MoneyMinor(0), units) {
+                        Ok(c) => {
+                            rec.commit(account, key, MoneyMinor(0), units - c.units_unpaid);
+                            true
+                        }
+                        Err(_) => false,
+                    }
                 });
                 if paid_by_bundle {
                     answer.cost = Some(Amount { money: MoneyMinor(0), currency: package.currency });
@@ -905,6 +1092,7 @@ impl Engine {
                 } else {
                     match self.ledger.debit(now.mono_ms, account, op, cost, false) {
                         Ok(_) => {
+                            rec.debit(account, op, cost);
                             answer.cost = Some(Amount { money: cost, currency: package.currency });
                             mscc.grant = Some(grant);
                             (ResultCode::SUCCESS, true)
@@ -915,6 +1103,7 @@ impl Engine {
             }
             RequestedAction::RefundAccount => match self.ledger.refund(account, op, cost) {
                 Ok(_) => {
+                    rec.refund(account, op, cost);
                     answer.cost = Some(Amount { money: cost, currency: package.currency });
                     (ResultCode::SUCCESS, true)
                 }
@@ -962,32 +1151,129 @@ impl Engine {
     /// reservations released; closed and expired sessions are forgotten after the retention
     /// period. Called periodically by `net`.
     pub fn sweep(&self, now: Now) -> SweepStats {
+        self.sweep_with(now, &mut NoJournal)
+    }
+
+    /// `sweep`, with what it changes journaled through `sink` (records without an answer).
+    pub fn sweep_with(&self, now: Now, sink: &mut dyn RecordSink) -> SweepStats {
         let mut stats = SweepStats::default();
         let retention = self.cfg.closed_retention_ms;
-        // One shard at a time: requests on the other shards go on meanwhile.
+        let mut rec = Recorder::new();
+        // One shard at a time: requests on the other shards go on meanwhile. The records are
+        // appended under the shard lock, so they keep their order with the sessions' own.
         self.sessions.for_each_shard(|shard| {
             shard.retain(|s| {
+                let mut keep = true;
                 if s.state == State::Open && s.deadline_ms <= now.mono_ms {
                     for i in 0..s.rgs.len() {
                         if s.rgs[i].is(OPEN) {
-                            self.release_rg(s, i);
+                            self.release_rg(&mut rec, s, i);
                             stats.reservations_released += 1;
                         }
                     }
                     s.state = State::Expired;
                     stats.sessions_expired += 1;
+                    s.encode(&mut rec, now);
                 }
                 // Closed and expired sessions are kept for the retention period after their
                 // deadline (or close), then forgotten.
-                let keep = s.state == State::Open || now.mono_ms < s.deadline_ms.saturating_add(retention);
-                stats.sessions_removed += usize::from(!keep);
+                if s.state != State::Open && now.mono_ms >= s.deadline_ms.saturating_add(retention) {
+                    rec.session_gone(s.key.0);
+                    stats.sessions_removed += 1;
+                    keep = false;
+                }
+                if rec.bytes().len() >= SWEEP_RECORD_BYTES {
+                    sink.append(rec.bytes(), &[]);
+                    rec.clear();
+                }
                 keep
             });
+            if !rec.is_empty() {
+                sink.append(rec.bytes(), &[]);
+                rec.clear();
+            }
         });
-        for _ in self.ledger.expire(now.mono_ms) {
+        for (account, key, _, _) in self.ledger.expire(now.mono_ms) {
+            rec.release(account, key);
             stats.reservations_released += 1;
+            if rec.bytes().len() >= SWEEP_RECORD_BYTES {
+                sink.append(rec.bytes(), &[]);
+                rec.clear();
+            }
+        }
+        if !rec.is_empty() {
+            sink.append(rec.bytes(), &[]);
         }
         stats
+    }
+
+    /// Applies one redo record at start-up, in journal order (see `redo`): ledger operations
+    /// without the funds checks that decided whether they happened at all, session images,
+    /// remembered event answers. An operation the ledger refuses means the state is not what the
+    /// record was written against: recovery stops with an error rather than guess.
+    pub fn recover(&self, now: Now, record: &[u8]) -> Result<(), RecordError> {
+        let mut r = Reader::new(record);
+        while !r.is_empty() {
+            match r.u8()? {
+                redo::TAG_SESSION => {
+                    // The account comes right after the key: peek at it for the package.
+                    let account = {
+                        let mut peek = Reader::new(r.rest);
+                        peek.u64()?;
+                        peek.u64()?;
+                        AccountId(peek.u32()?)
+                    };
+                    let package =
+                        self.package(account).ok_or(RecordError("a session's account has no package"))?;
+                    let session = Session::decode(&mut r, now, package)?;
+                    self.sessions.lock(session.key).upsert(session);
+                }
+                redo::TAG_SESSION_GONE => {
+                    let key = SessionKey([r.u64()?, r.u64()?]);
+                    self.sessions.lock(key).remove(key);
+                }
+                redo::TAG_RESERVE => {
+                    let (account, key) = r.key()?;
+                    let money = MoneyMinor(r.i64()?);
+                    let (bundle, units) = (r.u16()?, r.u64()?);
+                    let units = (bundle != u16::MAX).then_some((BundleIndex(bundle), units));
+                    let deadline = redo::mono_ms(now, r.u64()?);
+                    self.ledger
+                        .restore_reservation(now.mono_ms, account, key, money, units, deadline)
+                        .map_err(|_| RecordError("a reservation could not be restored"))?;
+                }
+                redo::TAG_COMMIT => {
+                    let (account, key) = r.key()?;
+                    let (money, units) = (MoneyMinor(r.i64()?), r.u64()?);
+                    self.ledger
+                        .commit(now.mono_ms, account, key, money, units)
+                        .map_err(|_| RecordError("a commit found no reservation"))?;
+                }
+                redo::TAG_RELEASE => {
+                    let (account, key) = r.key()?;
+                    self.ledger.release(account, key).map_err(|_| RecordError("a release found no reservation"))?;
+                }
+                redo::TAG_DEBIT => {
+                    let (account, op, amount) = (AccountId(r.u32()?), r.u64()?, MoneyMinor(r.i64()?));
+                    self.ledger
+                        .debit(now.mono_ms, account, op, amount, true)
+                        .map_err(|_| RecordError("a debit was refused"))?;
+                }
+                redo::TAG_REFUND => {
+                    let (account, op, amount) = (AccountId(r.u32()?), r.u64()?, MoneyMinor(r.i64()?));
+                    self.ledger.refund(account, op, amount).map_err(|_| RecordError("a refund was refused"))?;
+                }
+                redo::TAG_EVENT => {
+                    let session_id = std::str::from_utf8(r.bytes_field()?)
+                        .map_err(|_| RecordError("an event's Session-Id is not UTF-8"))?;
+                    let number = r.u32()?;
+                    let answer = Bytes::copy_from_slice(r.bytes_field()?);
+                    self.events.insert(now.mono_ms, session_id, number, answer);
+                }
+                _ => return Err(RecordError("unknown entry tag")),
+            }
+        }
+        Ok(())
     }
 
     /// Loads a catalog: creates accounts in the ledger and assigns each its package.
@@ -1022,6 +1308,7 @@ impl GrantShape {
         rg.band_before = self.band;
         rg.band_after = self.band_after;
         rg.last_units = units;
+        rg.grant_number = rg.last_number;
         rg.last_tariff_time_change = self.tariff_time_change.unwrap_or(0);
     }
 }

@@ -9,6 +9,7 @@
 pub mod cca;
 pub mod ccr;
 mod engine;
+mod redo;
 mod sessions;
 
 pub use engine::{Engine, EngineConfig, Now, SweepStats};

@@ -135,6 +135,29 @@ impl<T: Keyed> Shard<T> {
         });
     }
 
+    /// Adds `value`, or replaces the record with its key (recovery applies session images).
+    pub(super) fn upsert(&mut self, value: T) {
+        match self.find(value.key()) {
+            Some(slot) => {
+                self.chunks[slot as usize / SLOTS_PER_CHUNK][slot as usize % SLOTS_PER_CHUNK] = Some(value);
+            }
+            None => self.insert(value),
+        }
+    }
+
+    /// Removes the record with `key`, if any.
+    pub(super) fn remove(&mut self, key: SessionKey) {
+        let found = self.index.find_entry(key.hash(), |&slot| {
+            let chunk = &self.chunks[slot as usize / SLOTS_PER_CHUNK];
+            chunk[slot as usize % SLOTS_PER_CHUNK].as_ref().is_some_and(|v| v.key() == key)
+        });
+        if let Ok(entry) = found {
+            let (slot, _) = entry.remove();
+            self.chunks[slot as usize / SLOTS_PER_CHUNK][slot as usize % SLOTS_PER_CHUNK] = None;
+            self.free.push(slot);
+        }
+    }
+
     /// Keeps the records for which `keep` returns true.
     pub(super) fn retain(&mut self, mut keep: impl FnMut(&mut T) -> bool) {
         let Self { index, chunks, free } = self;
@@ -204,6 +227,13 @@ mod tests {
         for (i, &k) in keys.iter().enumerate() {
             assert_eq!(table.lock(k).get_mut(k).map(|r| r.1), Some(i as u32));
         }
+        // Upsert replaces; remove frees the slot.
+        table.lock(keys[0]).upsert(Rec(keys[0], 77));
+        assert_eq!(table.lock(keys[0]).get_mut(keys[0]).map(|r| r.1), Some(77));
+        table.lock(keys[1]).remove(keys[1]);
+        assert!(table.lock(keys[1]).get_mut(keys[1]).is_none());
+        table.lock(keys[1]).upsert(Rec(keys[1], 5));
+        assert_eq!(table.lock(keys[1]).get_mut(keys[1]).map(|r| r.1), Some(5));
     }
 
     #[test]
