@@ -1,0 +1,107 @@
+//! Failures the disk will not produce on demand, injected on the writer thread. The behaviour
+//! seen from outside (recovery, group commit, snapshots) is tested in `tests/journal.rs`.
+
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::time::Duration;
+
+use super::*;
+
+type Done = Result<Lsn, JournalError>;
+
+/// Every wait in these tests is bounded, so a bug shows up as a failure, not a hang.
+const STEP: Duration = Duration::from_secs(10);
+
+fn open(dir: &Path, segment_bytes: u64) -> (Journal<Sender<Done>>, Vec<(Lsn, Vec<u8>)>) {
+    let mut cfg = JournalConfig::new(dir);
+    cfg.segment_bytes = segment_bytes;
+    let mut seen = Vec::new();
+    let (journal, _) = Journal::open(cfg, |lsn, p| {
+        seen.push((lsn, p.to_vec()));
+        Ok::<_, JournalError>(())
+    })
+    .unwrap();
+    (journal, seen)
+}
+
+fn append(journal: &Journal<Sender<Done>>, payload: &[u8]) -> (Lsn, Receiver<Done>) {
+    let (tx, rx) = channel();
+    (journal.append(payload, tx), rx)
+}
+
+#[test]
+fn a_failed_write_fails_its_batch_and_every_later_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, _) = open(dir.path(), 1 << 20);
+    let (lsn, rx) = append(&journal, b"kept");
+    assert_eq!(rx.recv_timeout(STEP).unwrap().unwrap(), lsn);
+    journal.inject_fault(Some(IoOp::Write));
+    let (_, rx) = append(&journal, b"lost");
+    let e = rx.recv_timeout(STEP).unwrap().unwrap_err();
+    assert!(matches!(e, JournalError::Failed { op: IoOp::Write, .. }), "{e}");
+    let (_, rx) = append(&journal, b"after");
+    assert!(matches!(rx.recv_timeout(STEP).unwrap(), Err(JournalError::Failed { op: IoOp::Write, .. })));
+    assert!(journal.stats().failed);
+    assert!(journal.wait_durable(lsn).is_ok());
+    assert!(matches!(journal.close(), Err(JournalError::Failed { op: IoOp::Write, .. })));
+    let (journal, seen) = open(dir.path(), 1 << 20);
+    assert_eq!(seen, vec![(Lsn(1), b"kept".to_vec())]);
+    let (lsn, rx) = append(&journal, b"next");
+    assert_eq!((lsn, rx.recv_timeout(STEP).unwrap().unwrap()), (Lsn(2), Lsn(2)));
+}
+
+#[test]
+fn a_failed_fsync_is_never_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, _) = open(dir.path(), 1 << 20);
+    journal.inject_fault(Some(IoOp::Sync));
+    let (lsn, rx) = append(&journal, b"written, not synced");
+    assert!(matches!(rx.recv_timeout(STEP).unwrap(), Err(JournalError::Failed { op: IoOp::Sync, .. })));
+    assert!(matches!(journal.wait_durable(lsn), Err(JournalError::Failed { .. })));
+    // The disk is fine again, but the journal stays failed: a retried fsync could report
+    // success for pages the kernel already dropped.
+    journal.inject_fault(None);
+    let (_, rx) = append(&journal, b"refused");
+    assert!(matches!(rx.recv_timeout(STEP).unwrap(), Err(JournalError::Failed { op: IoOp::Sync, .. })));
+    drop(journal);
+    // The record reached the file before the failed fsync, so it may come back at start-up
+    // although it was never acknowledged: "acknowledged ⇒ durable", not the converse.
+    let (_, seen) = open(dir.path(), 1 << 20);
+    assert_eq!(seen, vec![(Lsn(1), b"written, not synced".to_vec())]);
+}
+
+#[test]
+fn a_failed_roll_over_fails_the_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, _) = open(dir.path(), 64);
+    let (_, rx) = append(&journal, &[1u8; 20]);
+    rx.recv_timeout(STEP).unwrap().unwrap();
+    journal.inject_fault(Some(IoOp::Create));
+    let (_, rx) = append(&journal, &[2u8; 20]);
+    assert!(matches!(rx.recv_timeout(STEP).unwrap(), Err(JournalError::Failed { op: IoOp::Create, .. })));
+}
+
+#[test]
+fn wait_durable_returns_once_the_record_is_synced() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, _) = open(dir.path(), 1 << 20);
+    let mut last = Lsn::ZERO;
+    let mut receivers = Vec::new();
+    for i in 0..100u32 {
+        let (lsn, rx) = append(&journal, &i.to_le_bytes());
+        last = lsn;
+        receivers.push(rx);
+    }
+    journal.wait_durable(last).unwrap();
+    assert!(last <= journal.stats().durable_lsn);
+    for rx in receivers {
+        rx.recv_timeout(STEP).unwrap().unwrap();
+    }
+}
+
+#[test]
+#[should_panic(expected = "not appended yet")]
+fn wait_durable_for_a_future_record_is_a_bug() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, _) = open(dir.path(), 1 << 20);
+    let _ = journal.wait_durable(Lsn(5));
+}
