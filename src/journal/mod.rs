@@ -94,7 +94,7 @@ use smallvec::SmallVec;
 use crate::limits::{JOURNAL_BUFFER_MAX_BYTES, JOURNAL_RECORD_MAX_BYTES, JOURNAL_SEGMENT_BYTES_DEFAULT};
 
 pub use format::{RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES};
-pub use scan::{scan, Corruption, RecordRef, Scan, SegmentSummary, TornTail};
+pub use scan::{list_segments, scan, Corruption, RecordRef, Scan, SegmentSummary, TornTail};
 
 use writer::{Segment, Shared, Writer};
 

@@ -149,7 +149,7 @@ pub fn scan(
 
 /// The segment files in `dir` with the first LSN their names give, in LSN order. Other files
 /// are not the journal's business, except misnamed `.journal` files, which get a warning.
-pub(crate) fn list_segments(dir: &Path) -> Result<Vec<(Lsn, PathBuf)>, JournalError> {
+pub fn list_segments(dir: &Path) -> Result<Vec<(Lsn, PathBuf)>, JournalError> {
     let err = |source| JournalError::Io { op: IoOp::ListDirectory, path: dir.to_owned(), source };
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(err)? {
