@@ -39,9 +39,10 @@
 //! record's LSN at once. A dedicated writer thread swaps that buffer with its empty twin, writes
 //! the batch with one `write_all`, makes it durable with one `fdatasync` (`File::sync_data`), and
 //! then runs the waiters of the batch in LSN order. While it writes and syncs, new appends fill
-//! the other buffer, so batches grow with the load by themselves (the PostgreSQL and TigerBeetle
-//! approach, without a timer). Appended bytes waiting for the writer are bounded
-//! (`JOURNAL_BUFFER_MAX_BYTES`): past that, `append` blocks until the writer takes the buffer.
+//! the other buffer, so batches grow with the load by themselves, without a timer (as in
+//! PostgreSQL with `commit_delay = 0`, its default: one WAL flush covers every commit inserted
+//! before it). Appended bytes waiting for the writer are bounded (`JOURNAL_BUFFER_MAX_BYTES`):
+//! past that, `append` blocks until the writer takes the buffer.
 //!
 //! A failed write or fsync is final: the batch's waiters and every later one get an error, and
 //! nothing is acknowledged again until a restart recovers from what is on disk. An fsync is not

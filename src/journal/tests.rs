@@ -105,3 +105,20 @@ fn wait_durable_for_a_future_record_is_a_bug() {
     let (journal, _) = open(dir.path(), 1 << 20);
     let _ = journal.wait_durable(Lsn(5));
 }
+
+/// The journal knows nothing of what it stores: no module of the business and no async runtime
+/// may appear in its imports (the rule of ARCHITECTURE.md's code map, checked on the source).
+#[test]
+fn the_journal_imports_nothing_of_the_business() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/journal");
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().is_some_and(|n| n == "tests.rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        for forbidden in ["crate::ledger", "crate::cc", "crate::diameter", "crate::net", "crate::peer", "tokio::"] {
+            assert!(!text.contains(forbidden), "{} uses {forbidden}", path.display());
+        }
+    }
+}
