@@ -16,6 +16,8 @@ use gyro::journal::{
 };
 
 type Done = Result<Lsn, JournalError>;
+/// What a replay handed out, in order.
+type Replayed = Vec<(Lsn, Vec<u8>)>;
 
 const STEP: Duration = Duration::from_secs(10);
 
@@ -28,9 +30,7 @@ fn small_segments(dir: &Path, segment_bytes: u64) -> JournalConfig {
 }
 
 /// Opens the journal and collects what it replays.
-fn open(
-    cfg: JournalConfig,
-) -> Result<(Journal<Sender<Done>>, Vec<(Lsn, Vec<u8>)>, RecoveryReport), JournalError> {
+fn open(cfg: JournalConfig) -> Result<(Journal<Sender<Done>>, Replayed, RecoveryReport), JournalError> {
     let mut seen = Vec::new();
     let (journal, report) = Journal::open(cfg, |lsn, p| {
         seen.push((lsn, p.to_vec()));
@@ -39,7 +39,7 @@ fn open(
     Ok((journal, seen, report))
 }
 
-fn replay(cfg: JournalConfig) -> Result<(Vec<(Lsn, Vec<u8>)>, RecoveryReport), JournalError> {
+fn replay(cfg: JournalConfig) -> Result<(Replayed, RecoveryReport), JournalError> {
     let (journal, seen, report) = open(cfg)?;
     journal.close().unwrap();
     Ok((seen, report))
@@ -346,7 +346,7 @@ fn damage_in_an_earlier_segment_stops_start_up_even_at_its_end() {
     write(small_segments(dir.path(), 256), 40);
     let files = segments(dir.path());
     let records = layout(dir.path());
-    let last_of_first = records.iter().filter(|r| r.1 == files[0]).next_back().unwrap().clone();
+    let last_of_first = records.iter().rfind(|r| r.1 == files[0]).unwrap().clone();
     flip_bit(&files[0], last_of_first.2 + last_of_first.3 - 1, 0);
     let c = corruption(open(small_segments(dir.path(), 256)).err().unwrap());
     assert_eq!(

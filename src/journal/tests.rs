@@ -7,11 +7,12 @@ use std::time::Duration;
 use super::*;
 
 type Done = Result<Lsn, JournalError>;
+type Replayed = Vec<(Lsn, Vec<u8>)>;
 
 /// Every wait in these tests is bounded, so a bug shows up as a failure, not a hang.
 const STEP: Duration = Duration::from_secs(10);
 
-fn open(dir: &Path, segment_bytes: u64) -> (Journal<Sender<Done>>, Vec<(Lsn, Vec<u8>)>) {
+fn open(dir: &Path, segment_bytes: u64) -> (Journal<Sender<Done>>, Replayed) {
     let mut cfg = JournalConfig::new(dir);
     cfg.segment_bytes = segment_bytes;
     let mut seen = Vec::new();
@@ -117,7 +118,9 @@ fn the_journal_imports_nothing_of_the_business() {
             continue;
         }
         let text = std::fs::read_to_string(&path).unwrap();
-        for forbidden in ["crate::ledger", "crate::cc", "crate::diameter", "crate::net", "crate::peer", "tokio::"] {
+        for forbidden in
+            ["crate::ledger", "crate::cc", "crate::diameter", "crate::net", "crate::peer", "tokio::"]
+        {
             assert!(!text.contains(forbidden), "{} uses {forbidden}", path.display());
         }
     }
