@@ -117,8 +117,8 @@ pub const JOURNAL_SEGMENT_MIB_MAX: u64 = 1024;
 pub const JOURNAL_SNAPSHOTS_KEPT_MAX: usize = 64;
 
 // One buffer holds at least one maximum-size record with its header, and a payload length
-// leaves the top bit of the record's length word free for the group flag.
+// leaves the top two bits of the record's length word free for the group and batch flags.
 const _: () =
     assert!(JOURNAL_BUFFER_MAX_BYTES >= crate::journal::RECORD_HEADER_BYTES + JOURNAL_RECORD_MAX_BYTES);
-const _: () = assert!(JOURNAL_RECORD_MAX_BYTES < (1 << 31));
+const _: () = assert!(JOURNAL_RECORD_MAX_BYTES < (1 << 30));
 const _: () = assert!(JOURNAL_SEGMENT_BYTES_DEFAULT <= JOURNAL_SEGMENT_MIB_MAX * 1024 * 1024);

@@ -323,7 +323,8 @@ fn a_bit_flip_before_valid_records_stops_start_up() {
     let original = std::fs::read(&segment).unwrap();
     let records = layout(dir.path());
     let (_, _, third, third_bytes) = records[2].clone();
-    // In the payload, the checksum, and the length word (which then points anywhere).
+    // Each record was its own write batch, so record 4 proves record 3 had been acknowledged.
+    // The damage is in the payload, the checksum, and the length word (pointing anywhere).
     for (byte, bit) in [(third + third_bytes - 1, 0), (third + 5, 3), (third, 6), (third + 3, 7)] {
         std::fs::write(&segment, &original).unwrap();
         flip_bit(&segment, byte, bit);

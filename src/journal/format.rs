@@ -17,9 +17,16 @@ pub const SEGMENT_HEADER_BYTES: usize = 24;
 /// Record header: length-and-flags u32 | CRC32C u32 | LSN u64, all little-endian.
 pub const RECORD_HEADER_BYTES: usize = 16;
 
-/// Top bit of the length word: the record's group goes on in the next record (`append_many`).
-/// Payloads are at most [`JOURNAL_RECORD_MAX_BYTES`] (< 2³¹), so the bit is free.
+/// Bit 31 of the length word: the record's group goes on in the next record (`append_many`).
 const GROUP_CONTINUES: u32 = 1 << 31;
+
+/// Bit 30 of the length word: the first record of a write batch, set by the writer thread.
+/// Recovery needs it to tell a torn batch from damage in an acknowledged one (see
+/// [`valid_batch_after`]).
+const BATCH_START: u32 = 1 << 30;
+
+/// Bits 0–29: the payload length. Payloads are at most [`JOURNAL_RECORD_MAX_BYTES`] (< 2³⁰).
+const LENGTH_MASK: u32 = BATCH_START - 1;
 
 const SEGMENT_SUFFIX: &str = ".journal";
 
@@ -102,6 +109,7 @@ pub(crate) fn encode_record(out: &mut Vec<u8>, lsn: Lsn, payload: &[u8], payload
 pub(crate) struct RecordHeader {
     pub(crate) payload_len: usize,
     pub(crate) continues: bool,
+    pub(crate) batch_start: bool,
     pub(crate) crc: u32,
     pub(crate) lsn: Lsn,
 }
@@ -112,15 +120,23 @@ impl RecordHeader {
         let h = bytes.get(off..off.checked_add(RECORD_HEADER_BYTES)?)?;
         let len_word = u32_at(h, 0);
         Some(Self {
-            payload_len: (len_word & !GROUP_CONTINUES) as usize,
+            payload_len: (len_word & LENGTH_MASK) as usize,
             continues: len_word & GROUP_CONTINUES != 0,
+            batch_start: len_word & BATCH_START != 0,
             crc: u32_at(h, 4),
             lsn: Lsn(u64_at(h, 8)),
         })
     }
 
     fn len_word(&self) -> u32 {
-        self.payload_len as u32 | if self.continues { GROUP_CONTINUES } else { 0 }
+        let mut word = self.payload_len as u32;
+        if self.continues {
+            word |= GROUP_CONTINUES;
+        }
+        if self.batch_start {
+            word |= BATCH_START;
+        }
+        word
     }
 
     /// Bytes of the whole record.
@@ -158,24 +174,63 @@ pub(crate) fn read_record(bytes: &[u8], off: usize, expected: Lsn) -> Result<Rec
     Ok(Record { header, payload })
 }
 
-/// The first offset after `from` where a whole record with a right checksum and an LSN of at
-/// least `expected` starts, if any: evidence that the bad bytes before it are not a torn tail.
+/// Marks the record at the start of `batch` as the first of a write batch, after checking it
+/// (the writer's half of the pair of checksum checks; recovery does the other).
+pub(crate) fn mark_batch_start(batch: &mut [u8], lsn: Lsn) {
+    let record = read_record(batch, 0, lsn).expect("the writer's batch starts with a valid record");
+    let mut header = record.header;
+    header.batch_start = true;
+    let crc = record_crc(payload_crc(record.payload), header.len_word(), lsn);
+    batch[0..4].copy_from_slice(&header.len_word().to_le_bytes());
+    batch[4..8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// After a bad record at `bad` that should have carried LSN `bad_lsn`, the first valid record
+/// that starts a later write batch, if any: proof that the bad record's batch was complete and
+/// synced (the writer writes a batch only after the previous one's fsync returned), so it was
+/// acknowledged and its damage is corruption, not a torn tail. Records before `group_lsn` (the
+/// start of the bad record's group) are not considered.
+///
+/// Valid records that do not start a batch prove nothing: a power failure while a batch was
+/// being written back can leave later pages of it on disk and not earlier ones, since neither
+/// the kernel nor the disk keeps the order of pages within one write; those records were never
+/// acknowledged.
+pub(crate) fn valid_batch_after(
+    bytes: &[u8],
+    bad: usize,
+    bad_lsn: Lsn,
+    group_lsn: Lsn,
+) -> Option<(usize, Lsn)> {
+    // Every record takes at least a header, so a record that follows within the bytes left can
+    // carry at most this LSN; the bound makes garbage cheap to skip.
+    let lsn_max = Lsn(bad_lsn.0.saturating_add((bytes.len() - bad) as u64 / RECORD_HEADER_BYTES as u64));
+    let mut off = bad + 1;
+    while let Some(found) = next_valid_record(bytes, off, group_lsn, lsn_max) {
+        let header = RecordHeader::at(bytes, found).expect("a valid record has a header");
+        if header.batch_start {
+            return Some((found, header.lsn));
+        }
+        off = found + header.size();
+    }
+    None
+}
+
+/// The first offset at or after `from` where a whole record with a right checksum and an LSN
+/// in `lsn_min..=lsn_max` starts, if any.
 ///
 /// Every offset is tried, since a corrupt length tells nothing about where the next record
 /// starts. Cheap filters come first so a long stretch of garbage costs little: the length must
-/// be within the limit and fit the file, and the LSN must lie between `expected` and the most
-/// records the remaining bytes could hold; only then is the checksum computed.
-pub(crate) fn next_valid_record(bytes: &[u8], from: usize, expected: Lsn) -> Option<(usize, Lsn)> {
-    let remaining = bytes.len().saturating_sub(from) as u64;
-    let lsn_max = expected.0.saturating_add(remaining / RECORD_HEADER_BYTES as u64);
+/// be within the limit and fit the file, and the LSN within the bounds; only then is the
+/// checksum computed.
+fn next_valid_record(bytes: &[u8], from: usize, lsn_min: Lsn, lsn_max: Lsn) -> Option<usize> {
     let mut off = from;
     while let Some(h) = RecordHeader::at(bytes, off) {
         let plausible = h.payload_len <= JOURNAL_RECORD_MAX_BYTES
             && off + h.size() <= bytes.len()
-            && expected.0 <= h.lsn.0
-            && h.lsn.0 <= lsn_max;
+            && lsn_min <= h.lsn
+            && h.lsn <= lsn_max;
         if plausible && read_record(bytes, off, h.lsn).is_ok() {
-            return Some((off, h.lsn));
+            return Some(off);
         }
         off += 1;
     }
@@ -200,6 +255,17 @@ mod tests {
         let mut out = Vec::new();
         for &(lsn, payload, continues) in records {
             encode_record(&mut out, Lsn(lsn), payload, payload_crc(payload), continues);
+        }
+        out
+    }
+
+    /// Records 1..=n, each its own write batch.
+    fn batches(payloads: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (i, p) in payloads.iter().enumerate() {
+            let start = out.len();
+            encode_record(&mut out, Lsn(i as u64 + 1), p, payload_crc(p), false);
+            mark_batch_start(&mut out[start..], Lsn(i as u64 + 1));
         }
         out
     }
@@ -272,8 +338,24 @@ mod tests {
         damaged[second + 3] ^= 0x10; // the length word of record 2
         assert!(read_record(&damaged, second, Lsn(2)).is_err());
         let third = second + record_bytes(6);
-        assert_eq!(next_valid_record(&damaged, second + 1, Lsn(2)), Some((third, Lsn(3))));
-        assert_eq!(next_valid_record(&damaged, third + 1, Lsn(2)), None);
-        assert_eq!(next_valid_record(&[0u8; 4096], 0, Lsn(1)), None);
+        assert_eq!(next_valid_record(&damaged, second + 1, Lsn(2), Lsn(9)), Some(third));
+        assert_eq!(next_valid_record(&damaged, second + 1, Lsn(2), Lsn(2)), None);
+        assert_eq!(next_valid_record(&damaged, third + 1, Lsn(2), Lsn(9)), None);
+        assert_eq!(next_valid_record(&[0u8; 4096], 0, Lsn(1), Lsn(999)), None);
+    }
+
+    #[test]
+    fn only_a_later_batch_proves_the_damage_was_acknowledged() {
+        // One batch of three records: damage in the first, the others valid.
+        let mut one = framed(&[(1, b"a", false), (2, b"b", false), (3, b"c", false)]);
+        mark_batch_start(&mut one, Lsn(1));
+        assert!(RecordHeader::at(&one, 0).unwrap().batch_start);
+        one[RECORD_HEADER_BYTES] ^= 1;
+        assert_eq!(next_valid_record(&one, 1, Lsn(1), Lsn(3)), Some(record_bytes(1)));
+        assert_eq!(valid_batch_after(&one, 0, Lsn(1), Lsn(1)), None);
+        // Three batches: damage in the first, the second starts a later batch.
+        let mut three = batches(&[b"a", b"b", b"c"]);
+        three[RECORD_HEADER_BYTES] ^= 1;
+        assert_eq!(valid_batch_after(&three, 0, Lsn(1), Lsn(1)), Some((record_bytes(1), Lsn(2))));
     }
 }

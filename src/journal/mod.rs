@@ -21,8 +21,9 @@
 //! segment header (24 bytes): magic "GYROJNL\0" | version u32 (1) | first LSN u64 | CRC32C u32
 //!                            (CRC over the 20 bytes before it)
 //! record (16 + n bytes):     length u32 | CRC32C u32 | LSN u64 | payload (n bytes)
-//!     length: bits 0–30 = n (≤ JOURNAL_RECORD_MAX_BYTES), bit 31 = the group goes on in the
-//!             next record (every record of an `append_many` but the last)
+//!     length: bits 0–29 = n (≤ JOURNAL_RECORD_MAX_BYTES);
+//!             bit 30 = first record of a write batch (set by the writer thread);
+//!             bit 31 = the group goes on in the next record (all of an `append_many` but the last)
 //!     CRC32C (Castagnoli) over payload ‖ length word ‖ LSN
 //! ```
 //!
@@ -58,14 +59,22 @@
 //! are handed to the replay function in LSN order, a group only once all of it has been read.
 //! Then:
 //! - a *torn tail* (the last segment ends in a record that is cut short or fails its checksum
-//!   with no valid record anywhere after it, or in an unfinished group) is never-acknowledged
-//!   data from a crash during a write: it is cut off (`set_len` + fsync) with a warning naming
-//!   the segment and the offset, and appends continue after the last good record;
+//!   with no later write batch after it, or in an unfinished group) is never-acknowledged data
+//!   from a crash during a write: it is cut off (`set_len` + fsync) with a warning naming the
+//!   segment and the offset, and appends continue after the last good record;
 //! - anything else is *corruption*, and `open` fails with an error naming the segment file, the
-//!   byte offset and the LSN expected: a bad record followed by a valid one (found by trying
-//!   every later offset), a bad record in a segment that is not the last, a bad segment header,
-//!   or a missing segment (an LSN gap). Those records may have been acknowledged, and gyro does
-//!   not start on a journal with acknowledged records missing.
+//!   byte offset and the LSN expected: a bad record followed by a valid record that starts a later
+//!   batch (found by trying every later offset), a bad record in a segment that is not the last,
+//!   a bad segment header, or a missing segment (an LSN gap). Those records may have been
+//!   acknowledged, and gyro does not start on a journal with acknowledged records missing.
+//!
+//! Why "a later batch" and not "any valid record": the writer writes a batch only after the
+//! previous batch's fsync returned, so only the last batch can be torn; but within it, a power
+//! failure can leave later pages on disk without earlier ones (neither the page cache nor the
+//! disk keeps the order of pages within one write). Valid records of that same batch after a bad
+//! one are therefore no proof of damage to acknowledged data; a record marked as the start of a
+//! later batch is. With `fsync = "off"` several batches can be torn at once, and a power failure
+//! may then stop start-up as corruption.
 //!
 //! A record that reached the disk but whose waiter never ran (the crash came between the write
 //! and the acknowledgement) is replayed like any other: the rule is "acknowledged ⇒ durable",

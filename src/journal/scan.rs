@@ -74,8 +74,8 @@ pub struct Corruption {
     /// The LSN that should have been there.
     pub expected: Lsn,
     pub problem: Problem,
-    /// The valid record found after the damage, which proves it is not a torn tail: its byte
-    /// offset and LSN.
+    /// The valid record found after the damage that starts a later write batch, which proves the
+    /// damaged one had been synced and acknowledged: its byte offset and LSN.
     pub valid_after: Option<(u64, Lsn)>,
 }
 
@@ -90,7 +90,7 @@ impl fmt::Display for Corruption {
             self.expected
         )?;
         if let Some((offset, lsn)) = self.valid_after {
-            write!(f, ", and a valid record with LSN {lsn} follows at byte offset {offset}")?;
+            write!(f, ", and a later batch follows (a valid record with LSN {lsn} at byte offset {offset})")?;
         }
         Ok(())
     }
@@ -283,8 +283,8 @@ impl SegmentReader<'_> {
         Ok(())
     }
 
-    /// A record that fails a check: a torn tail if it is in the last segment and nothing valid
-    /// follows it, corruption otherwise.
+    /// A record that fails a check: a torn tail if it is in the last segment and no later write
+    /// batch follows it, corruption otherwise.
     fn bad_record(
         &mut self,
         scan: &mut Scan,
@@ -294,7 +294,7 @@ impl SegmentReader<'_> {
         problem: Problem,
     ) {
         self.summary.valid_bytes = group_start as u64;
-        let valid_after = format::next_valid_record(self.bytes, off + 1, scan.next_lsn);
+        let valid_after = format::valid_batch_after(self.bytes, off, expected, scan.next_lsn);
         if self.last && valid_after.is_none() {
             scan.tail = Some(self.torn(group_start, problem));
         } else {

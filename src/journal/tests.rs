@@ -1,6 +1,7 @@
 //! Failures the disk will not produce on demand, injected on the writer thread. The behaviour
 //! seen from outside (recovery, group commit, snapshots) is tested in `tests/journal.rs`.
 
+use std::path::PathBuf;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::time::Duration;
 
@@ -124,4 +125,63 @@ fn the_journal_imports_nothing_of_the_business() {
             assert!(!text.contains(forbidden), "{} uses {forbidden}", path.display());
         }
     }
+}
+
+/// Writes a segment by hand: `batches` of payloads, each batch marked as the writer marks it.
+fn handmade_segment(dir: &Path, batches: &[&[Vec<u8>]]) -> (PathBuf, Vec<usize>) {
+    let mut bytes = format::encode_segment_header(Lsn(1)).to_vec();
+    let mut offsets = Vec::new();
+    let mut lsn = Lsn(1);
+    for batch in batches {
+        let start = bytes.len();
+        for p in batch.iter() {
+            offsets.push(bytes.len());
+            format::encode_record(&mut bytes, lsn, p, format::payload_crc(p), false);
+            lsn = lsn.next();
+        }
+        format::mark_batch_start(&mut bytes[start..], Lsn(lsn.0 - batch.len() as u64));
+    }
+    let path = dir.join(format::segment_name(Lsn(1)));
+    std::fs::write(&path, &bytes).unwrap();
+    (path, offsets)
+}
+
+#[test]
+fn a_batch_whose_later_pages_reached_the_disk_is_still_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let acknowledged = vec![b"acknowledged".to_vec()];
+    let torn: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 1000]).collect();
+    let (path, offsets) = handmade_segment(dir.path(), &[&acknowledged, &torn]);
+    // A power failure while the second batch was written back: its second 4 KiB page never
+    // reached the disk (reads as zeros), the pages after it did.
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[offsets[1] + 4096..offsets[1] + 8192].fill(0);
+    std::fs::write(&path, &bytes).unwrap();
+    let (journal, seen) = open(dir.path(), 1 << 20);
+    let first_lost = offsets.iter().position(|&o| o + 1016 > offsets[1] + 4096).unwrap();
+    assert_eq!(seen.len(), first_lost, "records before the hole are kept");
+    assert_eq!(seen[0], (Lsn(1), b"acknowledged".to_vec()));
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), offsets[first_lost] as u64);
+    let (lsn, rx) = append(&journal, b"after");
+    assert_eq!(lsn, Lsn(first_lost as u64 + 1));
+    rx.recv_timeout(STEP).unwrap().unwrap();
+}
+
+#[test]
+fn damage_followed_by_a_later_batch_is_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let first: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 100]).collect();
+    let second = vec![b"later batch".to_vec()];
+    let (path, offsets) = handmade_segment(dir.path(), &[&first, &second]);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[offsets[1] + 20] ^= 4;
+    std::fs::write(&path, &bytes).unwrap();
+    let mut cfg = JournalConfig::new(dir.path());
+    cfg.segment_bytes = 1 << 20;
+    let e = Journal::<Sender<Done>>::open(cfg, |_, _| Ok::<_, JournalError>(())).err().unwrap();
+    let JournalError::Corrupt(c) = e else { panic!("{e}") };
+    assert_eq!(
+        (c.offset, c.expected, c.valid_after),
+        (offsets[1] as u64, Lsn(2), Some((offsets[3] as u64, Lsn(4))))
+    );
 }

@@ -269,7 +269,7 @@ impl<W: Waiter> Writer<W> {
         while let Some(taken) = self.shared.take_batch(&mut bytes, &mut waiters) {
             let outcome = match taken.failure {
                 Some(f) => Err(f),
-                None => self.write_batch(&bytes),
+                None => self.write_batch(&mut bytes),
             };
             match &outcome {
                 Ok(done) => self.shared.record(done, taken.high_water),
@@ -301,8 +301,9 @@ impl<W: Waiter> Writer<W> {
     }
 
     /// Writes a batch, in as many segments as it needs, and syncs it.
-    fn write_batch(&mut self, batch: &[u8]) -> Result<Written, Failure> {
+    fn write_batch(&mut self, batch: &mut [u8]) -> Result<Written, Failure> {
         let first_lsn = self.next_lsn;
+        format::mark_batch_start(batch, first_lsn);
         let mut segments_created = 0;
         let mut pos = 0;
         while pos < batch.len() {
