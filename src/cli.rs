@@ -1,4 +1,5 @@
-//! The `gyro` command line: `serve`, `config check`, `dict check`.
+//! The `gyro` command line: `serve`, `config check`, `dict check`, `ccr`,
+//! `journal verify|inspect`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -49,6 +50,28 @@ pub enum Command {
     },
     /// Send Credit-Control requests to a Diameter server and print the answers.
     Ccr(Box<crate::tools::ccr::CcrArgs>),
+    /// Journal tools: check or print a journal directory without changing it.
+    Journal {
+        #[command(subcommand)]
+        command: JournalCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JournalCommand {
+    /// Check every segment, record and snapshot in DIR; exit 1 on corruption or an invalid
+    /// snapshot (a torn tail, which start-up cuts off, is reported but not an error).
+    Verify { dir: PathBuf },
+    /// Print the records in DIR: LSN, segment, offset, payload length and a payload preview.
+    Inspect {
+        dir: PathBuf,
+        /// First LSN to print.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// Most records to print.
+        #[arg(long)]
+        limit: Option<u64>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -88,6 +111,28 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         // Exit codes are part of the command's contract (1: expectation failed, 2: usage or
         // connection), which an `anyhow` error returned to main cannot express.
         Command::Ccr(args) => std::process::exit(crate::tools::ccr::main(&args)),
+        Command::Journal { command } => journal(command),
+    }
+}
+
+fn journal(command: JournalCommand) -> anyhow::Result<()> {
+    use crate::tools::journal::{inspect, verify, Preview, Verdict};
+    let mut out = std::io::stdout().lock();
+    let (dir, verdict) = match command {
+        JournalCommand::Verify { dir } => {
+            let v = verify(&dir, &mut out)?;
+            (dir, v)
+        }
+        JournalCommand::Inspect { dir, from, limit } => {
+            let v = inspect::<Preview>(&dir, crate::journal::Lsn(from), limit, &mut out)?;
+            (dir, v)
+        }
+    };
+    match verdict {
+        Verdict::Clean | Verdict::TornTail => Ok(()),
+        Verdict::Damaged { problems } => {
+            anyhow::bail!("{}: {problems} problem(s) in the journal (see above)", dir.display())
+        }
     }
 }
 

@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::diameter::ApplicationId;
+use crate::journal::{Fsync, JournalConfig};
 use crate::limits::{
-    CONNECTIONS_MAX, DIAMETER_IDENTITY_MAX_BYTES, IN_FLIGHT_PER_CONNECTION_MAX, MESSAGE_SIZE_MAX_BYTES,
-    WATCHDOG_INTERVAL_MS_MIN,
+    CONNECTIONS_MAX, DIAMETER_IDENTITY_MAX_BYTES, IN_FLIGHT_PER_CONNECTION_MAX, JOURNAL_SEGMENT_MIB_MAX,
+    JOURNAL_SNAPSHOTS_KEPT_MAX, MESSAGE_SIZE_MAX_BYTES, WATCHDOG_INTERVAL_MS_MIN,
 };
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -19,6 +20,7 @@ use crate::limits::{
 pub struct Config {
     pub diameter: DiameterConfig,
     pub charging: ChargingConfig,
+    pub journal: JournalSettings,
     pub log: LogConfig,
 }
 
@@ -36,6 +38,45 @@ pub struct ChargingConfig {
 impl Default for ChargingConfig {
     fn default() -> Self {
         Self { catalog: None, tcc_grace_ms: 30_000, closed_retention_ms: 600_000 }
+    }
+}
+
+/// The `[journal]` section: where ledger changes are made durable.
+///
+/// `dir` has no default on purpose. A relative default such as `./gyro-data` would depend on the
+/// working directory, which differs between a shell, systemd (`WorkingDirectory=`) and a
+/// container, so the same zero-config command could quietly start on another, empty ledger.
+/// Without `dir` gyro keeps the ledger in memory only, and says so at start-up.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct JournalSettings {
+    /// Directory of journal segments and snapshots; absent = no journal (in memory only).
+    pub dir: Option<PathBuf>,
+    /// `batch`: an answer waits for the fsync of its record's batch. `off`: benchmarks only.
+    pub fsync: Fsync,
+    /// Size of a segment file before the next one starts.
+    pub segment_mib: u64,
+    /// How often the ledger is snapshotted, so start-up replays little and old segments go.
+    pub snapshot_interval_s: u64,
+    /// Snapshots kept; segments are kept back to the oldest of them.
+    pub snapshots_kept: usize,
+}
+
+impl Default for JournalSettings {
+    fn default() -> Self {
+        Self { dir: None, fsync: Fsync::Batch, segment_mib: 64, snapshot_interval_s: 300, snapshots_kept: 2 }
+    }
+}
+
+impl JournalSettings {
+    /// The journal's options, when a directory is configured.
+    pub fn journal_config(&self) -> Option<JournalConfig> {
+        let dir = self.dir.as_ref()?;
+        Some(JournalConfig {
+            fsync: self.fsync,
+            segment_bytes: self.segment_mib * 1024 * 1024,
+            ..JournalConfig::new(dir)
+        })
     }
 }
 
@@ -198,10 +239,45 @@ impl Config {
         if self.charging.closed_retention_ms > 86_400_000 {
             return Err(err("charging.closed_retention_ms", "more than a day".into()));
         }
+        self.validate_journal(&err)?;
         if self.log.level.parse::<tracing_subscriber::EnvFilter>().is_err() {
             return Err(err(
                 "log.level",
                 format!("`{}` is not a valid filter (try info, debug, gyro=debug)", self.log.level),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_journal(
+        &self,
+        err: &impl Fn(&'static str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        let j = &self.journal;
+        if j.dir.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
+            return Err(err(
+                "journal.dir",
+                "must not be empty (leave it out to run without a journal)".into(),
+            ));
+        }
+        if !(1..=JOURNAL_SEGMENT_MIB_MAX).contains(&j.segment_mib) {
+            return Err(err(
+                "journal.segment_mib",
+                format!("{} is outside 1..={JOURNAL_SEGMENT_MIB_MAX}", j.segment_mib),
+            ));
+        }
+        // Under 10 s the snapshots would cost more than the replay they save; over a day the
+        // journal grows for a day's traffic and start-up replays all of it.
+        if !(10..=86_400).contains(&j.snapshot_interval_s) {
+            return Err(err(
+                "journal.snapshot_interval_s",
+                format!("{} is outside 10..=86400", j.snapshot_interval_s),
+            ));
+        }
+        if !(1..=JOURNAL_SNAPSHOTS_KEPT_MAX).contains(&j.snapshots_kept) {
+            return Err(err(
+                "journal.snapshots_kept",
+                format!("{} is outside 1..={JOURNAL_SNAPSHOTS_KEPT_MAX}", j.snapshots_kept),
             ));
         }
         Ok(())
@@ -265,5 +341,36 @@ mod tests {
         assert!(e.contains("diameter.origin_host"), "{e}");
         let e = Config::parse("g.toml", "[diameter]\nlisten = \"nope\"\n").unwrap_err().to_string();
         assert!(e.contains("listen"), "{e}");
+    }
+
+    #[test]
+    fn journal_section() {
+        let c = Config::default();
+        assert_eq!(c.journal.dir, None);
+        assert_eq!(c.journal.journal_config(), None);
+        let text = "[journal]\ndir = \"/var/lib/gyro\"\nfsync = \"off\"\nsegment_mib = 8\n";
+        let c = Config::parse("g.toml", text).unwrap();
+        let j = c.journal.journal_config().unwrap();
+        assert_eq!((j.dir.to_str(), j.fsync, j.segment_bytes), (Some("/var/lib/gyro"), Fsync::Off, 8 << 20));
+        assert_eq!((c.journal.snapshot_interval_s, c.journal.snapshots_kept), (300, 2));
+    }
+
+    #[test]
+    fn bad_journal_values_are_named() {
+        let bad = [
+            ("fsync = \"always\"", "fsync"),
+            ("segment_mib = 0", "journal.segment_mib"),
+            ("segment_mib = 4096", "journal.segment_mib"),
+            ("snapshot_interval_s = 1", "journal.snapshot_interval_s"),
+            ("snapshots_kept = 0", "journal.snapshots_kept"),
+            ("dir = \"\"", "journal.dir"),
+            ("fsynk = \"off\"", "fsynk"),
+        ];
+        for (line, key) in bad {
+            let e = Config::parse("g.toml", &format!("[journal]\n{line}\n")).unwrap_err().to_string();
+            assert!(e.contains(key), "{line}: {e}");
+        }
+        let e = Config::parse("g.toml", "[journal]\nfsync = \"always\"\n").unwrap_err().to_string();
+        assert!(e.contains("batch") && e.contains("off"), "{e}");
     }
 }

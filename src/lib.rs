@@ -6,6 +6,7 @@
 //! - [`diameter`]: the sans-IO wire protocol: framing, AVPs, types, dictionaries, validation.
 //! - [`peer`]: the sans-IO peer state machine (CER/DWR/DPR, watchdog).
 //! - [`replay`]: remembered answers for duplicate requests (transport and CCR-E).
+//! - [`journal`]: the write-ahead journal: group commit, recovery, snapshots (opaque payloads).
 //! - [`net`]: sockets and tasks; the only module with I/O.
 //! - [`config`]: the TOML configuration, validated into per-module options.
 //! - [`cli`]: the `gyro` command line.
@@ -17,6 +18,7 @@ pub mod cc;
 pub mod cli;
 pub mod config;
 pub mod diameter;
+pub mod journal;
 pub mod ledger;
 pub mod limits;
 pub mod net;

@@ -96,3 +96,29 @@ pub const TCC_GRACE_MS_MAX: u64 = 3_600_000;
 
 // A reservation's deadline (Validity-Time + grace) stays within what the ledger accepts.
 const _: () = assert!(VALIDITY_TIME_S_MAX * 1000 + TCC_GRACE_MS_MAX < crate::ledger::RESERVATION_TTL_MS_MAX);
+
+/// Largest payload of one journal record. Ledger and session changes are tens of bytes and a
+/// settlement record a few hundred; the bound keeps a corrupt length field from sending recovery
+/// far past the record, and it is what lets recovery resynchronise cheaply after a bad record.
+pub const JOURNAL_RECORD_MAX_BYTES: usize = 1024 * 1024;
+
+/// Bytes of appended records waiting for the journal writer before `append` blocks
+/// (backpressure instead of unbounded memory while a disk stalls). The writer holds a second
+/// buffer of at most this size while it writes, so the journal's buffers stay below twice this.
+pub const JOURNAL_BUFFER_MAX_BYTES: usize = 64 * 1024 * 1024;
+
+/// Size after which the journal starts a new segment file, unless configured otherwise.
+pub const JOURNAL_SEGMENT_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+
+/// Largest `journal.segment_mib`: recovery reads one segment into memory at a time.
+pub const JOURNAL_SEGMENT_MIB_MAX: u64 = 1024;
+
+/// Most snapshots `journal.snapshots_kept` may retain.
+pub const JOURNAL_SNAPSHOTS_KEPT_MAX: usize = 64;
+
+// One buffer holds at least one maximum-size record with its header, and a payload length
+// leaves the top two bits of the record's length word free for the group and batch flags.
+const _: () =
+    assert!(JOURNAL_BUFFER_MAX_BYTES >= crate::journal::RECORD_HEADER_BYTES + JOURNAL_RECORD_MAX_BYTES);
+const _: () = assert!(JOURNAL_RECORD_MAX_BYTES < (1 << 30));
+const _: () = assert!(JOURNAL_SEGMENT_BYTES_DEFAULT <= JOURNAL_SEGMENT_MIB_MAX * 1024 * 1024);

@@ -1,0 +1,570 @@
+//! The journal as its users see it: appends from many threads acknowledged only once on disk,
+//! replay after a restart, segment roll-over, crash damage at the tail (cut, then appends go
+//! on) and corruption before it (refused, naming file and offset), snapshots and pruning.
+//!
+//! Every wait is bounded by `STEP`, so a bug fails a test instead of hanging it; nothing asserts
+//! on elapsed time.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::time::Duration;
+
+use gyro::journal::{
+    scan, snapshot, Fsync, Journal, JournalConfig, JournalError, Lsn, Problem, RecoveryReport, Waiter,
+    RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
+};
+
+type Done = Result<Lsn, JournalError>;
+/// What a replay handed out, in order.
+type Replayed = Vec<(Lsn, Vec<u8>)>;
+
+const STEP: Duration = Duration::from_secs(10);
+
+fn config(dir: &Path) -> JournalConfig {
+    JournalConfig::new(dir)
+}
+
+fn small_segments(dir: &Path, segment_bytes: u64) -> JournalConfig {
+    JournalConfig { segment_bytes, ..JournalConfig::new(dir) }
+}
+
+/// Opens the journal and collects what it replays.
+fn open(cfg: JournalConfig) -> Result<(Journal<Sender<Done>>, Replayed, RecoveryReport), JournalError> {
+    let mut seen = Vec::new();
+    let (journal, report) = Journal::open(cfg, |lsn, p| {
+        seen.push((lsn, p.to_vec()));
+        Ok::<_, JournalError>(())
+    })?;
+    Ok((journal, seen, report))
+}
+
+fn replay(cfg: JournalConfig) -> Result<(Replayed, RecoveryReport), JournalError> {
+    let (journal, seen, report) = open(cfg)?;
+    journal.close().unwrap();
+    Ok((seen, report))
+}
+
+/// A payload whose length and content depend on `i`, so a record from the wrong place shows.
+fn payload(i: u64) -> Vec<u8> {
+    let len = 1 + (i * 7 % 40) as usize;
+    (0..len).map(|k| (i as u8).wrapping_mul(31).wrapping_add(k as u8)).collect()
+}
+
+/// Appends records 1..=n one by one, each acknowledged before the next, and closes.
+fn write(cfg: JournalConfig, n: u64) -> Vec<Vec<u8>> {
+    let (journal, _, _) = open(cfg).unwrap();
+    let payloads: Vec<Vec<u8>> = (1..=n).map(payload).collect();
+    for p in &payloads {
+        let (tx, rx) = channel();
+        let lsn = journal.append(p, tx);
+        assert_eq!(rx.recv_timeout(STEP).unwrap().unwrap(), lsn);
+    }
+    journal.close().unwrap();
+    payloads
+}
+
+fn expected(payloads: &[Vec<u8>], upto: usize) -> Vec<(Lsn, Vec<u8>)> {
+    payloads[..upto].iter().enumerate().map(|(i, p)| (Lsn(i as u64 + 1), p.clone())).collect()
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "journal"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Where each record is: (LSN, segment, offset, record bytes).
+fn layout(dir: &Path) -> Vec<(Lsn, PathBuf, u64, u64)> {
+    let mut out = Vec::new();
+    let found = scan(dir, Lsn::ZERO, |r| {
+        out.push((r.lsn, r.segment.to_owned(), r.offset, (RECORD_HEADER_BYTES + r.payload.len()) as u64));
+        Ok(())
+    })
+    .unwrap();
+    assert!(found.corruption.is_none() && found.tail.is_none());
+    out
+}
+
+fn flip_bit(path: &Path, offset: u64, bit: u32) {
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[offset as usize] ^= 1 << bit;
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn corruption(e: JournalError) -> Box<gyro::journal::Corruption> {
+    match e {
+        JournalError::Corrupt(c) => c,
+        other => panic!("expected corruption, got {other}"),
+    }
+}
+
+/// A tiny deterministic generator (xorshift64*), so random cut points are reproducible.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
+}
+
+#[test]
+fn appends_from_many_threads_come_back_in_lsn_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, seen, report) = open(config(dir.path())).unwrap();
+    assert!(seen.is_empty());
+    assert_eq!(report.next_lsn, Lsn(1));
+    let journal = std::sync::Arc::new(journal);
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let journal = std::sync::Arc::clone(&journal);
+            std::thread::spawn(move || {
+                let (tx, rx) = channel();
+                let mut mine = BTreeMap::new();
+                for i in 0..250u64 {
+                    let p = payload(t * 1000 + i);
+                    mine.insert(journal.append(&p, tx.clone()), p);
+                }
+                for _ in 0..250 {
+                    let lsn = rx.recv_timeout(STEP).unwrap().unwrap();
+                    assert!(mine.contains_key(&lsn), "acknowledged {lsn}, which is not ours");
+                }
+                mine
+            })
+        })
+        .collect();
+    let mut all = BTreeMap::new();
+    for t in threads {
+        all.extend(t.join().unwrap());
+    }
+    let stats = journal.stats();
+    assert_eq!((stats.records, stats.durable_lsn), (1000, Lsn(1000)));
+    assert!(1 <= stats.batches && stats.batches <= 1000);
+    std::sync::Arc::into_inner(journal).unwrap().close().unwrap();
+
+    let (seen, report) = replay(config(dir.path())).unwrap();
+    assert_eq!(seen, all.into_iter().collect::<Vec<_>>());
+    assert_eq!((report.records_replayed, report.next_lsn, report.tail), (1000, Lsn(1001), None));
+}
+
+/// Stats the segment when its record is acknowledged: the record must already be in the file.
+struct OnDisk {
+    segment: PathBuf,
+    record_bytes: u64,
+    tx: Sender<(Lsn, u64, u64)>,
+}
+
+impl Waiter for OnDisk {
+    fn durable(self, result: Result<Lsn, JournalError>) {
+        let lsn = result.unwrap();
+        let file_bytes = std::fs::metadata(&self.segment).unwrap().len();
+        let record_end = SEGMENT_HEADER_BYTES as u64 + lsn.0 * self.record_bytes;
+        self.tx.send((lsn, file_bytes, record_end)).unwrap();
+    }
+}
+
+#[test]
+fn waiters_run_only_once_their_record_is_in_the_file() {
+    for fsync in [Fsync::Batch, Fsync::Off] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = JournalConfig { fsync, ..config(dir.path()) };
+        let (journal, _) = Journal::open(cfg, |_, _| Ok::<_, JournalError>(())).unwrap();
+        let segment = segments(dir.path()).pop().unwrap();
+        let (tx, rx) = channel();
+        for i in 0..300u64 {
+            let waiter = OnDisk {
+                segment: segment.clone(),
+                record_bytes: (RECORD_HEADER_BYTES + 32) as u64,
+                tx: tx.clone(),
+            };
+            journal.append(&[i as u8; 32], waiter);
+        }
+        for expected in 1..=300 {
+            let (lsn, file_bytes, record_end) = rx.recv_timeout(STEP).unwrap();
+            assert_eq!(lsn, Lsn(expected), "waiters run in LSN order");
+            assert!(
+                record_end <= file_bytes,
+                "{fsync:?}: LSN {lsn} acknowledged at file length {file_bytes}"
+            );
+        }
+        let stats = journal.close().unwrap();
+        assert_eq!(stats.syncs == 0, fsync == Fsync::Off);
+    }
+}
+
+#[test]
+fn segments_roll_over_and_groups_stay_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, _, _) = open(small_segments(dir.path(), 512)).unwrap();
+    let (tx, rx) = channel();
+    let mut groups = Vec::new();
+    for g in 0..60u64 {
+        let parts: Vec<Vec<u8>> = (0..3).map(|k| payload(g * 3 + k)).collect();
+        let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+        let last = journal.append_many(&refs, tx.clone());
+        assert_eq!(last, Lsn(g * 3 + 3));
+        groups.push(parts);
+    }
+    for _ in 0..60 {
+        rx.recv_timeout(STEP).unwrap().unwrap();
+    }
+    journal.close().unwrap();
+
+    let files = segments(dir.path());
+    assert!(files.len() > 5, "{} segments", files.len());
+    let records = layout(dir.path());
+    for file in &files {
+        assert!(std::fs::metadata(file).unwrap().len() <= 512, "{}", file.display());
+        let first = records.iter().find(|r| &r.1 == file).unwrap().0;
+        // The name gives the first LSN, and a segment starts with the first record of a group.
+        assert_eq!(file.file_name().unwrap().to_str().unwrap(), format!("{:020}.journal", first.0));
+        assert_eq!(first.0 % 3, 1, "{} starts inside a group", file.display());
+    }
+    let (seen, report) = replay(small_segments(dir.path(), 512)).unwrap();
+    let all: Vec<Vec<u8>> = groups.into_iter().flatten().collect();
+    assert_eq!(seen, expected(&all, all.len()));
+    assert_eq!(report.segments, files.len());
+}
+
+#[test]
+fn a_record_larger_than_a_segment_gets_a_segment_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, _, _) = open(small_segments(dir.path(), 128)).unwrap();
+    let (tx, rx) = channel();
+    for len in [10usize, 1000, 10, 5000] {
+        journal.append(&vec![7u8; len], tx.clone());
+    }
+    for _ in 0..4 {
+        rx.recv_timeout(STEP).unwrap().unwrap();
+    }
+    journal.close().unwrap();
+    assert_eq!(segments(dir.path()).len(), 4);
+    let (seen, _) = replay(small_segments(dir.path(), 128)).unwrap();
+    assert_eq!(seen.iter().map(|(_, p)| p.len()).collect::<Vec<_>>(), vec![10, 1000, 10, 5000]);
+}
+
+#[test]
+fn a_cut_anywhere_in_the_last_record_is_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let payloads = write(config(dir.path()), 10);
+    let segment = segments(dir.path()).pop().unwrap();
+    let original = std::fs::read(&segment).unwrap();
+    let (_, _, last_offset, last_bytes) = layout(dir.path()).pop().unwrap();
+    for cut in last_offset..last_offset + last_bytes {
+        std::fs::write(&segment, &original[..cut as usize]).unwrap();
+        let (journal, seen, report) = open(config(dir.path())).unwrap();
+        assert_eq!(seen, expected(&payloads, 9), "cut at {cut}");
+        assert_eq!(report.tail_truncated_bytes(), cut - last_offset, "cut at {cut}");
+        assert_eq!(report.next_lsn, Lsn(10));
+        // Appends go on right after the last good record.
+        let (tx, rx) = channel();
+        assert_eq!(journal.append(b"after the cut", tx), Lsn(10));
+        rx.recv_timeout(STEP).unwrap().unwrap();
+        journal.close().unwrap();
+        let (seen, report) = replay(config(dir.path())).unwrap();
+        assert_eq!(seen.len(), 10);
+        assert_eq!(seen[9], (Lsn(10), b"after the cut".to_vec()));
+        assert_eq!(report.tail, None);
+    }
+}
+
+#[test]
+fn random_cuts_keep_every_record_before_the_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let payloads = write(config(dir.path()), 40);
+    let segment = segments(dir.path()).pop().unwrap();
+    let original = std::fs::read(&segment).unwrap();
+    let records = layout(dir.path());
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for _ in 0..60 {
+        let cut =
+            SEGMENT_HEADER_BYTES as u64 + rng.below(original.len() as u64 - SEGMENT_HEADER_BYTES as u64);
+        std::fs::write(&segment, &original[..cut as usize]).unwrap();
+        let whole = records.iter().filter(|r| r.2 + r.3 <= cut).count();
+        let (seen, report) = replay(config(dir.path())).unwrap();
+        assert_eq!(seen, expected(&payloads, whole), "cut at {cut}");
+        assert_eq!(report.next_lsn, Lsn(whole as u64 + 1));
+        let kept = records.get(whole).map_or(cut, |r| r.2);
+        assert_eq!(std::fs::metadata(&segment).unwrap().len(), kept);
+    }
+}
+
+#[test]
+fn a_bit_flip_in_the_last_record_is_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let payloads = write(config(dir.path()), 10);
+    let segment = segments(dir.path()).pop().unwrap();
+    let original = std::fs::read(&segment).unwrap();
+    let (_, _, last_offset, last_bytes) = layout(dir.path()).pop().unwrap();
+    for byte in last_offset..last_offset + last_bytes {
+        for bit in 0..8 {
+            std::fs::write(&segment, &original).unwrap();
+            flip_bit(&segment, byte, bit);
+            let (seen, report) = replay(config(dir.path())).unwrap();
+            assert_eq!(seen, expected(&payloads, 9), "byte {byte} bit {bit}");
+            let tail = report.tail.unwrap();
+            assert_eq!((tail.offset, tail.bytes), (last_offset, last_bytes));
+        }
+    }
+}
+
+#[test]
+fn a_bit_flip_before_valid_records_stops_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    write(config(dir.path()), 10);
+    let segment = segments(dir.path()).pop().unwrap();
+    let original = std::fs::read(&segment).unwrap();
+    let records = layout(dir.path());
+    let (_, _, third, third_bytes) = records[2].clone();
+    // Each record was its own write batch, so record 4 proves record 3 had been acknowledged.
+    // The damage is in the payload, the checksum, and the length word (pointing anywhere).
+    for (byte, bit) in [(third + third_bytes - 1, 0), (third + 5, 3), (third, 6), (third + 3, 7)] {
+        std::fs::write(&segment, &original).unwrap();
+        flip_bit(&segment, byte, bit);
+        let c = corruption(open(config(dir.path())).err().unwrap());
+        assert_eq!((c.segment.clone(), c.offset, c.expected), (segment.clone(), third, Lsn(3)));
+        assert_eq!(c.valid_after, Some((records[3].2, Lsn(4))));
+        let text = JournalError::Corrupt(c).to_string();
+        let name = segment.file_name().unwrap().to_str().unwrap();
+        assert!(text.contains(name) && text.contains(&format!("byte offset {third}")), "{text}");
+        assert!(text.contains("expected LSN 3") && text.contains("gyro journal verify"), "{text}");
+    }
+    // Nothing was changed by the refused start-ups.
+    flip_bit(&segment, third + 3, 7);
+    assert_eq!(std::fs::read(&segment).unwrap(), original);
+}
+
+#[test]
+fn damage_in_an_earlier_segment_stops_start_up_even_at_its_end() {
+    let dir = tempfile::tempdir().unwrap();
+    write(small_segments(dir.path(), 256), 40);
+    let files = segments(dir.path());
+    let records = layout(dir.path());
+    let last_of_first = records.iter().rfind(|r| r.1 == files[0]).unwrap().clone();
+    flip_bit(&files[0], last_of_first.2 + last_of_first.3 - 1, 0);
+    let c = corruption(open(small_segments(dir.path(), 256)).err().unwrap());
+    assert_eq!(
+        (c.segment.clone(), c.offset, c.expected),
+        (files[0].clone(), last_of_first.2, last_of_first.0)
+    );
+    assert_eq!(c.problem, Problem::RecordChecksum);
+}
+
+#[test]
+fn a_missing_segment_stops_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    write(small_segments(dir.path(), 256), 40);
+    let files = segments(dir.path());
+    assert!(files.len() >= 4);
+    let second_first = layout(dir.path()).iter().find(|r| r.1 == files[1]).unwrap().0;
+    std::fs::remove_file(&files[1]).unwrap();
+    let c = corruption(open(small_segments(dir.path(), 256)).err().unwrap());
+    assert_eq!((c.segment.clone(), c.offset, c.expected), (files[2].clone(), 0, second_first));
+    assert!(matches!(c.problem, Problem::SegmentGap { .. }));
+    // Without the first segment (and no snapshot), LSN 1 is missing.
+    std::fs::remove_file(&files[0]).unwrap();
+    let c = corruption(open(small_segments(dir.path(), 256)).err().unwrap());
+    assert_eq!((c.segment.clone(), c.expected), (files[2].clone(), Lsn(1)));
+}
+
+#[test]
+fn a_damaged_segment_header_stops_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    write(config(dir.path()), 5);
+    let segment = segments(dir.path()).pop().unwrap();
+    flip_bit(&segment, 14, 2);
+    let c = corruption(open(config(dir.path())).err().unwrap());
+    assert_eq!((c.offset, c.problem), (0, Problem::HeaderChecksum));
+}
+
+#[test]
+fn an_unfinished_new_segment_is_started_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let payloads = write(small_segments(dir.path(), 256), 20);
+    // A crash while the next segment was being created: its header is incomplete.
+    let next = dir.path().join("00000000000000000021.journal");
+    std::fs::write(&next, &b"GYROJ"[..]).unwrap();
+    let (journal, seen, report) = open(small_segments(dir.path(), 256)).unwrap();
+    assert_eq!(seen, expected(&payloads, 20));
+    assert_eq!(report.tail.as_ref().map(|t| (t.offset, t.bytes)), Some((0, 5)));
+    let (tx, rx) = channel();
+    assert_eq!(journal.append(b"x", tx), Lsn(21));
+    rx.recv_timeout(STEP).unwrap().unwrap();
+    journal.close().unwrap();
+    assert_eq!(replay(small_segments(dir.path(), 256)).unwrap().0.len(), 21);
+}
+
+#[test]
+fn a_group_cut_by_a_crash_is_not_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let payloads = write(config(dir.path()), 5);
+    let (journal, _, _) = open(config(dir.path())).unwrap();
+    let (tx, rx) = channel();
+    assert_eq!(journal.append_many(&[b"debit", b"invoice", b"outbox"], tx), Lsn(8));
+    rx.recv_timeout(STEP).unwrap().unwrap();
+    journal.close().unwrap();
+    let segment = segments(dir.path()).pop().unwrap();
+    let records = layout(dir.path());
+    let (_, _, group_start, _) = records[5].clone();
+    let (_, _, third, _) = records[7].clone();
+    // Cut inside the group's last record, and right before it: the first two are whole and
+    // valid, but the group is not, so none of it is replayed.
+    for cut in [third + 3, third] {
+        let original = std::fs::read(&segment).unwrap();
+        std::fs::write(&segment, &original[..cut as usize]).unwrap();
+        let (seen, report) = replay(config(dir.path())).unwrap();
+        assert_eq!(seen, expected(&payloads, 5), "cut at {cut}");
+        assert_eq!(report.tail.unwrap().offset, group_start);
+        assert_eq!(report.next_lsn, Lsn(6));
+        std::fs::write(&segment, &original).unwrap();
+    }
+}
+
+#[test]
+fn snapshots_round_trip_fall_back_and_prune() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = || small_segments(dir.path(), 256);
+    write(cfg(), 100);
+    let segments_before = segments(dir.path()).len();
+    assert_eq!(snapshot::newest_valid(dir.path()).unwrap(), None);
+    snapshot::write(dir.path(), Lsn(40), |w| w.write_all(b"state at 40")).unwrap();
+    let newest = snapshot::write(dir.path(), Lsn(80), |w| w.write_all(b"state at 80")).unwrap();
+    let s = snapshot::newest_valid(dir.path()).unwrap().unwrap();
+    assert_eq!((s.lsn, s.body.as_slice()), (Lsn(80), &b"state at 80"[..]));
+
+    // A damaged newest snapshot: the one before is used, and its records are replayed.
+    flip_bit(&newest, 22, 1);
+    let s = snapshot::newest_valid(dir.path()).unwrap().unwrap();
+    assert_eq!((s.lsn, s.body.as_slice()), (Lsn(40), &b"state at 40"[..]));
+    let (seen, report) = replay(JournalConfig { start_after: s.lsn, ..cfg() }).unwrap();
+    assert_eq!(seen.first().map(|r| r.0), Some(Lsn(41)));
+    assert_eq!((report.records_replayed, report.records_skipped), (60, 40));
+
+    // Keeping one snapshot keeps the valid one at 40, and the segments back to it.
+    let pruned = snapshot::prune(dir.path(), 1).unwrap();
+    assert_eq!((pruned.oldest_kept, pruned.snapshots_removed), (Some(Lsn(40)), 0));
+    assert!(pruned.segments_removed > 0);
+    assert_eq!(segments(dir.path()).len(), segments_before - pruned.segments_removed);
+    let (seen, _) = replay(JournalConfig { start_after: Lsn(40), ..cfg() }).unwrap();
+    assert_eq!(seen.len(), 60);
+    // Without the snapshot the pruned records are missing, and start-up says so.
+    let c = corruption(open(cfg()).err().unwrap());
+    assert_eq!(c.expected, Lsn(1));
+
+    // A new snapshot at 100: keeping one deletes the older snapshots (the damaged one too) and
+    // every segment but the newest.
+    snapshot::write(dir.path(), Lsn(100), |w| w.write_all(b"state at 100")).unwrap();
+    let pruned = snapshot::prune(dir.path(), 1).unwrap();
+    assert_eq!((pruned.oldest_kept, pruned.snapshots_removed), (Some(Lsn(100)), 2));
+    assert_eq!(segments(dir.path()).len(), 1);
+    assert_eq!(snapshot::list(dir.path()).unwrap().len(), 1);
+    let (journal, seen, report) = open(JournalConfig { start_after: Lsn(100), ..cfg() }).unwrap();
+    assert!(seen.is_empty());
+    assert_eq!(report.next_lsn, Lsn(101));
+    let (tx, rx) = channel();
+    assert_eq!(journal.append(b"101", tx), Lsn(101));
+    rx.recv_timeout(STEP).unwrap().unwrap();
+    assert_eq!(journal.prune(1).unwrap().segments_removed, 0);
+    journal.close().unwrap();
+}
+
+#[test]
+fn a_snapshot_ahead_of_the_journal_stops_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    write(config(dir.path()), 5);
+    let e = open(JournalConfig { start_after: Lsn(9), ..config(dir.path()) }).err().unwrap();
+    assert!(matches!(e, JournalError::SnapshotAhead { snapshot: Lsn(9), last: Lsn(5), .. }), "{e}");
+}
+
+#[test]
+fn a_failed_snapshot_body_leaves_no_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = snapshot::write(dir.path(), Lsn(3), |w| {
+        w.write_all(b"half")?;
+        Err(std::io::Error::other("the ledger could not be read"))
+    })
+    .unwrap_err();
+    assert!(e.to_string().contains("the ledger could not be read"), "{e}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn fsync_off_acknowledges_and_replays() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = JournalConfig { fsync: Fsync::Off, ..config(dir.path()) };
+    let payloads = write(cfg.clone(), 50);
+    let (seen, _) = replay(cfg).unwrap();
+    assert_eq!(seen, expected(&payloads, 50));
+}
+
+#[test]
+fn the_buffer_bound_holds_under_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = JournalConfig { buffer_bytes_max: 4096, fsync: Fsync::Off, ..config(dir.path()) };
+    let (journal, _, _) = open(cfg).unwrap();
+    let journal = std::sync::Arc::new(journal);
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let journal = std::sync::Arc::clone(&journal);
+            std::thread::spawn(move || {
+                let (tx, rx) = channel();
+                for i in 0..500u32 {
+                    journal.append(&[i as u8; 200], tx.clone());
+                }
+                (0..500).for_each(|_| {
+                    rx.recv_timeout(STEP).unwrap().unwrap();
+                })
+            })
+        })
+        .collect();
+    threads.into_iter().for_each(|t| t.join().unwrap());
+    let stats = journal.stats();
+    assert_eq!(stats.records, 2000);
+    assert!(stats.buffered_bytes_high_water <= 4096, "{stats:?}");
+}
+
+#[test]
+fn close_makes_everything_appended_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, _, _) = open(config(dir.path())).unwrap();
+    let (tx, rx): (Sender<Done>, Receiver<Done>) = channel();
+    for i in 0..1000u64 {
+        journal.append(&payload(i), tx.clone());
+    }
+    drop(tx);
+    let stats = journal.close().unwrap();
+    assert_eq!((stats.records, stats.durable_lsn), (1000, Lsn(1000)));
+    let acknowledged: Vec<Lsn> = rx.iter().map(Result::unwrap).collect();
+    assert_eq!(acknowledged, (1..=1000).map(Lsn).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_replay_error_stops_start_up_with_its_lsn() {
+    let dir = tempfile::tempdir().unwrap();
+    write(config(dir.path()), 5);
+    let e = Journal::<Sender<Done>>::open(config(dir.path()), |lsn, _| {
+        if lsn == Lsn(3) {
+            return Err("unknown record kind");
+        }
+        Ok(())
+    })
+    .err()
+    .unwrap();
+    assert_eq!(e.to_string(), "replaying the record with LSN 3: unknown record kind");
+}
+
+#[test]
+#[should_panic(expected = "JOURNAL_RECORD_MAX_BYTES")]
+fn an_oversized_record_is_a_bug() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, _, _) = open(config(dir.path())).unwrap();
+    let (tx, _rx) = channel();
+    journal.append(&vec![0u8; gyro::limits::JOURNAL_RECORD_MAX_BYTES + 1], tx);
+}
