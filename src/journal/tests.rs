@@ -185,3 +185,14 @@ fn damage_followed_by_a_later_batch_is_corruption() {
         (offsets[1] as u64, Lsn(2), Some((offsets[3] as u64, Lsn(4))))
     );
 }
+
+/// Every connection task appends: the journal must be Send + Sync for any waiter (the generic
+/// body is checked for all of them at compile time).
+#[test]
+fn the_journal_is_send_and_sync_for_any_waiter() {
+    fn shared<T: Send + Sync>() {}
+    fn any_waiter<W: Waiter>() {
+        shared::<Journal<W>>();
+    }
+    any_waiter::<Sender<Done>>();
+}
