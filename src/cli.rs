@@ -37,6 +37,9 @@ pub enum Command {
         /// Tokio worker threads (default: one per core).
         #[arg(long)]
         workers: Option<usize>,
+        /// Override journal.dir: keep the journal (and so every charge) in this directory.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
     /// Configuration tools.
     Config {
@@ -88,7 +91,7 @@ pub enum DictCommand {
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { config, listen, workers } => serve(config, listen, workers),
+        Command::Serve { config, listen, workers, data_dir } => serve(config, listen, workers, data_dir),
         Command::Config { command: ConfigCommand::Check { file } } => {
             let cfg = Config::load(&file)?;
             load_dictionary(&cfg)?;
@@ -154,6 +157,7 @@ fn serve(
     config: Option<PathBuf>,
     listen: Option<std::net::SocketAddr>,
     workers: Option<usize>,
+    data_dir: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let mut cfg = match &config {
         Some(p) => Config::load(p)?,
@@ -161,6 +165,9 @@ fn serve(
     };
     if let Some(l) = listen {
         cfg.diameter.listen = l;
+    }
+    if let Some(d) = data_dir {
+        cfg.journal.dir = Some(d);
     }
     init_tracing(&cfg.log.level);
     let dict = Arc::new(load_dictionary(&cfg)?);
@@ -214,27 +221,67 @@ async fn serve_async(cfg: Config, dict: Arc<Dictionary>, defaults: bool) -> anyh
     }
     let shutdown = CancellationToken::new();
     tokio::spawn(signals(shutdown.clone()));
-    tokio::spawn(charging.supervise(shutdown.clone()));
+    tokio::spawn(Arc::clone(&charging).supervise(shutdown.clone()));
     server.run(shutdown).await;
+    if let Some(journal) = charging.journal() {
+        // Every answer sent has its record on disk already; this flushes the sweep's last records.
+        let stats = journal.stats();
+        tracing::info!(records = stats.records, batches = stats.batches, "journal closed");
+    }
     tracing::info!("gyro stopped");
     Ok(())
 }
 
-/// Builds the ledger and the engine from the catalog (the embedded demo one by default).
+/// Builds the ledger and the engine from the catalog (the embedded demo one by default) and,
+/// with a journal, recovers every change since from it.
 fn charging(cfg: &Config, local: &LocalIdentity) -> anyhow::Result<(Arc<Charging>, usize, String)> {
-    let (catalog, name) = match &cfg.charging.catalog {
-        Some(p) => (Catalog::load(p)?, p.display().to_string()),
-        None => (Catalog::demo(), "embedded demo".to_owned()),
+    let (catalog, name, text) = match &cfg.charging.catalog {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("{}", p.display()))?;
+            (Catalog::load(p)?, p.display().to_string(), text)
+        }
+        None => (Catalog::demo(), "embedded demo".to_owned(), Catalog::demo_toml().to_owned()),
     };
     let mut engine_cfg = EngineConfig::new(local);
     engine_cfg.tcc_grace_ms = cfg.charging.tcc_grace_ms;
     engine_cfg.closed_retention_ms = cfg.charging.closed_retention_ms;
+    let journal_cfg = cfg.journal.journal_config();
+    if let Some(j) = &journal_cfg {
+        let id = crate::durable::identity(
+            &j.dir,
+            &crate::durable::catalog_digest(&text),
+            engine_cfg.session_hash_key,
+        )?;
+        engine_cfg.session_hash_key = id.session_hash_key;
+    }
     let engine = Arc::new(Engine::new(engine_cfg, Arc::new(Ledger::new())));
-    let charging = Arc::new(Charging::new(Arc::clone(&engine)));
-    let accounts = engine
-        .load_catalog(&catalog, charging.now().mono_ms)
-        .map_err(|e| anyhow::anyhow!("catalog {name}: {e}"))?;
-    Ok((charging, accounts, name))
+    let epoch = tokio::time::Instant::now();
+    let now = Charging::now_from(epoch);
+    let accounts =
+        engine.load_catalog(&catalog, now.mono_ms).map_err(|e| anyhow::anyhow!("catalog {name}: {e}"))?;
+    let charging = match journal_cfg {
+        Some(j) => {
+            let dir = j.dir.clone();
+            let (journal, report) = crate::durable::recover(j, &engine, now)
+                .with_context(|| format!("cannot recover the journal in {}", dir.display()))?;
+            tracing::info!(
+                dir = %dir.display(),
+                records = report.records_replayed,
+                open_sessions = engine.open_sessions(),
+                duration_ms = report.duration.as_millis() as u64,
+                "ledger recovered from the journal"
+            );
+            Charging::with_journal(Arc::clone(&engine), epoch, journal)
+        }
+        None => {
+            tracing::warn!(
+                "no journal (journal.dir or --data-dir): the ledger is in memory only and every \
+                 charge is lost when gyro stops"
+            );
+            Charging::new(Arc::clone(&engine))
+        }
+    };
+    Ok((Arc::new(charging), accounts, name))
 }
 
 /// SIGTERM and SIGINT start a graceful shutdown: stop accepting, DPR to peers, drain, exit 0.

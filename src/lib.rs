@@ -7,6 +7,7 @@
 //! - [`peer`]: the sans-IO peer state machine (CER/DWR/DPR, watchdog).
 //! - [`replay`]: remembered answers for duplicate requests (transport and CCR-E).
 //! - [`journal`]: the write-ahead journal: group commit, recovery, snapshots (opaque payloads).
+//! - [`durable`]: the engine's records through the journal; answers wait for durability.
 //! - [`net`]: sockets and tasks; the only module with I/O.
 //! - [`config`]: the TOML configuration, validated into per-module options.
 //! - [`cli`]: the `gyro` command line.
@@ -18,6 +19,7 @@ pub mod cc;
 pub mod cli;
 pub mod config;
 pub mod diameter;
+pub mod durable;
 pub mod journal;
 pub mod ledger;
 pub mod limits;

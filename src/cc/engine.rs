@@ -649,7 +649,15 @@ impl Engine {
         };
         let mut results = Results::default();
         for m in ccr.services() {
-            results.add(self.service_request(now, tx.rec, &mut session, &package, ccr.request_number, m, true));
+            results.add(self.service_request(
+                now,
+                tx.rec,
+                &mut session,
+                &package,
+                ccr.request_number,
+                m,
+                true,
+            ));
         }
         let result = results.command();
         self.refresh_deadline(now, &mut session);
@@ -775,9 +783,8 @@ impl Engine {
             }
         };
         session.rgs[idx].decide(number);
-        let service = &package.services[usize::from(session.rgs[idx].service)];
         if !m.used.is_empty() {
-            self.charge_usage(now, rec, session, idx, service, package, &m.used);
+            self.charge_usage(now, rec, session, idx, package, &m.used);
         } else if session.rgs[idx].is(OPEN) && may_grant && m.requested.is_some() {
             // A new request without usage replaces the open grant (e.g. after a RAR).
             self.release_rg(rec, session, idx);
@@ -885,11 +892,10 @@ impl Engine {
         rec: &mut Recorder,
         session: &mut Session,
         idx: usize,
-        service: &Service,
         package: &Package,
         used: &[super::ccr::UsedUnits],
     ) {
-        let rate = &service.rate;
+        let rate = &package.services[usize::from(session.rgs[idx].service)].rate;
         let key = session.hold_key(idx);
         let account = session.account;
         let rg = &mut session.rgs[idx];
@@ -998,7 +1004,12 @@ impl Engine {
         let changed = self.event_inner(now, msg, ccr, out, tx.rec);
         if changed {
             let answer = &out[start..];
-            self.events.insert(now.mono_ms, ccr.session_id, ccr.request_number, Bytes::copy_from_slice(answer));
+            self.events.insert(
+                now.mono_ms,
+                ccr.session_id,
+                ccr.request_number,
+                Bytes::copy_from_slice(answer),
+            );
             tx.rec.event(ccr.session_id, ccr.request_number, answer);
             tx.send(out, start);
         }
@@ -1251,7 +1262,9 @@ impl Engine {
                 }
                 redo::TAG_RELEASE => {
                     let (account, key) = r.key()?;
-                    self.ledger.release(account, key).map_err(|_| RecordError("a release found no reservation"))?;
+                    self.ledger
+                        .release(account, key)
+                        .map_err(|_| RecordError("a release found no reservation"))?;
                 }
                 redo::TAG_DEBIT => {
                     let (account, op, amount) = (AccountId(r.u32()?), r.u64()?, MoneyMinor(r.i64()?));
@@ -1261,7 +1274,9 @@ impl Engine {
                 }
                 redo::TAG_REFUND => {
                     let (account, op, amount) = (AccountId(r.u32()?), r.u64()?, MoneyMinor(r.i64()?));
-                    self.ledger.refund(account, op, amount).map_err(|_| RecordError("a refund was refused"))?;
+                    self.ledger
+                        .refund(account, op, amount)
+                        .map_err(|_| RecordError("a refund was refused"))?;
                 }
                 redo::TAG_EVENT => {
                     let session_id = std::str::from_utf8(r.bytes_field()?)

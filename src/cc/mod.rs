@@ -12,4 +12,5 @@ mod engine;
 mod redo;
 mod sessions;
 
-pub use engine::{Engine, EngineConfig, Now, SweepStats};
+pub use engine::{Engine, EngineConfig, NoJournal, Now, RecordSink, SweepStats};
+pub use redo::RecordError;

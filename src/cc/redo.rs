@@ -35,24 +35,24 @@ pub(super) const TAG_SESSION_GONE: u8 = 8;
 /// Builds one record. Reused across requests: clearing keeps the capacity, so steady state
 /// does not allocate.
 #[derive(Debug, Default)]
-pub struct Recorder {
+pub(super) struct Recorder {
     pub(super) buf: Vec<u8>,
 }
 
 impl Recorder {
-    pub fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self::default()
     }
 
-    pub fn clear(&mut self) {
+    pub(super) fn clear(&mut self) {
         self.buf.clear();
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.buf.is_empty()
     }
 
-    pub fn bytes(&self) -> &[u8] {
+    pub(super) fn bytes(&self) -> &[u8] {
         &self.buf
     }
 

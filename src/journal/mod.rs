@@ -457,6 +457,14 @@ impl<W: Waiter> Journal<W> {
         self.shared.append(payloads, &crcs, total, waiter)
     }
 
+    /// Tells `waiter` once every record appended before this call is durable, without
+    /// appending anything: for an answer that changes nothing itself but must not overtake a
+    /// record it depends on (a retransmission answered again while the original's record is
+    /// still in flight).
+    pub fn after_pending(&self, waiter: W) -> Lsn {
+        self.shared.append(&[], &[], 0, waiter)
+    }
+
     /// Blocks until every record up to `lsn` is durable (for a snapshot taken at `lsn`: a
     /// snapshot ahead of the journal would stop the next start-up).
     pub fn wait_durable(&self, lsn: Lsn) -> Result<(), JournalError> {

@@ -114,6 +114,7 @@ impl<W: Waiter> Shared<W> {
             p.appenders_blocked -= 1;
         }
         let first = p.next_lsn;
+        // No payloads (a barrier): the waiter is told with the last LSN appended before it.
         let last = Lsn(first.0 + payloads.len() as u64 - 1);
         if p.failure.is_none() {
             for (i, (payload, crc)) in payloads.iter().zip(crcs).enumerate() {
@@ -269,10 +270,14 @@ impl<W: Waiter> Writer<W> {
         while let Some(taken) = self.shared.take_batch(&mut bytes, &mut waiters) {
             let outcome = match taken.failure {
                 Some(f) => Err(f),
-                None => self.write_batch(&mut bytes),
+                // Only barriers (`Journal::after_pending`): everything appended before them was
+                // in an earlier batch, durable by now.
+                None if bytes.is_empty() => Ok(None),
+                None => self.write_batch(&mut bytes).map(Some),
             };
             match &outcome {
-                Ok(done) => self.shared.record(done, taken.high_water),
+                Ok(None) => {}
+                Ok(Some(done)) => self.shared.record(done, taken.high_water),
                 Err(f) if taken.failure.is_none() => {
                     tracing::error!(
                         segment = %self.segment.path.display(),

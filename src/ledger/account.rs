@@ -209,24 +209,31 @@ impl Account {
         money: i64,
         units: Option<(BundleIndex, u64)>,
         expires_at_ms: u64,
+        checked: bool,
     ) -> Result<((), Effect), Reject> {
-        if self.status == AccountStatus::Barred {
+        if checked && self.status == AccountStatus::Barred {
             return Err(Reject::AccountBarred);
         }
         if self.position(key).is_some() {
             return Err(Reject::ReservationExists);
         }
-        let (bundle, units) = match units {
+        let (bundle, mut units) = match units {
             None => (BUNDLE_NONE, 0),
             Some((BundleIndex(i), units)) if usize::from(i) < self.bundles.len() => (i, units),
             Some(_) => return Err(Reject::BundleNotFound),
         };
         // A zero hold is always allowed, even on an overdrawn account (free bundle units).
-        if 0 < money && self.available() < money {
+        if checked && 0 < money && self.available() < money {
             return Err(Reject::InsufficientFunds);
         }
-        if bundle != BUNDLE_NONE && self.bundles[usize::from(bundle)].free(now_ms) < units {
-            return Err(Reject::InsufficientUnits);
+        if bundle != BUNDLE_NONE {
+            let bundle = &self.bundles[usize::from(bundle)];
+            if checked && bundle.free(now_ms) < units {
+                return Err(Reject::InsufficientUnits);
+            }
+            // Restoring: never more than the bundle has left (held ≤ remaining stays true); the
+            // commit that follows consumes from what is held, then what is free, the same way.
+            units = units.min(bundle.remaining - bundle.reserved);
         }
         if self.reservations.len() == RESERVATIONS_PER_ACCOUNT_MAX {
             return Err(Reject::LimitReached);
@@ -250,7 +257,10 @@ impl Account {
         if bundle != BUNDLE_NONE {
             self.bundles[usize::from(bundle)].reserved += units;
         }
-        Ok(((), Effect { reserved: money, open: 1, deadline_ms: expires_at_ms, ..Effect::NONE }))
+        // Restored holds may exceed the funds in the order recovery meets them (see
+        // `Ledger::restore_reservation`).
+        let overdraft = !checked && self.available() < 0;
+        Ok(((), Effect { reserved: money, open: 1, deadline_ms: expires_at_ms, overdraft, ..Effect::NONE }))
     }
 
     pub(super) fn commit(

@@ -461,7 +461,30 @@ impl Ledger {
             "reservation deadline beyond RESERVATION_TTL_MS_MAX"
         );
         check_amount(money.0)?;
-        self.slot(id).run(slot_of(id), |account| account.reserve(now_ms, key, money.0, units, expires_at_ms))
+        self.slot(id)
+            .run(slot_of(id), |account| account.reserve(now_ms, key, money.0, units, expires_at_ms, true))
+    }
+
+    /// A reservation recovered from the journal: like `reserve`, but without the checks that
+    /// decided whether it could be made (status, funds, free bundle units), because it was made.
+    /// Recovery meets the holds of different sessions on one account in journal order, which may
+    /// differ from the order they were made in, so a hold may briefly exceed the funds (flagged
+    /// as an overdraft, as late usage is) until the commits and releases that followed it are
+    /// applied; bundle units are capped at what the bundle has left. Refused: `AmountInvalid`,
+    /// `AccountNotFound`, `ReservationExists`, `BundleNotFound`, `LimitReached`.
+    pub fn restore_reservation(
+        &self,
+        now_ms: u64,
+        id: AccountId,
+        key: ReservationKey,
+        money: MoneyMinor,
+        units: Option<(BundleIndex, u64)>,
+        expires_at_ms: u64,
+    ) -> Result<(), Reject> {
+        check_amount(money.0)?;
+        let expires_at_ms = expires_at_ms.min(now_ms.saturating_add(RESERVATION_TTL_MS_MAX));
+        self.slot(id)
+            .run(slot_of(id), |account| account.reserve(now_ms, key, money.0, units, expires_at_ms, false))
     }
 
     /// Closes a reservation with its usage: debits `money_used` (even above the hold: late

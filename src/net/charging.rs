@@ -9,22 +9,43 @@ use tokio_util::sync::CancellationToken;
 use super::{Application, Handled, Reply, Request};
 use crate::cc::{Engine, Now};
 use crate::diameter::ApplicationId;
+use crate::durable::{ChargingJournal, Sink};
 
 /// Application 4 (RFC 4006) served by the engine.
 pub struct Charging {
     engine: Arc<Engine>,
     epoch: tokio::time::Instant,
+    /// With a journal, an answer that reflects a change is sent once its record is durable.
+    journal: Option<Arc<ChargingJournal>>,
 }
 
 impl Charging {
     pub fn new(engine: Arc<Engine>) -> Self {
-        Self { engine, epoch: tokio::time::Instant::now() }
+        Self { engine, epoch: tokio::time::Instant::now(), journal: None }
+    }
+
+    /// Serving with `journal`; `epoch` is the monotonic origin the engine was recovered with.
+    pub fn with_journal(
+        engine: Arc<Engine>,
+        epoch: tokio::time::Instant,
+        journal: Arc<ChargingJournal>,
+    ) -> Self {
+        Self { engine, epoch, journal: Some(journal) }
+    }
+
+    /// An engine clock reading for a given monotonic origin.
+    pub fn now_from(epoch: tokio::time::Instant) -> Now {
+        let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        Now { mono_ms: epoch.elapsed().as_millis() as u64, unix_secs: unix.as_secs() }
+    }
+
+    pub fn journal(&self) -> Option<&Arc<ChargingJournal>> {
+        self.journal.as_ref()
     }
 
     /// The engine's clocks: monotonic for deadlines, wall time for tariffs.
     pub fn now(&self) -> Now {
-        let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        Now { mono_ms: self.epoch.elapsed().as_millis() as u64, unix_secs: unix.as_secs() }
+        Self::now_from(self.epoch)
     }
 
     pub fn engine(&self) -> &Arc<Engine> {
@@ -40,7 +61,10 @@ impl Charging {
                 () = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let stats = self.engine.sweep(self.now());
+            let stats = match &self.journal {
+                Some(journal) => self.engine.sweep_with(self.now(), &mut Sink { journal, reply: None }),
+                None => self.engine.sweep(self.now()),
+            };
             if stats.sessions_expired > 0 || stats.reservations_released > 0 {
                 tracing::info!(
                     expired = stats.sessions_expired,
@@ -64,8 +88,18 @@ impl Application for Charging {
         true
     }
 
-    fn handle(&self, req: &Request<'_>, out: &mut BytesMut, _reply: Reply) -> Handled {
-        self.engine.handle(self.now(), &req.msg, out);
-        Handled::Answered
+    fn handle(&self, req: &Request<'_>, out: &mut BytesMut, reply: Reply) -> Handled {
+        let Some(journal) = &self.journal else {
+            self.engine.handle(self.now(), &req.msg, out);
+            return Handled::Answered;
+        };
+        // The journal's append blocks only while its buffer is full (backpressure, bounded by
+        // JOURNAL_BUFFER_MAX_BYTES): for as long as one batch takes to write and sync.
+        let mut sink = Sink { journal, reply: Some(reply) };
+        if self.engine.handle_with(self.now(), &req.msg, out, &mut sink) {
+            Handled::Deferred
+        } else {
+            Handled::Answered
+        }
     }
 }

@@ -1,0 +1,202 @@
+//! The engine made durable: what ties `cc` (redo records) to `journal` (group commit) and to
+//! `net` (deferred answers).
+//!
+//! - At start-up: the data directory's identity file (the Session-Id hash key, and a digest of
+//!   the catalog the journal was begun with), then the catalog, then every journal record
+//!   replayed through [`Engine::recover`].
+//! - While serving: [`Sink`] appends each request's record with a [`Completion`] holding the
+//!   request's `Reply` and answer; the journal's writer thread sends the answer once the batch
+//!   holding the record is fsync'ed. No answer that reflects a change leaves before its record
+//!   is durable (ARCHITECTURE.md, invariant 1).
+//!
+//! Must not touch: sockets (it sends through `Reply`), the journal's file format, the engine's
+//! internals (records are opaque here).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use siphasher::sip128::{Hasher128, SipHasher13};
+
+use crate::cc::{Engine, Now, RecordSink};
+use crate::journal::{Journal, JournalConfig, JournalError, Lsn, RecoveryReport, Waiter};
+use crate::net::Reply;
+
+/// The journal as the server uses it.
+pub type ChargingJournal = Journal<Completion>;
+
+const IDENTITY_FILE: &str = "identity";
+const IDENTITY_MAGIC: &str = "gyro data directory v1";
+
+/// What to do once a record is durable: send the answer that waited for it, if any.
+#[derive(Debug)]
+pub struct Completion {
+    reply: Option<Reply>,
+    answer: Bytes,
+}
+
+impl Waiter for Completion {
+    fn durable(self, result: Result<Lsn, JournalError>) {
+        match result {
+            Ok(_) => {
+                if let Some(reply) = self.reply {
+                    reply.send(self.answer);
+                }
+            }
+            // Never acknowledge what is not on disk: the peer times out and retries elsewhere.
+            Err(e) => tracing::error!(error = %e, "journal failed: an answer is withheld"),
+        }
+    }
+}
+
+/// Hands the engine's records to the journal, with the request's `Reply` for the answer.
+pub struct Sink<'a> {
+    pub journal: &'a ChargingJournal,
+    pub reply: Option<Reply>,
+}
+
+impl RecordSink for Sink<'_> {
+    fn append(&mut self, record: &[u8], answer: &[u8]) -> bool {
+        let completion = Completion { reply: self.reply.take(), answer: Bytes::copy_from_slice(answer) };
+        if record.is_empty() {
+            self.journal.after_pending(completion);
+        } else {
+            self.journal.append(record, completion);
+        }
+        true
+    }
+}
+
+/// The data directory's identity: the key Session-Ids are hashed with (sessions and ledger
+/// keys in the journal depend on it) and the digest of the catalog the journal began with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub session_hash_key: [u8; 16],
+    pub catalog_digest: String,
+}
+
+/// A digest of the catalog text, to notice a catalog changed under an existing journal.
+pub fn catalog_digest(text: &str) -> String {
+    let mut h = SipHasher13::new_with_key(&[0; 16]);
+    std::hash::Hasher::write(&mut h, text.as_bytes());
+    format!("{:032x}", h.finish128().as_u128())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataDirError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: not a gyro identity file ({what}); is this the right data directory?")]
+    Identity { path: PathBuf, what: &'static str },
+    #[error(
+        "the catalog changed since the journal in {dir} began (digest {was}, now {now}): accounts \
+         and balances are the catalog's plus the journal's changes, so a different catalog would \
+         give wrong balances. Restore the catalog the journal began with, or start on an empty \
+         data directory"
+    )]
+    CatalogChanged { dir: PathBuf, was: String, now: String },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DataDirError + '_ {
+    move |source| DataDirError::Io { path: path.to_owned(), source }
+}
+
+/// Reads the identity of `dir`, or creates it (durably) for a new data directory. An existing
+/// journal with another catalog is refused.
+pub fn identity(dir: &Path, catalog_digest: &str, fresh_key: [u8; 16]) -> Result<Identity, DataDirError> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let path = dir.join(IDENTITY_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let id = parse_identity(&path, &text)?;
+            if id.catalog_digest != catalog_digest {
+                return Err(DataDirError::CatalogChanged {
+                    dir: dir.to_owned(),
+                    was: id.catalog_digest,
+                    now: catalog_digest.to_owned(),
+                });
+            }
+            Ok(id)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = Identity { session_hash_key: fresh_key, catalog_digest: catalog_digest.to_owned() };
+            let key: String = id.session_hash_key.iter().map(|b| format!("{b:02x}")).collect();
+            let text =
+                format!("{IDENTITY_MAGIC}\nsession_hash_key = {key}\ncatalog = {}\n", id.catalog_digest);
+            // Written whole to a temporary name, synced, renamed, and the directory synced: a
+            // crash leaves either no identity or this one.
+            let tmp = dir.join("identity.tmp");
+            let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+            f.write_all(text.as_bytes()).map_err(io(&tmp))?;
+            f.sync_all().map_err(io(&tmp))?;
+            std::fs::rename(&tmp, &path).map_err(io(&path))?;
+            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
+            Ok(id)
+        }
+        Err(e) => Err(DataDirError::Io { path, source: e }),
+    }
+}
+
+fn parse_identity(path: &Path, text: &str) -> Result<Identity, DataDirError> {
+    let bad = |what| DataDirError::Identity { path: path.to_owned(), what };
+    let mut lines = text.lines();
+    if lines.next() != Some(IDENTITY_MAGIC) {
+        return Err(bad("first line"));
+    }
+    let (mut key, mut catalog) = (None, None);
+    for line in lines {
+        match line.split_once(" = ") {
+            Some(("session_hash_key", v)) if v.len() == 32 => {
+                let mut k = [0u8; 16];
+                for (i, b) in k.iter_mut().enumerate() {
+                    *b = u8::from_str_radix(&v[2 * i..2 * i + 2], 16).map_err(|_| bad("session_hash_key"))?;
+                }
+                key = Some(k);
+            }
+            Some(("catalog", v)) => catalog = Some(v.to_owned()),
+            _ => return Err(bad("an unknown line")),
+        }
+    }
+    Ok(Identity {
+        session_hash_key: key.ok_or_else(|| bad("session_hash_key"))?,
+        catalog_digest: catalog.ok_or_else(|| bad("catalog"))?,
+    })
+}
+
+/// Opens the journal and replays it into `engine`, which has its catalog loaded already.
+pub fn recover(
+    cfg: JournalConfig,
+    engine: &Engine,
+    now: Now,
+) -> Result<(Arc<ChargingJournal>, RecoveryReport), JournalError> {
+    let (journal, report) = Journal::open(cfg, |_lsn, payload| engine.recover(now, payload))?;
+    Ok((Arc::new(journal), report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_is_created_once_and_refuses_another_catalog() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = identity(dir.path(), "aa", [1; 16]).unwrap();
+        assert_eq!(a.session_hash_key, [1; 16]);
+        // A second start keeps the first key.
+        let b = identity(dir.path(), "aa", [2; 16]).unwrap();
+        assert_eq!(b, a);
+        let e = identity(dir.path(), "bb", [2; 16]).unwrap_err().to_string();
+        assert!(e.contains("catalog changed") && e.contains("empty data directory"), "{e}");
+        std::fs::write(dir.path().join(IDENTITY_FILE), "something else\n").unwrap();
+        let e = identity(dir.path(), "aa", [2; 16]).unwrap_err().to_string();
+        assert!(e.contains("not a gyro identity file"), "{e}");
+    }
+
+    #[test]
+    fn catalog_digests_differ_by_content() {
+        assert_eq!(catalog_digest("a"), catalog_digest("a"));
+        assert_ne!(catalog_digest("a"), catalog_digest("b"));
+        assert_eq!(catalog_digest("a").len(), 32);
+    }
+}
