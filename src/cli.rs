@@ -9,10 +9,9 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::Catalog;
-use crate::cc::{Engine, EngineConfig};
+use crate::cc::EngineConfig;
 use crate::config::Config;
 use crate::diameter::{ApplicationId, Dictionary, LocalIdentity};
-use crate::ledger::Ledger;
 use crate::net::charging::Charging;
 use crate::net::{Server, Shared};
 use crate::peer::PeerConfig;
@@ -245,27 +244,15 @@ fn charging(cfg: &Config, local: &LocalIdentity) -> anyhow::Result<(Arc<Charging
     let mut engine_cfg = EngineConfig::new(local);
     engine_cfg.tcc_grace_ms = cfg.charging.tcc_grace_ms;
     engine_cfg.closed_retention_ms = cfg.charging.closed_retention_ms;
-    let journal_cfg = cfg.journal.journal_config();
-    if let Some(j) = &journal_cfg {
-        let id = crate::durable::identity(
-            &j.dir,
-            &crate::durable::catalog_digest(&text),
-            engine_cfg.session_hash_key,
-        )?;
-        engine_cfg.session_hash_key = id.session_hash_key;
-    }
-    let engine = Arc::new(Engine::new(engine_cfg, Arc::new(Ledger::new())));
     let epoch = tokio::time::Instant::now();
     let now = Charging::now_from(epoch);
-    let accounts =
-        engine.load_catalog(&catalog, now.mono_ms).map_err(|e| anyhow::anyhow!("catalog {name}: {e}"))?;
-    let charging = match journal_cfg {
-        Some(j) => {
-            let dir = j.dir.clone();
-            let (journal, report) = crate::durable::recover(j, &engine, now)
-                .with_context(|| format!("cannot recover the journal in {}", dir.display()))?;
+    let started = crate::durable::start(&catalog, &text, engine_cfg, cfg.journal.journal_config(), now)
+        .with_context(|| format!("catalog {name}"))?;
+    let (engine, accounts) = (started.engine, started.accounts);
+    let charging = match started.journal {
+        Some((journal, report)) => {
             tracing::info!(
-                dir = %dir.display(),
+                dir = %journal.dir().display(),
                 records = report.records_replayed,
                 open_sessions = engine.open_sessions(),
                 duration_ms = report.duration.as_millis() as u64,

@@ -19,8 +19,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use siphasher::sip128::{Hasher128, SipHasher13};
 
-use crate::cc::{Engine, Now, RecordSink};
+use anyhow::Context;
+
+use crate::catalog::Catalog;
+use crate::cc::{Engine, EngineConfig, Now, RecordSink};
 use crate::journal::{Journal, JournalConfig, JournalError, Lsn, RecoveryReport, Waiter};
+use crate::ledger::Ledger;
 use crate::net::Reply;
 
 /// The journal as the server uses it.
@@ -162,6 +166,42 @@ fn parse_identity(path: &Path, text: &str) -> Result<Identity, DataDirError> {
         session_hash_key: key.ok_or_else(|| bad("session_hash_key"))?,
         catalog_digest: catalog.ok_or_else(|| bad("catalog"))?,
     })
+}
+
+/// A charging engine ready to serve: the catalog loaded and, with a journal, every change
+/// since recovered from it.
+pub struct Started {
+    pub engine: Arc<Engine>,
+    pub accounts: usize,
+    pub journal: Option<(Arc<ChargingJournal>, RecoveryReport)>,
+}
+
+/// Builds the engine the way `gyro serve` does: identity of the data directory (with a
+/// journal), catalog (`catalog_text` is its source, for the digest), then recovery. `now` is
+/// the engine clock reading for the monotonic origin the server will use.
+pub fn start(
+    catalog: &Catalog,
+    catalog_text: &str,
+    mut engine_cfg: EngineConfig,
+    journal: Option<JournalConfig>,
+    now: Now,
+) -> anyhow::Result<Started> {
+    if let Some(j) = &journal {
+        let id = identity(&j.dir, &catalog_digest(catalog_text), engine_cfg.session_hash_key)?;
+        engine_cfg.session_hash_key = id.session_hash_key;
+    }
+    let engine = Arc::new(Engine::new(engine_cfg, Arc::new(Ledger::new())));
+    let accounts = engine.load_catalog(catalog, now.mono_ms).map_err(|e| anyhow::anyhow!("catalog: {e}"))?;
+    let journal = match journal {
+        Some(j) => {
+            let dir = j.dir.clone();
+            let recovered = recover(j, &engine, now)
+                .with_context(|| format!("cannot recover the journal in {}", dir.display()))?;
+            Some(recovered)
+        }
+        None => None,
+    };
+    Ok(Started { engine, accounts, journal })
 }
 
 /// Opens the journal and replays it into `engine`, which has its catalog loaded already.
