@@ -73,6 +73,22 @@ pub enum JournalCommand {
         /// Most records to print.
         #[arg(long)]
         limit: Option<u64>,
+        /// Only records that touch this account (its number: the catalog's order, from 0).
+        #[arg(long)]
+        account: Option<u32>,
+        /// Only records that touch the account of this subscriber, e.g. e164:491700000001
+        /// (resolved with --catalog, or the embedded demo catalog).
+        #[arg(long)]
+        subscriber: Option<String>,
+        /// The catalog the journal began with, to resolve --subscriber.
+        #[arg(long)]
+        catalog: Option<PathBuf>,
+        /// Only records of this Session-Id (its session and its events).
+        #[arg(long)]
+        session: Option<String>,
+        /// Print payloads as raw previews instead of decoded records.
+        #[arg(long)]
+        raw: bool,
     },
 }
 
@@ -117,6 +133,50 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// The filter of `gyro journal inspect`: a subscriber is resolved to its account through the
+/// catalog (accounts are numbered in catalog order), a Session-Id hashed with the directory's key.
+fn record_filter(
+    dir: &std::path::Path,
+    account: Option<u32>,
+    subscriber: Option<String>,
+    catalog: Option<PathBuf>,
+    session: Option<String>,
+) -> anyhow::Result<crate::cc::RecordFilter> {
+    let mut filter = crate::cc::RecordFilter { account, session: None };
+    if let Some(s) = subscriber {
+        let id: crate::catalog::SubscriptionId =
+            s.parse().map_err(|e| anyhow::anyhow!("--subscriber {s:?}: {e}"))?;
+        let catalog = match &catalog {
+            Some(p) => Catalog::load(p)?,
+            None => Catalog::demo(),
+        };
+        let engine = crate::cc::Engine::new(
+            EngineConfig::new(&LocalIdentity {
+                origin_host: "gyro".into(),
+                origin_realm: "gyro".into(),
+                host_ip_addresses: vec![],
+                vendor_id: 0,
+                product_name: "gyro".into(),
+                firmware_revision: 0,
+                origin_state_id: 0,
+            }),
+            Arc::new(crate::ledger::Ledger::new()),
+        );
+        engine.load_catalog(&catalog, 0).map_err(|e| anyhow::anyhow!("catalog: {e}"))?;
+        let found = engine
+            .ledger()
+            .lookup(id.kind, &id.data)
+            .ok_or_else(|| anyhow::anyhow!("--subscriber {s:?}: not in the catalog"))?;
+        filter.account = Some(found.0);
+    }
+    if let Some(id) = session {
+        let identity = crate::durable::read_identity(dir)?;
+        let key = crate::cc::hash_session_id(&identity.session_hash_key, &id);
+        filter.session = Some((id, key));
+    }
+    Ok(filter)
+}
+
 fn journal(command: JournalCommand) -> anyhow::Result<()> {
     use crate::tools::journal::{inspect, verify, Preview, Verdict};
     let mut out = std::io::stdout().lock();
@@ -125,9 +185,15 @@ fn journal(command: JournalCommand) -> anyhow::Result<()> {
             let v = verify(&dir, &mut out)?;
             (dir, v)
         }
-        JournalCommand::Inspect { dir, from, limit } => {
-            let v = inspect::<Preview>(&dir, crate::journal::Lsn(from), limit, &mut out)?;
-            (dir, v)
+        JournalCommand::Inspect { dir, from, limit, account, subscriber, catalog, session, raw } => {
+            let from = crate::journal::Lsn(from);
+            if raw {
+                (dir.clone(), inspect(&dir, from, limit, &Preview, &mut out)?)
+            } else {
+                let filter = record_filter(&dir, account, subscriber, catalog, session)?;
+                let describe = crate::durable::RecordDescriber(filter);
+                (dir.clone(), inspect(&dir, from, limit, &describe, &mut out)?)
+            }
         }
     };
     match verdict {

@@ -168,6 +168,22 @@ fn parse_identity(path: &Path, text: &str) -> Result<Identity, DataDirError> {
     })
 }
 
+/// Prints redo records for `gyro journal inspect`, filtered by account or session.
+pub struct RecordDescriber(pub crate::cc::RecordFilter);
+
+impl crate::tools::journal::Describe for RecordDescriber {
+    fn describe(&self, payload: &[u8]) -> Option<String> {
+        crate::cc::describe_record(payload, &self.0)
+    }
+}
+
+/// Reads the identity of an existing data directory (for tools; never creates one).
+pub fn read_identity(dir: &Path) -> Result<Identity, DataDirError> {
+    let path = dir.join(IDENTITY_FILE);
+    let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+    parse_identity(&path, &text)
+}
+
 /// A charging engine ready to serve: the catalog loaded and, with a journal, every change
 /// since recovered from it.
 pub struct Started {

@@ -266,7 +266,53 @@ impl Session {
 
     /// Reads back what `encode` wrote (after the tag). The package comes from the account
     /// (the catalog loaded at start); a service index it does not have is an error.
-    fn decode(r: &mut Reader<'_>, now: Now, package: SharedPackage) -> Result<Self, RecordError> {
+    fn decode(
+        r: &mut Reader<'_>,
+        now: Now,
+        package: impl FnOnce(AccountId) -> Option<SharedPackage>,
+    ) -> Result<Self, RecordError> {
+        let image = SessionImage::read(r)?;
+        let package = package(image.account).ok_or(RecordError("a session's account has no package"))?;
+        for g in &image.rgs {
+            let bands_ok = usize::from(g.band_before.max(g.band_after)) <= rating::BANDS_PER_RATE_MAX;
+            if usize::from(g.service) >= package.services.len() || !bands_ok {
+                return Err(RecordError("a rating group's service is not in the account's package"));
+            }
+        }
+        Ok(Self {
+            key: image.key,
+            package,
+            deadline_ms: redo::mono_ms(now, image.deadline_unix_ms),
+            account: image.account,
+            context: image.context,
+            highest: image.highest,
+            state: image.state,
+            recent: image.recent,
+            rgs: image.rgs,
+        })
+    }
+
+    /// Σ what the session's usage has cost.
+    fn total_cost(&self) -> MoneyMinor {
+        MoneyMinor(self.rgs.iter().map(|r| r.debited.0).sum())
+    }
+}
+
+/// A session as a redo record holds it: everything but the package (which recovery takes from
+/// the account) with its deadline in Unix time.
+struct SessionImage {
+    key: SessionKey,
+    account: AccountId,
+    context: u32,
+    highest: u32,
+    state: State,
+    deadline_unix_ms: u64,
+    recent: [Recent; SESSION_ANSWERS_MAX],
+    rgs: SmallVec<[RgState; 1]>,
+}
+
+impl SessionImage {
+    fn read(r: &mut Reader<'_>) -> Result<Self, RecordError> {
         let key = SessionKey([r.u64()?, r.u64()?]);
         let (account, context, highest) = (AccountId(r.u32()?), r.u32()?, r.u32()?);
         let state = match r.u8()? {
@@ -275,7 +321,7 @@ impl Session {
             2 => State::Expired,
             _ => return Err(RecordError("session state")),
         };
-        let deadline_ms = redo::mono_ms(now, r.u64()?);
+        let deadline_unix_ms = r.u64()?;
         let mut recent = [Recent::default(); SESSION_ANSWERS_MAX];
         for slot in &mut recent {
             *slot = Recent {
@@ -296,7 +342,7 @@ impl Session {
             for u in &mut usage.0 {
                 *u = r.u64()?;
             }
-            let g = RgState {
+            rgs.push(RgState {
                 usage,
                 debited: MoneyMinor(r.i64()?),
                 last_units: r.u64()?,
@@ -309,20 +355,120 @@ impl Session {
                 flags: r.u8()?,
                 band_before: r.u8()?,
                 band_after: r.u8()?,
-            };
-            let bands_ok = usize::from(g.band_before.max(g.band_after)) <= rating::BANDS_PER_RATE_MAX;
-            if usize::from(g.service) >= package.services.len() || !bands_ok {
-                return Err(RecordError("a rating group's service is not in the account's package"));
-            }
-            rgs.push(g);
+            });
         }
-        Ok(Self { key, package, deadline_ms, account, context, highest, state, recent, rgs })
+        Ok(Self { key, account, context, highest, state, deadline_unix_ms, recent, rgs })
     }
 
-    /// Σ what the session's usage has cost.
-    fn total_cost(&self) -> MoneyMinor {
-        MoneyMinor(self.rgs.iter().map(|r| r.debited.0).sum())
+    /// One line for `gyro journal inspect`.
+    fn describe(&self) -> String {
+        let mut s = format!(
+            "session {:016x}{:016x} account={} state={:?} highest={} deadline_unix_ms={}",
+            self.key.0[0], self.key.0[1], self.account.0, self.state, self.highest, self.deadline_unix_ms
+        );
+        for g in &self.rgs {
+            let rg = if g.rating_group == RG_NONE { "-".to_owned() } else { g.rating_group.to_string() };
+            s.push_str(&format!(
+                " [rg={rg} usage={:?} debited={} open={} last=#{}:{}]",
+                g.usage.0,
+                g.debited.0,
+                g.is(OPEN),
+                g.last_number,
+                g.last_result
+            ));
+        }
+        s
     }
+}
+
+/// Which records `gyro journal inspect` prints.
+#[derive(Clone, Debug, Default)]
+pub struct RecordFilter {
+    pub account: Option<u32>,
+    /// A Session-Id and its hash under the data directory's key.
+    pub session: Option<(String, [u64; 2])>,
+}
+
+/// One line per redo record for `gyro journal inspect`: each entry decoded, `; ` between them;
+/// `None` when the filter excludes the record (it mentions neither the account nor the session).
+pub fn describe_record(record: &[u8], filter: &RecordFilter) -> Option<String> {
+    let mut parts = Vec::new();
+    let mut accounts = Vec::new();
+    let mut sessions = Vec::new();
+    let mut event_ids = Vec::new();
+    let mut r = Reader::new(record);
+    let result: Result<(), RecordError> = (|| {
+        while !r.is_empty() {
+            match r.u8()? {
+                redo::TAG_SESSION => {
+                    let image = SessionImage::read(&mut r)?;
+                    accounts.push(image.account.0);
+                    sessions.push(image.key.0);
+                    parts.push(image.describe());
+                }
+                redo::TAG_SESSION_GONE => {
+                    let key = [r.u64()?, r.u64()?];
+                    sessions.push(key);
+                    parts.push(format!("session {:016x}{:016x} forgotten", key[0], key[1]));
+                }
+                redo::TAG_RESERVE => {
+                    let (account, key) = r.key()?;
+                    let (money, bundle, units, deadline) = (r.i64()?, r.u16()?, r.u64()?, r.u64()?);
+                    accounts.push(account.0);
+                    let bundle = if bundle == u16::MAX {
+                        String::new()
+                    } else {
+                        format!(" bundle={bundle} units={units}")
+                    };
+                    parts.push(format!(
+                        "reserve account={} hold={:016x}/{} money={money}{bundle} deadline_unix_ms={deadline}",
+                        account.0, key.session, key.rating_group
+                    ));
+                }
+                redo::TAG_COMMIT => {
+                    let (account, key) = r.key()?;
+                    let (money, units) = (r.i64()?, r.u64()?);
+                    accounts.push(account.0);
+                    parts.push(format!(
+                        "commit account={} hold={:016x}/{} money={money} units={units}",
+                        account.0, key.session, key.rating_group
+                    ));
+                }
+                redo::TAG_RELEASE => {
+                    let (account, key) = r.key()?;
+                    accounts.push(account.0);
+                    parts.push(format!(
+                        "release account={} hold={:016x}/{}",
+                        account.0, key.session, key.rating_group
+                    ));
+                }
+                tag @ (redo::TAG_DEBIT | redo::TAG_REFUND) => {
+                    let (account, op, amount) = (r.u32()?, r.u64()?, r.i64()?);
+                    accounts.push(account);
+                    let what = if tag == redo::TAG_DEBIT { "debit" } else { "refund" };
+                    parts.push(format!("{what} account={account} key={op:016x} money={amount}"));
+                }
+                redo::TAG_EVENT => {
+                    let id = String::from_utf8_lossy(r.bytes_field()?).into_owned();
+                    let number = r.u32()?;
+                    let answer = r.bytes_field()?.len();
+                    parts.push(format!("event answer session-id={id:?} number={number} ({answer} bytes)"));
+                    event_ids.push(id);
+                }
+                _ => return Err(RecordError("unknown entry tag")),
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        parts.push(format!("UNREADABLE: {e}"));
+    }
+    let wanted_account = filter.account.is_none_or(|a| accounts.contains(&a));
+    let wanted_session = filter
+        .session
+        .as_ref()
+        .is_none_or(|(id, key)| sessions.contains(key) || event_ids.iter().any(|e| e == id));
+    (wanted_account && wanted_session).then(|| parts.join("; "))
 }
 
 /// Price packages by account: interned, so a million accounts on a few plans cost 4 bytes
@@ -1227,16 +1373,7 @@ impl Engine {
         while !r.is_empty() {
             match r.u8()? {
                 redo::TAG_SESSION => {
-                    // The account comes right after the key: peek at it for the package.
-                    let account = {
-                        let mut peek = Reader::new(r.rest);
-                        peek.u64()?;
-                        peek.u64()?;
-                        AccountId(peek.u32()?)
-                    };
-                    let package =
-                        self.package(account).ok_or(RecordError("a session's account has no package"))?;
-                    let session = Session::decode(&mut r, now, package)?;
+                    let session = Session::decode(&mut r, now, |account| self.package(account))?;
                     self.sessions.lock(session.key).upsert(session);
                 }
                 redo::TAG_SESSION_GONE => {

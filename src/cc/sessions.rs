@@ -44,6 +44,14 @@ impl SessionKey {
     }
 }
 
+/// SipHash-1-3-128 of a Session-Id under `hash_key` (a data directory's key, for tools).
+pub fn hash_session_id(hash_key: &[u8; 16], session_id: &str) -> [u64; 2] {
+    let mut h = SipHasher13::new_with_key(hash_key);
+    h.write(session_id.as_bytes());
+    let h = h.finish128();
+    [h.h1, h.h2]
+}
+
 /// What the table stores.
 pub(super) trait Keyed {
     fn key(&self) -> SessionKey;
@@ -67,10 +75,7 @@ impl<T: Keyed> Table<T> {
     }
 
     pub(super) fn key(&self, session_id: &str) -> SessionKey {
-        let mut h = SipHasher13::new_with_key(&self.hash_key);
-        h.write(session_id.as_bytes());
-        let h = h.finish128();
-        SessionKey([h.h1, h.h2])
+        SessionKey(hash_session_id(&self.hash_key, session_id))
     }
 
     /// The shard holding `key`, locked. A poisoned shard (a panic while it was held) is used

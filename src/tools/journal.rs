@@ -15,9 +15,10 @@ use std::path::Path;
 
 use crate::journal::{self, snapshot, JournalError, Lsn, Scan};
 
-/// One line about a record payload for `gyro journal inspect`.
+/// One line about a record payload for `gyro journal inspect`, or `None` to skip the record
+/// (a filter).
 pub trait Describe {
-    fn describe(payload: &[u8]) -> String;
+    fn describe(&self, payload: &[u8]) -> Option<String>;
 }
 
 /// The first bytes of a payload: quoted and escaped when it is mostly printable text, else hex.
@@ -27,22 +28,24 @@ pub struct Preview;
 const PREVIEW_BYTES: usize = 48;
 
 impl Describe for Preview {
-    fn describe(payload: &[u8]) -> String {
-        let shown = &payload[..payload.len().min(PREVIEW_BYTES)];
-        let printable = shown
-            .iter()
-            .filter(|b| b.is_ascii_graphic() || matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
-            .count();
-        let mut s = if 4 * printable >= 3 * shown.len() {
-            format!("\"{}\"", shown.escape_ascii())
-        } else {
-            shown.iter().map(|b| format!("{b:02x}")).collect()
-        };
-        if shown.len() < payload.len() {
-            s.push('…');
-        }
-        s
+    fn describe(&self, payload: &[u8]) -> Option<String> {
+        Some(preview(payload))
     }
+}
+
+fn preview(payload: &[u8]) -> String {
+    let shown = &payload[..payload.len().min(PREVIEW_BYTES)];
+    let printable =
+        shown.iter().filter(|b| b.is_ascii_graphic() || matches!(b, b' ' | b'\t' | b'\n' | b'\r')).count();
+    let mut s = if 4 * printable >= 3 * shown.len() {
+        format!("\"{}\"", shown.escape_ascii())
+    } else {
+        shown.iter().map(|b| format!("{b:02x}")).collect()
+    };
+    if shown.len() < payload.len() {
+        s.push('…');
+    }
+    s
 }
 
 /// How a verified journal stands.
@@ -128,10 +131,11 @@ pub fn verify(dir: &Path, out: &mut dyn Write) -> Result<Verdict, ToolError> {
 }
 
 /// Prints the records from LSN `from`, at most `limit` of them, then any problem found.
-pub fn inspect<D: Describe>(
+pub fn inspect(
     dir: &Path,
     from: Lsn,
     limit: Option<u64>,
+    describe: &dyn Describe,
     out: &mut dyn Write,
 ) -> Result<Verdict, ToolError> {
     // Inspect shows what is there, whatever snapshots there are: the first segment sets the start.
@@ -143,6 +147,7 @@ pub fn inspect<D: Describe>(
         if r.lsn < from || limit.is_some_and(|l| printed >= l) || failed.is_some() {
             return Ok(());
         }
+        let Some(text) = describe.describe(r.payload) else { return Ok(()) };
         let line = writeln!(
             out,
             "{:>10}  {:<28}  {:>10}  {:>7}  {}",
@@ -150,7 +155,7 @@ pub fn inspect<D: Describe>(
             file_name(r.segment),
             r.offset,
             r.payload.len(),
-            D::describe(r.payload)
+            text
         );
         printed += 1;
         failed = line.err();
@@ -208,10 +213,10 @@ mod tests {
 
     #[test]
     fn previews_text_as_text_and_binary_as_hex() {
-        assert_eq!(Preview::describe(b"top-up 10.00 EUR"), "\"top-up 10.00 EUR\"");
-        assert_eq!(Preview::describe(b"a\nb"), "\"a\\nb\"");
-        assert_eq!(Preview::describe(&[0, 1, 0xfe]), "0001fe");
-        assert_eq!(Preview::describe(&[b'x'; 60]), format!("\"{}\"…", "x".repeat(48)));
-        assert_eq!(Preview::describe(b""), "\"\"");
+        assert_eq!(preview(b"top-up 10.00 EUR"), "\"top-up 10.00 EUR\"");
+        assert_eq!(preview(b"a\nb"), "\"a\\nb\"");
+        assert_eq!(preview(&[0, 1, 0xfe]), "0001fe");
+        assert_eq!(preview(&[b'x'; 60]), format!("\"{}\"…", "x".repeat(48)));
+        assert_eq!(preview(b""), "\"\"");
     }
 }
