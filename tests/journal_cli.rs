@@ -122,7 +122,7 @@ fn inspect_prints_records_from_an_lsn() {
     let dir = tempfile::tempdir().unwrap();
     journal(dir.path(), 20, 256);
     let d = dir.path().to_str().unwrap();
-    let (ok, text) = gyro(&["journal", "inspect", d]);
+    let (ok, text) = gyro(&["journal", "inspect", "--raw", d]);
     assert!(ok, "{text}");
     assert_eq!(text.lines().count(), 21, "{text}");
     let first = text.lines().nth(1).unwrap();
@@ -131,7 +131,7 @@ fn inspect_prints_records_from_an_lsn() {
         ["1", "00000000000000000001.journal", "24", "8", "\"record", "1\""],
         "{text}"
     );
-    let (ok, text) = gyro(&["journal", "inspect", d, "--from", "15", "--limit", "3"]);
+    let (ok, text) = gyro(&["journal", "inspect", "--raw", d, "--from", "15", "--limit", "3"]);
     assert!(ok, "{text}");
     let lsns: Vec<&str> = text.lines().skip(1).map(|l| l.split_whitespace().next().unwrap()).collect();
     assert_eq!(lsns, ["15", "16", "17"], "{text}");
