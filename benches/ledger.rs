@@ -190,12 +190,12 @@ fn reserve_commit_benches(c: &mut Criterion) {
 /// (default hasher, RwLock shards) against the ledger's layout (id → shard by mask, slot by
 /// shift, std Mutex per shard). The record is the size of an `Account`.
 fn storage_benches(c: &mut Criterion) {
-    type Record = [i64; 11];
+    type Record = [i64; 5];
     let dashmap: DashMap<u32, Record> = DashMap::new();
     let shards: Box<[Mutex<Vec<Record>>]> = (0..SHARDS).map(|_| Mutex::new(Vec::new())).collect();
     for id in 0..ACCOUNTS {
-        dashmap.insert(id, [0; 11]);
-        shards[id as usize % SHARDS].lock().unwrap().push([0; 11]);
+        dashmap.insert(id, [0; 5]);
+        shards[id as usize % SHARDS].lock().unwrap().push([0; 5]);
     }
     let mut g = c.benchmark_group("storage");
     g.throughput(Throughput::Elements(1));

@@ -1,44 +1,64 @@
 //! One account: its balance, its bundles and the reservations held on them. Everything here runs
-//! under the account's shard lock. Each mutating method either refuses and changes nothing, or
-//! changes the account and returns an [`Effect`]: the movements the shard adds to its
-//! ledger-wide sums. The shard checks the account's invariants after every effect.
+//! under the account's shard lock. The record itself is 40 bytes; what most accounts do not
+//! have lives beside it in the shard (its holds in the shard's slab, its bundles and credit
+//! limit in the shard's extras), and [`AccountRef`] / [`AccountMut`] put the pieces together.
+//! Each mutating method either refuses and changes nothing, or changes the account and returns
+//! an [`Effect`]: the movements the shard adds to its ledger-wide sums. The shard checks the
+//! account's invariants after every effect.
 
 use std::sync::Arc;
 
 use crate::catalog::{AccountStatus, Funding};
 use crate::rating::{Currency, MoneyMinor};
 
+use super::holds::{HoldSlab, List, Reservation, BUNDLE_NONE, NONE};
 use super::keys::Outcome;
 use super::{
     AccountId, AccountView, BundleIndex, BundleView, Committed, NewAccount, Reject, ReservationKey,
-    AMOUNT_MAX_MINOR, BALANCE_MAX_MINOR, BUNDLES_PER_ACCOUNT_MAX, RESERVATIONS_PER_ACCOUNT_MAX,
+    AMOUNT_MAX_MINOR, BALANCE_MAX_MINOR, BUNDLES_PER_ACCOUNT_MAX, CURRENCIES_MAX,
+    RESERVATIONS_PER_ACCOUNT_MAX,
 };
 
-/// A reservation's `bundle` when it holds no units.
-const BUNDLE_NONE: u16 = u16::MAX;
-
-/// Field order is for size: 88 bytes, checked below. Money is i64 minor units; the currency is
-/// an index into the ledger's interned currencies.
+/// The record kept for every account: 40 bytes (checked below), where a record holding its
+/// holds in a `Vec`, its bundles in a `Box<[Bundle]>`, its customer id in a `Box<str>` and its
+/// credit limit took 88 bytes plus allocations. Money is i64 minor units; the currency is an
+/// index into the ledger's interned currencies.
+///
+/// Why not pack the three one-byte fields into one: they fit in the padding as they are
+/// (37 bytes of fields round up to 40 with the i64 alignment), so packing would save nothing.
 pub(super) struct Account {
     pub(super) balance: i64,
-    /// Σ money of `reservations`.
+    /// Σ money of the holds.
     pub(super) reserved: i64,
-    /// 0 for prepaid accounts.
-    pub(super) credit_limit: i64,
-    /// Open holds, unordered (a few per account; found by a linear scan). The capacity is kept
-    /// when they close, so the reserve/commit path does not allocate once an account has had a
-    /// session; it starts at one hold (40 bytes) and grows as more are held at once.
-    pub(super) reservations: Vec<Reservation>,
-    pub(super) bundles: Box<[Bundle]>,
-    pub(super) customer: Box<str>,
+    /// The customer id: a span of the ledger's customer text (`customers.rs`). A span rather
+    /// than a number in a table of distinct ids, which would cost more per distinct id than
+    /// most ids are long.
+    pub(super) customer: u64,
+    /// The newest of this account's holds in the shard's [`HoldSlab`], linked through
+    /// `Reservation::next` (unordered otherwise: a few per account, found by a linear walk);
+    /// `NONE` when there are none.
+    holds: u32,
+    /// This account's [`Extras`] in the shard's table, or `NONE`: no bundles, credit limit 0.
+    pub(super) extras: u32,
+    /// How many holds the list has: kept so that the limit check and `open_reservations` do not
+    /// walk the list, and checked against it after every mutation.
+    holds_len: u16,
     pub(super) currency: u8,
-    pub(super) funding: Funding,
-    pub(super) status: AccountStatus,
+    funding: Funding,
+    status: AccountStatus,
 }
 
-const _: () = assert!(size_of::<Account>() <= 88);
-const _: () = assert!(size_of::<Reservation>() <= 40);
+/// What few accounts have: bundles, and a credit limit (on-file accounts only).
+pub(super) struct Extras {
+    bundles: Box<[Bundle]>,
+    /// 0 for prepaid accounts.
+    credit_limit: i64,
+}
+
+const _: () = assert!(size_of::<Account>() <= 40);
 const _: () = assert!(size_of::<Bundle>() <= 40);
+const _: () = assert!(RESERVATIONS_PER_ACCOUNT_MAX <= u16::MAX as usize);
+const _: () = assert!(CURRENCIES_MAX <= u8::MAX as usize);
 
 pub(super) struct Bundle {
     /// Interned: accounts of one plan share the name.
@@ -50,15 +70,19 @@ pub(super) struct Bundle {
     expires_at_ms: u64,
 }
 
-/// The key is stored split so the struct packs into 40 bytes.
-pub(super) struct Reservation {
-    session: u64,
-    money: i64,
-    units: u64,
-    pub(super) expires_at_ms: u64,
-    rating_group: u32,
-    /// An index into `bundles`, or `BUNDLE_NONE`.
-    bundle: u16,
+/// An account with what it has beside its record, for reading.
+#[derive(Clone, Copy)]
+pub(super) struct AccountRef<'a> {
+    pub(super) account: &'a Account,
+    extras: Option<&'a Extras>,
+    holds: &'a HoldSlab,
+}
+
+/// An account with what it has beside its record, for changing.
+pub(super) struct AccountMut<'a> {
+    pub(super) account: &'a mut Account,
+    extras: Option<&'a mut Extras>,
+    holds: &'a mut HoldSlab,
 }
 
 /// What a mutation moved, for the shard's sums and checks. `balance` is the balance delta and
@@ -93,7 +117,7 @@ impl Effect {
 
 /// What must not change when an operation is refused.
 #[derive(PartialEq, Eq, Debug)]
-pub(super) struct Fingerprint(i64, i64, usize, AccountStatus);
+pub(super) struct Fingerprint(i64, i64, u32, u16, AccountStatus);
 
 impl Bundle {
     pub(super) fn new(service: Arc<str>, units: u64, expires_at_ms: u64) -> Self {
@@ -110,93 +134,243 @@ impl Bundle {
     }
 }
 
-impl Reservation {
-    fn key(&self) -> ReservationKey {
-        ReservationKey { session: self.session, rating_group: self.rating_group }
-    }
-}
-
 impl Account {
-    pub(super) fn new(new: &NewAccount, currency: u8, bundles: Box<[Bundle]>) -> Self {
-        Self {
+    /// The record and, when the account has bundles or a credit limit, its extras (the shard
+    /// stores them and sets `extras`).
+    pub(super) fn new(
+        new: &NewAccount,
+        currency: u8,
+        customer: u64,
+        bundles: Box<[Bundle]>,
+    ) -> (Self, Option<Extras>) {
+        let account = Self {
             balance: new.balance.0,
             reserved: 0,
-            credit_limit: new.credit_limit.0,
-            reservations: Vec::new(),
-            bundles,
-            customer: new.customer.as_str().into(),
+            customer,
+            holds: NONE,
+            extras: NONE,
+            holds_len: 0,
             currency,
             funding: new.funding,
             status: new.status,
+        };
+        let extras = (!bundles.is_empty() || new.credit_limit.0 != 0)
+            .then_some(Extras { bundles, credit_limit: new.credit_limit.0 });
+        (account, extras)
+    }
+
+    pub(super) fn holds_len(&self) -> usize {
+        usize::from(self.holds_len)
+    }
+}
+
+impl<'a> AccountRef<'a> {
+    pub(super) fn new(account: &'a Account, extras: Option<&'a Extras>, holds: &'a HoldSlab) -> Self {
+        assert_eq!(extras.is_some(), account.extras != NONE, "an account's extras are where it says");
+        Self { account, extras, holds }
+    }
+
+    fn bundles(self) -> &'a [Bundle] {
+        match self.extras {
+            Some(extras) => &extras.bundles,
+            None => &[],
         }
     }
 
+    fn credit_limit(self) -> i64 {
+        self.extras.map_or(0, |extras| extras.credit_limit)
+    }
+
+    /// The account's holds, newest first.
+    fn holds(self) -> impl Iterator<Item = &'a Reservation> {
+        self.list().map(|(_, hold)| hold)
+    }
+
+    /// The account's holds with their slots, at most `RESERVATIONS_PER_ACCOUNT_MAX` of them
+    /// (the list is never longer: `violation` checks it).
+    fn list(self) -> List<'a> {
+        self.holds.list(self.account.holds, RESERVATIONS_PER_ACCOUNT_MAX)
+    }
+
     /// balance + credit_limit − reserved; negative only after an overdraft.
-    pub(super) fn available(&self) -> i64 {
-        self.balance + self.credit_limit - self.reserved
+    pub(super) fn available(self) -> i64 {
+        self.account.balance + self.credit_limit() - self.account.reserved
     }
 
-    pub(super) fn fingerprint(&self) -> Fingerprint {
-        Fingerprint(self.balance, self.reserved, self.reservations.len(), self.status)
+    pub(super) fn fingerprint(self) -> Fingerprint {
+        let account = self.account;
+        Fingerprint(account.balance, account.reserved, account.holds, account.holds_len, account.status)
     }
 
-    pub(super) fn view(&self, id: AccountId, currency: Currency) -> AccountView {
-        let bundles = self.bundles.iter().enumerate().map(|(i, bundle)| BundleView {
+    /// The view, without the customer id (the ledger adds it from its interned customers).
+    pub(super) fn view(self, id: AccountId, currency: Currency) -> AccountView {
+        let bundles = self.bundles().iter().enumerate().map(|(i, bundle)| BundleView {
             index: BundleIndex(i as u16),
             service: bundle.service.to_string(),
             remaining: bundle.remaining,
             reserved: bundle.reserved,
             expires_at_ms: bundle.expires_at_ms,
         });
+        let account = self.account;
         AccountView {
             id,
-            customer: self.customer.to_string(),
+            customer: String::new(),
             currency,
-            funding: self.funding,
-            status: self.status,
-            balance: MoneyMinor(self.balance),
-            credit_limit: MoneyMinor(self.credit_limit),
-            reserved: MoneyMinor(self.reserved),
+            funding: account.funding,
+            status: account.status,
+            balance: MoneyMinor(account.balance),
+            credit_limit: MoneyMinor(self.credit_limit()),
+            reserved: MoneyMinor(account.reserved),
             available: MoneyMinor(self.available().max(0)),
             bundles: bundles.collect(),
-            reservations: self.reservations.len(),
+            reservations: account.holds_len(),
         }
     }
 
-    pub(super) fn find_bundle(&self, service: &str, now_ms: u64) -> Option<(BundleIndex, u64)> {
-        let mut bundles = self.bundles.iter().enumerate();
+    pub(super) fn find_bundle(self, service: &str, now_ms: u64) -> Option<(BundleIndex, u64)> {
+        let mut bundles = self.bundles().iter().enumerate();
         let (i, bundle) = bundles.find(|(_, b)| *b.service == *service && b.free(now_ms) > 0)?;
         Some((BundleIndex(i as u16), bundle.free(now_ms)))
     }
 
     /// The earliest deadline of the open reservations, or u64::MAX.
-    pub(super) fn deadline_min_ms(&self) -> u64 {
-        self.reservations.iter().map(|r| r.expires_at_ms).min().unwrap_or(u64::MAX)
+    pub(super) fn deadline_min_ms(self) -> u64 {
+        self.holds().map(|r| r.expires_at_ms).min().unwrap_or(u64::MAX)
+    }
+
+    /// The slot of the hold with this key and the slot before it in the list (`NONE` if it is
+    /// the first).
+    fn position(self, key: ReservationKey) -> Option<(u32, u32)> {
+        let mut before = NONE;
+        for (at, hold) in self.list() {
+            if hold.is(key) {
+                return Some((before, at));
+            }
+            before = at;
+        }
+        None
+    }
+
+    /// Why the account is inconsistent, if it is. Runs after every mutation, so it is linear in
+    /// the (bounded) reservations and bundles, never quadratic.
+    pub(super) fn violation(self) -> Option<&'static str> {
+        let account = self.account;
+        if RESERVATIONS_PER_ACCOUNT_MAX < account.holds_len() {
+            return Some("more reservations than the limit");
+        }
+        if !(-BALANCE_MAX_MINOR..=BALANCE_MAX_MINOR).contains(&account.balance) {
+            return Some("balance beyond the limit");
+        }
+        if !(0..=AMOUNT_MAX_MINOR).contains(&self.credit_limit()) {
+            return Some("credit limit out of range");
+        }
+        let bundles = self.bundles();
+        // Walked here with every link checked (the other walks trust what this one checked).
+        let (mut money, mut count, mut at) = (0i64, 0usize, account.holds);
+        while at != NONE {
+            if count == account.holds_len() {
+                return Some("the hold list is longer than its count (or has a cycle)");
+            }
+            let Some(held) = self.holds.get(at) else { return Some("a hold link points outside the slab") };
+            count += 1;
+            at = held.next;
+            if !(0..=AMOUNT_MAX_MINOR).contains(&held.money()) {
+                return Some("a hold's money is out of range");
+            }
+            money += held.money();
+            let on_bundle = usize::from(held.bundle()) < bundles.len();
+            let no_bundle = held.bundle() == BUNDLE_NONE && held.units == 0;
+            if !(on_bundle || no_bundle) {
+                return Some("a hold refers to no bundle");
+            }
+        }
+        if count != account.holds_len() {
+            return Some("the hold list is shorter than its count");
+        }
+        if money != account.reserved {
+            return Some("reserved money differs from the sum of the holds");
+        }
+        if !self.bundle_holds_add_up() {
+            return Some("a bundle's reserved units differ from the sum of its holds");
+        }
+        if bundles.iter().any(|bundle| bundle.remaining < bundle.reserved) {
+            return Some("a bundle holds more units than it has");
+        }
+        None
+    }
+
+    /// Each bundle's `reserved` equals the units of the holds on it.
+    fn bundle_holds_add_up(self) -> bool {
+        let bundles = self.bundles();
+        let holds_on = |i: usize| self.holds().filter(move |r| usize::from(r.bundle()) == i);
+        if bundles.len() * self.account.holds_len() <= 64 {
+            // The usual few bundles and holds: a nested loop beats filling a table.
+            let sum = |i| holds_on(i).map(|r| r.units).sum::<u64>();
+            return bundles.iter().enumerate().all(|(i, bundle)| bundle.reserved == sum(i));
+        }
+        let mut units = [0u64; BUNDLES_PER_ACCOUNT_MAX];
+        for held in self.holds() {
+            if let Some(sum) = units.get_mut(usize::from(held.bundle())) {
+                *sum += held.units;
+            }
+        }
+        bundles.iter().zip(units.iter()).all(|(bundle, held)| bundle.reserved == *held)
+    }
+
+    fn balance_plus(self, delta: i64) -> Result<i64, Reject> {
+        let balance = self.account.balance + delta;
+        if (-BALANCE_MAX_MINOR..=BALANCE_MAX_MINOR).contains(&balance) {
+            Ok(balance)
+        } else {
+            Err(Reject::AmountInvalid)
+        }
+    }
+}
+
+impl<'a> AccountMut<'a> {
+    pub(super) fn new(
+        account: &'a mut Account,
+        extras: Option<&'a mut Extras>,
+        holds: &'a mut HoldSlab,
+    ) -> Self {
+        assert_eq!(extras.is_some(), account.extras != NONE, "an account's extras are where it says");
+        Self { account, extras, holds }
+    }
+
+    pub(super) fn as_ref(&self) -> AccountRef<'_> {
+        AccountRef { account: self.account, extras: self.extras.as_deref(), holds: self.holds }
+    }
+
+    fn bundles_mut(&mut self) -> &mut [Bundle] {
+        match self.extras.as_deref_mut() {
+            Some(extras) => &mut extras.bundles,
+            None => &mut [],
+        }
     }
 
     pub(super) fn set_status(&mut self, status: AccountStatus) -> Result<((), Effect), Reject> {
-        self.status = status;
+        self.account.status = status;
         Ok(((), Effect::NONE))
     }
 
     /// A top-up or refund.
     pub(super) fn credit(&mut self, amount: i64) -> Result<(Outcome, Effect), Reject> {
-        let balance = self.balance_plus(amount)?;
-        self.balance = balance;
+        let balance = self.as_ref().balance_plus(amount)?;
+        self.account.balance = balance;
         let effect = Effect { balance: amount, funded: amount, ..Effect::NONE };
         Ok((Outcome { balance, overdraft: false }, effect))
     }
 
     pub(super) fn debit(&mut self, amount: i64, allow_overdraft: bool) -> Result<(Outcome, Effect), Reject> {
-        if self.status == AccountStatus::Barred {
+        if self.account.status == AccountStatus::Barred {
             return Err(Reject::AccountBarred);
         }
-        if !allow_overdraft && 0 < amount && self.available() < amount {
+        if !allow_overdraft && 0 < amount && self.as_ref().available() < amount {
             return Err(Reject::InsufficientFunds);
         }
-        let balance = self.balance_plus(-amount)?;
-        self.balance = balance;
-        let overdrawn = 0 < amount && self.available() < 0;
+        let balance = self.as_ref().balance_plus(-amount)?;
+        self.account.balance = balance;
+        let overdrawn = 0 < amount && self.as_ref().available() < 0;
         assert!(!overdrawn || allow_overdraft);
         let effect = Effect { balance: -amount, debited: amount, overdraft: overdrawn, ..Effect::NONE };
         Ok((Outcome { balance, overdraft: overdrawn }, effect))
@@ -211,23 +385,26 @@ impl Account {
         expires_at_ms: u64,
         checked: bool,
     ) -> Result<((), Effect), Reject> {
-        if checked && self.status == AccountStatus::Barred {
+        let read = self.as_ref();
+        if checked && read.account.status == AccountStatus::Barred {
             return Err(Reject::AccountBarred);
         }
-        if self.position(key).is_some() {
+        if read.position(key).is_some() {
             return Err(Reject::ReservationExists);
         }
+        let bundles = read.bundles();
         let (bundle, mut units) = match units {
             None => (BUNDLE_NONE, 0),
-            Some((BundleIndex(i), units)) if usize::from(i) < self.bundles.len() => (i, units),
+            // Below BUNDLES_PER_ACCOUNT_MAX < BUNDLE_NONE, so it fits a u8.
+            Some((BundleIndex(i), units)) if usize::from(i) < bundles.len() => (i as u8, units),
             Some(_) => return Err(Reject::BundleNotFound),
         };
         // A zero hold is always allowed, even on an overdrawn account (free bundle units).
-        if checked && 0 < money && self.available() < money {
+        if checked && 0 < money && read.available() < money {
             return Err(Reject::InsufficientFunds);
         }
         if bundle != BUNDLE_NONE {
-            let bundle = &self.bundles[usize::from(bundle)];
+            let bundle = &bundles[usize::from(bundle)];
             if checked && bundle.free(now_ms) < units {
                 return Err(Reject::InsufficientUnits);
             }
@@ -235,31 +412,22 @@ impl Account {
             // commit that follows consumes from what is held, then what is free, the same way.
             units = units.min(bundle.remaining - bundle.reserved);
         }
-        if self.reservations.len() == RESERVATIONS_PER_ACCOUNT_MAX {
+        if read.account.holds_len() == RESERVATIONS_PER_ACCOUNT_MAX {
             return Err(Reject::LimitReached);
         }
-        assert!(self.reservations.len() < RESERVATIONS_PER_ACCOUNT_MAX);
+        assert!(read.account.holds_len() < RESERVATIONS_PER_ACCOUNT_MAX);
 
-        if self.reservations.capacity() == 0 {
-            // Most accounts hold one grant at a time; Vec's default first growth (4) would keep
-            // 160 bytes per account that has ever had a session.
-            self.reservations.reserve_exact(1);
-        }
-        self.reservations.push(Reservation {
-            session: key.session,
-            money,
-            units,
-            expires_at_ms,
-            rating_group: key.rating_group,
-            bundle,
-        });
-        self.reserved += money;
+        let mut held = Reservation::new(key, money, bundle, units, expires_at_ms);
+        held.next = self.account.holds;
+        self.account.holds = self.holds.insert(held);
+        self.account.holds_len += 1;
+        self.account.reserved += money;
         if bundle != BUNDLE_NONE {
-            self.bundles[usize::from(bundle)].reserved += units;
+            self.bundles_mut()[usize::from(bundle)].reserved += units;
         }
         // Restored holds may exceed the funds in the order recovery meets them (see
         // `Ledger::restore_reservation`).
-        let overdraft = !checked && self.available() < 0;
+        let overdraft = !checked && self.as_ref().available() < 0;
         Ok(((), Effect { reserved: money, open: 1, deadline_ms: expires_at_ms, overdraft, ..Effect::NONE }))
     }
 
@@ -270,15 +438,15 @@ impl Account {
         money_used: i64,
         units_used: u64,
     ) -> Result<(Committed, Effect), Reject> {
-        let position = self.position(key).ok_or(Reject::ReservationNotFound)?;
-        let balance = self.balance_plus(-money_used)?;
+        let (before, at) = self.as_ref().position(key).ok_or(Reject::ReservationNotFound)?;
+        let balance = self.as_ref().balance_plus(-money_used)?;
 
         // Units: first the held ones, then the bundle's free units (counted while our hold is
         // still on the bundle, so it is not counted twice); the rest is unpaid.
-        let held = self.reservations.swap_remove(position);
+        let held = self.unlink(before, at);
         let from_hold = units_used.min(held.units);
         let beyond_hold = units_used - from_hold;
-        let from_free = match self.bundles.get_mut(usize::from(held.bundle)) {
+        let from_free = match self.bundles_mut().get_mut(usize::from(held.bundle())) {
             Some(bundle) => {
                 let from_free = beyond_hold.min(bundle.free(now_ms));
                 bundle.remaining -= from_hold + from_free;
@@ -287,11 +455,11 @@ impl Account {
             None => 0,
         };
         self.unhold(&held);
-        self.balance = balance;
-        let overdraft = held.money < money_used && self.available() < 0;
+        self.account.balance = balance;
+        let overdraft = held.money() < money_used && self.as_ref().available() < 0;
         let committed = Committed {
             debited: MoneyMinor(money_used),
-            released: MoneyMinor((held.money - money_used).max(0)),
+            released: MoneyMinor((held.money() - money_used).max(0)),
             units_used: from_hold + from_free,
             units_released: held.units - from_hold,
             units_unpaid: beyond_hold - from_free,
@@ -303,7 +471,7 @@ impl Account {
         let effect = Effect {
             balance: -money_used,
             debited: money_used,
-            reserved: -held.money,
+            reserved: -held.money(),
             open: -1,
             overdraft: committed.overdraft,
             ..Effect::NONE
@@ -312,15 +480,15 @@ impl Account {
     }
 
     pub(super) fn release(&mut self, key: ReservationKey) -> Result<(Committed, Effect), Reject> {
-        let position = self.position(key).ok_or(Reject::ReservationNotFound)?;
-        let held = self.reservations.swap_remove(position);
+        let (before, at) = self.as_ref().position(key).ok_or(Reject::ReservationNotFound)?;
+        let held = self.unlink(before, at);
         self.unhold(&held);
         let committed = Committed {
-            released: MoneyMinor(held.money),
+            released: MoneyMinor(held.money()),
             units_released: held.units,
             ..Committed::default()
         };
-        Ok((committed, Effect { reserved: -held.money, open: -1, ..Effect::NONE }))
+        Ok((committed, Effect { reserved: -held.money(), open: -1, ..Effect::NONE }))
     }
 
     /// Releases the reservations due at `now_ms` into `expired`; returns the movements and the
@@ -333,91 +501,46 @@ impl Account {
     ) -> (Effect, u64) {
         let mut effect = Effect::NONE;
         let mut deadline_min_ms = u64::MAX;
-        let mut i = 0;
-        while i < self.reservations.len() {
-            let deadline_ms = self.reservations[i].expires_at_ms;
-            if now_ms < deadline_ms {
-                deadline_min_ms = deadline_min_ms.min(deadline_ms);
-                i += 1;
+        let (mut before, mut at) = (NONE, self.account.holds);
+        // Each step keeps or removes one hold of a list `violation` checked to be at most
+        // `holds_len` long.
+        for _ in 0..self.account.holds_len() {
+            let hold = self.holds.slot(at);
+            let next = hold.next;
+            if now_ms < hold.expires_at_ms {
+                deadline_min_ms = deadline_min_ms.min(hold.expires_at_ms);
+                (before, at) = (at, next);
                 continue;
             }
-            let held = self.reservations.swap_remove(i);
+            let held = self.unlink(before, at);
             self.unhold(&held);
-            effect.reserved -= held.money;
+            effect.reserved -= held.money();
             effect.open -= 1;
-            expired.push((id, held.key(), MoneyMinor(held.money), held.units));
+            expired.push((id, held.key(), MoneyMinor(held.money()), held.units));
+            at = next;
         }
+        assert_eq!(at, NONE, "the sweep walked the whole list");
         (effect, deadline_min_ms)
     }
 
-    /// Why the account is inconsistent, if it is. Runs after every mutation, so it is linear in
-    /// the (bounded) reservations and bundles, never quadratic.
-    pub(super) fn violation(&self) -> Option<&'static str> {
-        if RESERVATIONS_PER_ACCOUNT_MAX < self.reservations.len() {
-            return Some("more reservations than the limit");
+    /// Takes the hold at `at` (after `before`, or first if `before` is `NONE`) out of the
+    /// account's list and frees its slot; returns it.
+    fn unlink(&mut self, before: u32, at: u32) -> Reservation {
+        let next = self.holds.slot(at).next;
+        if before == NONE {
+            self.account.holds = next;
+        } else {
+            self.holds.slot_mut(before).next = next;
         }
-        if !(-BALANCE_MAX_MINOR..=BALANCE_MAX_MINOR).contains(&self.balance) {
-            return Some("balance beyond the limit");
-        }
-        let mut money = 0i64;
-        for held in &self.reservations {
-            if !(0..=AMOUNT_MAX_MINOR).contains(&held.money) {
-                return Some("a hold's money is out of range");
-            }
-            money += held.money;
-            let on_bundle = usize::from(held.bundle) < self.bundles.len();
-            let no_bundle = held.bundle == BUNDLE_NONE && held.units == 0;
-            if !(on_bundle || no_bundle) {
-                return Some("a hold refers to no bundle");
-            }
-        }
-        if money != self.reserved {
-            return Some("reserved money differs from the sum of the holds");
-        }
-        if !self.bundle_holds_add_up() {
-            return Some("a bundle's reserved units differ from the sum of its holds");
-        }
-        if self.bundles.iter().any(|bundle| bundle.remaining < bundle.reserved) {
-            return Some("a bundle holds more units than it has");
-        }
-        None
-    }
-
-    /// Each bundle's `reserved` equals the units of the holds on it.
-    fn bundle_holds_add_up(&self) -> bool {
-        let holds_on = |i: usize| self.reservations.iter().filter(move |r| usize::from(r.bundle) == i);
-        if self.bundles.len() * self.reservations.len() <= 64 {
-            // The usual few bundles and holds: a nested loop beats filling a table.
-            let sum = |i| holds_on(i).map(|r| r.units).sum::<u64>();
-            return self.bundles.iter().enumerate().all(|(i, bundle)| bundle.reserved == sum(i));
-        }
-        let mut units = [0u64; BUNDLES_PER_ACCOUNT_MAX];
-        for held in &self.reservations {
-            if let Some(sum) = units.get_mut(usize::from(held.bundle)) {
-                *sum += held.units;
-            }
-        }
-        self.bundles.iter().zip(units.iter()).all(|(bundle, held)| bundle.reserved == *held)
-    }
-
-    fn position(&self, key: ReservationKey) -> Option<usize> {
-        self.reservations.iter().position(|r| r.session == key.session && r.rating_group == key.rating_group)
+        self.account.holds_len -= 1;
+        self.holds.remove(at)
     }
 
     /// Takes a removed reservation's holds off the account and its bundle.
     fn unhold(&mut self, held: &Reservation) {
-        self.reserved -= held.money;
-        if let Some(bundle) = self.bundles.get_mut(usize::from(held.bundle)) {
+        self.account.reserved -= held.money();
+        if let Some(bundle) = self.bundles_mut().get_mut(usize::from(held.bundle())) {
             bundle.reserved -= held.units;
-        }
-    }
-
-    fn balance_plus(&self, delta: i64) -> Result<i64, Reject> {
-        let balance = self.balance + delta;
-        if (-BALANCE_MAX_MINOR..=BALANCE_MAX_MINOR).contains(&balance) {
-            Ok(balance)
-        } else {
-            Err(Reject::AmountInvalid)
         }
     }
 }

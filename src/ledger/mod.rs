@@ -19,43 +19,74 @@
 //! Account ids are dense: account `n` lives in shard `n % SHARDS`, at slot `n / SHARDS`, in
 //! chunks of [`ACCOUNTS_PER_CHUNK`] that never move once allocated. Each shard is a
 //! `std::sync::Mutex` (held for microseconds, so a blocking mutex is right here, as mini-redis
-//! `db.rs` argues) over the accounts plus that shard's share of the ledger-wide sums. A
-//! reservation lives inside its account, so one lock covers the account, its bundles and its
-//! holds. We use our own shards rather than `DashMap<u32, Account>`: indexing is arithmetic
-//! instead of hashing, each shard carries its own sums and expiry deadline, and it is faster:
-//! the bench (`benches/ledger.rs`, group `storage`) finds and updates an 88-byte record among
-//! 100 k in about 18 ns, against about 40 ns for `DashMap` with its default hasher.
+//! `db.rs` argues) over the accounts, their holds and extras, plus that shard's share of the
+//! ledger-wide sums. A reservation lives in its account's shard, so one lock covers the
+//! account, its bundles and its holds. We use our own shards rather than
+//! `DashMap<u32, Account>`: indexing is arithmetic instead of hashing, each shard carries its
+//! own sums and expiry deadline, and it is faster: the bench (`benches/ledger.rs`, group
+//! `storage`) finds and updates a record among 100 k in about 18 ns, against about 40 ns for
+//! `DashMap` with its default hasher (measured with the former 88-byte record).
+//!
+//! # Memory per account
+//! The product's target is at most 80 bytes per account, its subscriber index entry included,
+//! at 1M accounts (`benches/ledger_memory.rs` measures it with a counting allocator). A record
+//! that kept its holds in a `Vec`, its bundles in a `Box<[Bundle]>`, its customer id in a
+//! `Box<str>` and its credit limit came to 88 bytes plus allocations, and the MSISDN in a
+//! `DashMap<Box<str>, AccountId>` to about 60 more. So the record every account has is 40
+//! bytes (`account.rs`): balance, held money, and small references to what lives beside it,
+//! where only the accounts that have something pay for it:
+//! - its open reservations: 40-byte slots in a per-shard slab (`holds.rs`), linked into one
+//!   list per account from the record, with a 2-byte count beside the head; freed slots are
+//!   reused first, so reserve and commit allocate nothing once the shard has had as many holds
+//!   open at once. The expiry sweep walks the lists of one chunk of accounts per lock
+//!   acquisition, as before;
+//! - its bundles and credit limit (most prepaid accounts have neither): an entry in a
+//!   per-shard table of extras, none meaning no bundles and a credit limit of 0;
+//! - its customer id: an 8-byte span of the ledger's customer text (`customers.rs`), where
+//!   accounts of one customer created together share one copy; a table of every distinct id
+//!   would cost more per id than most ids are long;
+//!
+//! and its currency slot, funding and status, one byte each, in what would be padding. The
+//! subscriber index (`index.rs`) keeps E.164 and IMSI ids that are digit strings as numbers,
+//! in a sharded hash table of 12-byte entries: about 27 bytes per entry at 1M. The slab, the
+//! extras and the customer text are stored in chunks or pages that never move either.
 //!
 //! Lock order: the creation lock before an account shard (`create`); an idempotency-key shard
-//! before an account shard (`top_up`, `refund`, `debit`). The subscriber index (`DashMap`) is
-//! locked alone or under the creation lock. No path holds two account shards or two key shards.
+//! before an account shard (`top_up`, `refund`, `debit`). The subscriber index (a read-write
+//! lock per numeric shard, and `DashMap`s) and the customer table (a read-write lock) are
+//! locked alone or under the creation lock: `view` reads the customer table after releasing
+//! its shard. No path holds two account shards or two key shards.
 //!
 //! # Assertions
 //! The invariants are checked with `assert!` (not `debug_assert!`) after every mutation. They
 //! are cheap: linear in the reservations and bundles of the one account touched (both bounded
-//! by named limits below) plus O(1) for the shard sums. Measured with callgrind, they are about
-//! 265 of the 555 instructions of a reserve + commit pair on an account with one hold, some
-//! 25 ns, small beside decoding and rating the request. A failed assertion is a bug: it panics
-//! while holding the shard lock, which poisons that shard, so every later operation on its
-//! accounts panics too (the connection answers 5012) rather than running on state known to be
-//! wrong.
+//! by named limits below) plus O(1) for the shard sums. Measured with callgrind (with the former
+//! layout), they are about 265 of the 555 instructions of a reserve + commit pair on an account
+//! with one hold, some 25 ns, small beside decoding and rating the request. A failed assertion
+//! is a bug: it panics while holding the shard lock, which poisons that shard, so every later
+//! operation on its accounts panics too (the connection answers 5012) rather than running on
+//! state known to be wrong.
 
 mod account;
+mod customers;
+mod holds;
+mod index;
 mod keys;
 mod shard;
+mod store;
 #[cfg(test)]
 mod tests;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-
-use dashmap::DashMap;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 
 use crate::catalog::{AccountStatus, Funding, SubscriptionKind};
 use crate::rating::{Currency, MoneyMinor};
 
-use account::{Account, Bundle};
+use account::{Account, AccountMut, Bundle};
+use customers::Customers;
+use index::SubscriberIndex;
 use keys::{KeyedKind, KeyedOp, Keys, Outcome};
 use shard::ShardSlot;
 
@@ -115,7 +146,7 @@ const _: () = assert!(KEY_SHARDS.is_power_of_two());
 const _: () = assert!(IDEMPOTENCY_KEYS_MAX % KEY_SHARDS == 0);
 const _: () = assert!(IDEMPOTENCY_KEYS_MAX >= crate::limits::DUPLICATE_ENTRIES_MAX);
 const _: () = assert!(ACCOUNTS_MAX as usize % (SHARDS * ACCOUNTS_PER_CHUNK) == 0);
-// u16::MAX marks "no bundle" in a reservation.
+// Bundle indexes are u16 in the API (and a u8 inside a hold, checked in `holds`).
 const _: () = assert!(BUNDLES_PER_ACCOUNT_MAX < u16::MAX as usize);
 const _: () = assert!(CURRENCIES_MAX <= u8::MAX as usize);
 const _: () = assert!(RESERVATIONS_PER_ACCOUNT_MAX <= u16::MAX as usize);
@@ -272,8 +303,11 @@ pub struct LedgerStats {
 pub struct Ledger {
     shards: Box<[ShardSlot]>,
     keys: Keys,
-    /// One map per `SubscriptionKind` (indexed by its RFC 4006 value), keyed by the id data.
-    index: [DashMap<Box<str>, AccountId>; 5],
+    /// Subscription id → account; written under `creator` only.
+    index: SubscriberIndex,
+    /// The text of customer ids; accounts store a span of it. Written under `creator` only, read
+    /// by `view` (with no shard lock held).
+    customers: RwLock<Customers>,
     /// Interned currencies; accounts store the slot number. Filled under `creator`.
     currencies: [OnceLock<Currency>; CURRENCIES_MAX],
     /// Serialises `create`, so ids are dense and subscription ids are checked and inserted
@@ -314,7 +348,8 @@ impl Ledger {
         Self {
             shards: (0..SHARDS).map(|_| ShardSlot::new()).collect(),
             keys: Keys::new(),
-            index: std::array::from_fn(|_| DashMap::new()),
+            index: SubscriberIndex::new(),
+            customers: RwLock::new(Customers::new()),
             currencies: [const { OnceLock::new() }; CURRENCIES_MAX],
             creator: Mutex::new(Creator::default()),
             accounts: AtomicU32::new(0),
@@ -327,7 +362,7 @@ impl Ledger {
         let mut creator = lock(&self.creator);
         for (i, (kind, data)) in new.subscriptions.iter().enumerate() {
             let listed_twice = new.subscriptions[..i].iter().any(|(k, d)| k == kind && d == data);
-            if listed_twice || self.index[*kind as usize].contains_key(data.as_str()) {
+            if listed_twice || self.index.contains(*kind, data) {
                 return Err(CreateError::SubscriptionTaken);
             }
         }
@@ -353,11 +388,11 @@ impl Ledger {
         // Nothing can fail from here on: the account, its sums and its index entries go in.
         let id = AccountId(creator.next_id);
         creator.next_id += 1;
-        let account = Account::new(&new, currency, bundles);
-        self.slot(id).insert(slot_of(id), account);
+        let customer = self.customers.write().expect("customer table lock poisoned").intern(&new.customer);
+        let (account, extras) = Account::new(&new, currency, customer, bundles);
+        self.slot(id).insert(slot_of(id), account, extras);
         for (kind, data) in &new.subscriptions {
-            let previous = self.index[*kind as usize].insert(data.as_str().into(), id);
-            assert!(previous.is_none(), "subscription ids are checked and inserted under the creator lock");
+            self.index.insert(*kind, data, id);
         }
         let published = self.accounts.fetch_add(1, Ordering::AcqRel);
         assert_eq!(published, id.0, "ids are dense: account n is the n-th created");
@@ -366,13 +401,19 @@ impl Ledger {
 
     /// The account a subscription id belongs to. Does not allocate.
     pub fn lookup(&self, kind: SubscriptionKind, data: &str) -> Option<AccountId> {
-        self.index[kind as usize].get(data).map(|entry| *entry.value())
+        self.index.get(kind, data)
     }
 
     pub fn view(&self, id: AccountId) -> Option<AccountView> {
-        let shard = self.slot(id).lock();
-        let account = shard.account(slot_of(id))?;
-        Some(account.view(id, self.currency(account.currency)))
+        let (mut view, customer) = {
+            let shard = self.slot(id).lock();
+            let account = shard.account(slot_of(id))?;
+            (account.view(id, self.currency(account.account.currency)), account.account.customer)
+        };
+        // Read with the shard lock released: no path holds a shard and the customer table.
+        let customers = self.customers.read().expect("customer table lock poisoned");
+        view.customer = customers.get(customer).to_string();
+        Some(view)
     }
 
     pub fn set_status(&self, id: AccountId, status: AccountStatus) -> Result<(), Reject> {
@@ -385,7 +426,7 @@ impl Ledger {
     pub fn open_reservations(&self, id: AccountId) -> Result<usize, Reject> {
         let shard = self.slot(id).lock();
         let account = shard.account(slot_of(id)).ok_or(Reject::AccountNotFound)?;
-        Ok(account.reservations.len())
+        Ok(account.account.holds_len())
     }
 
     pub fn available(&self, id: AccountId) -> Result<MoneyMinor, Reject> {
@@ -572,7 +613,7 @@ impl Ledger {
         &self,
         key: u64,
         op: KeyedOp,
-        apply: impl FnOnce(&mut Account) -> Result<(Outcome, account::Effect), Reject>,
+        apply: impl FnOnce(&mut AccountMut<'_>) -> Result<(Outcome, account::Effect), Reject>,
     ) -> Result<Outcome, Reject> {
         check_amount(op.amount)?;
         let mut keys = self.keys.lock(key);

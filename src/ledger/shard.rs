@@ -1,5 +1,5 @@
-//! One shard of the account table: its accounts, in chunks that never move, and its share of the
-//! ledger-wide sums. Every mutation of an account goes through [`ShardSlot::run`] (or the expiry
+//! One shard of the account table: its accounts, in chunks that never move, the holds and extras
+//! of those accounts, and its share of the ledger-wide sums. Every mutation of an account goes through [`ShardSlot::run`] (or the expiry
 //! sweep), which checks the account's invariants and the paired movement checks afterwards.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -7,8 +7,13 @@ use std::sync::{Mutex, MutexGuard};
 
 use crate::rating::MoneyMinor;
 
-use super::account::{Account, Effect};
+use super::account::{Account, AccountMut, AccountRef, Effect, Extras};
+use super::holds::{HoldSlab, NONE};
+use super::store::Chunked;
 use super::{lock, AccountId, Reject, ReservationKey, ACCOUNTS_PER_CHUNK, CURRENCIES_MAX, SHARDS};
+
+/// Extras per chunk of the extras table (3 KiB).
+const EXTRAS_PER_CHUNK: usize = 128;
 
 /// A shard lock and the earliest reservation deadline behind it, on their own cache lines so
 /// that threads working on neighbouring shards do not slow each other down.
@@ -23,6 +28,10 @@ pub(super) struct ShardSlot {
 
 pub(super) struct Shard {
     chunks: Vec<Chunk>,
+    /// The open reservations of this shard's accounts, each account's linked from its record.
+    holds: HoldSlab,
+    /// Bundles and credit limits of the accounts that have them, by `Account::extras`.
+    extras: Chunked<Extras, EXTRAS_PER_CHUNK>,
     pub(super) sums: Sums,
 }
 
@@ -59,7 +68,12 @@ struct Before {
 
 impl ShardSlot {
     pub(super) fn new() -> Self {
-        let shard = Shard { chunks: Vec::new(), sums: Sums::default() };
+        let shard = Shard {
+            chunks: Vec::new(),
+            holds: HoldSlab::new(),
+            extras: Chunked::new(),
+            sums: Sums::default(),
+        };
         Self { state: Mutex::new(shard), deadline_min_ms: AtomicU64::new(u64::MAX) }
     }
 
@@ -67,11 +81,18 @@ impl ShardSlot {
         lock(&self.state)
     }
 
-    /// Appends a new account at `slot`, which must be the next free one.
-    pub(super) fn insert(&self, slot: usize, account: Account) {
-        assert!(account.violation().is_none() && account.reservations.is_empty());
+    /// Appends a new account at `slot`, which must be the next free one, with its extras if it
+    /// has any.
+    pub(super) fn insert(&self, slot: usize, mut account: Account, extras: Option<Extras>) {
+        assert!(account.holds_len() == 0 && account.extras == NONE);
         let mut guard = self.lock();
-        let Shard { chunks, sums } = &mut *guard;
+        let Shard { chunks, holds, extras: table, sums } = &mut *guard;
+        if let Some(extras) = extras {
+            // At most 2^20 accounts per shard.
+            account.extras = u32::try_from(table.push(extras)).expect("extras indexes fit u32");
+        }
+        let check = AccountRef::new(&account, extras_of(table, &account), holds);
+        assert!(check.violation().is_none(), "a new account is consistent");
         if chunks.last().is_none_or(|chunk| chunk.accounts.len() == ACCOUNTS_PER_CHUNK) {
             chunks
                 .push(Chunk { accounts: Vec::with_capacity(ACCOUNTS_PER_CHUNK), deadline_min_ms: u64::MAX });
@@ -95,24 +116,27 @@ impl ShardSlot {
     pub(super) fn run<T>(
         &self,
         slot: usize,
-        operation: impl FnOnce(&mut Account) -> Result<(T, Effect), Reject>,
+        operation: impl FnOnce(&mut AccountMut<'_>) -> Result<(T, Effect), Reject>,
     ) -> Result<T, Reject> {
         let mut guard = self.lock();
-        let Shard { chunks, sums } = &mut *guard;
+        let Shard { chunks, holds, extras, sums } = &mut *guard;
         let chunk = chunks.get_mut(slot / ACCOUNTS_PER_CHUNK).ok_or(Reject::AccountNotFound)?;
-        let account = chunk.accounts.get_mut(slot % ACCOUNTS_PER_CHUNK).ok_or(Reject::AccountNotFound)?;
-        let fingerprint = account.fingerprint();
-        let before = Before::of(account);
-        let (value, effect) = match operation(account) {
+        let record = chunk.accounts.get_mut(slot % ACCOUNTS_PER_CHUNK).ok_or(Reject::AccountNotFound)?;
+        let extras = extras_of_mut(extras, record.extras);
+        let mut account = AccountMut::new(record, extras, holds);
+        let fingerprint = account.as_ref().fingerprint();
+        let before = Before::of(account.as_ref());
+        let (value, effect) = match operation(&mut account) {
             Ok(done) => done,
             Err(reject) => {
-                assert_eq!(account.fingerprint(), fingerprint, "a refused operation changed the account");
+                let after = account.as_ref().fingerprint();
+                assert_eq!(after, fingerprint, "a refused operation changed the account");
                 return Err(reject);
             }
         };
-        before.check(account, &effect);
+        before.check(account.as_ref(), &effect);
         chunk.deadline_min_ms = chunk.deadline_min_ms.min(effect.deadline_ms);
-        sums.apply(account.currency, effect);
+        sums.apply(account.account.currency, effect);
         // Published under the lock, so a sweep that reset the shard's minimum either sees this
         // reservation in the chunk or sees this lowered minimum.
         if effect.deadline_ms < self.deadline_min_ms.load(Ordering::Acquire) {
@@ -136,23 +160,25 @@ impl ShardSlot {
         self.deadline_min_ms.store(u64::MAX, Ordering::Release);
         for chunk_index in 0.. {
             let mut guard = self.lock();
-            let Shard { chunks, sums } = &mut *guard;
+            let Shard { chunks, holds, extras, sums } = &mut *guard;
             let Some(chunk) = chunks.get_mut(chunk_index) else { break };
             if now_ms < chunk.deadline_min_ms {
                 self.deadline_min_ms.fetch_min(chunk.deadline_min_ms, Ordering::AcqRel);
                 continue;
             }
             let mut deadline_min_ms = u64::MAX;
-            for (offset, account) in chunk.accounts.iter_mut().enumerate() {
-                if account.reservations.is_empty() {
+            for (offset, record) in chunk.accounts.iter_mut().enumerate() {
+                if record.holds_len() == 0 {
                     continue;
                 }
                 let slot = chunk_index * ACCOUNTS_PER_CHUNK + offset;
                 let id = AccountId((slot * SHARDS + shard_index) as u32);
-                let before = Before::of(account);
+                let extras = extras_of_mut(extras, record.extras);
+                let mut account = AccountMut::new(record, extras, holds);
+                let before = Before::of(account.as_ref());
                 let (effect, account_min_ms) = account.expire(now_ms, id, expired);
-                before.check(account, &effect);
-                sums.apply(account.currency, effect);
+                before.check(account.as_ref(), &effect);
+                sums.apply(account.account.currency, effect);
                 deadline_min_ms = deadline_min_ms.min(account_min_ms);
             }
             chunk.deadline_min_ms = deadline_min_ms;
@@ -162,28 +188,36 @@ impl ShardSlot {
 }
 
 impl Shard {
-    pub(super) fn account(&self, slot: usize) -> Option<&Account> {
-        self.chunks.get(slot / ACCOUNTS_PER_CHUNK)?.accounts.get(slot % ACCOUNTS_PER_CHUNK)
+    pub(super) fn account(&self, slot: usize) -> Option<AccountRef<'_>> {
+        let account = self.chunks.get(slot / ACCOUNTS_PER_CHUNK)?.accounts.get(slot % ACCOUNTS_PER_CHUNK)?;
+        Some(AccountRef::new(account, extras_of(&self.extras, account), &self.holds))
     }
 
     /// Recomputes the shard's sums from its accounts and compares: the pair of the incremental
-    /// bookkeeping in `Sums::apply`. None if anything disagrees or an account is inconsistent.
+    /// bookkeeping in `Sums::apply`. None if anything disagrees, an account is inconsistent, or
+    /// the hold slab has slots that are neither some account's nor free (or both).
     pub(super) fn audit(&self) -> Option<Totals> {
         let mut balances = 0i128;
         let mut open_reservations = 0u64;
         let mut reserved_by_currency = [0i64; CURRENCIES_MAX];
         for chunk in &self.chunks {
-            for account in &chunk.accounts {
+            for record in &chunk.accounts {
+                if record.extras != NONE && self.extras.get(record.extras as usize).is_none() {
+                    return None;
+                }
+                let account = AccountRef::new(record, extras_of(&self.extras, record), &self.holds);
                 if account.violation().is_some() || account.deadline_min_ms() < chunk.deadline_min_ms {
                     return None;
                 }
-                balances += i128::from(account.balance);
-                open_reservations += account.reservations.len() as u64;
-                reserved_by_currency[usize::from(account.currency)] += account.reserved;
+                balances += i128::from(record.balance);
+                open_reservations += record.holds_len() as u64;
+                reserved_by_currency[usize::from(record.currency)] += record.reserved;
             }
         }
+        let (slots, free) = self.holds.usage()?;
         let sums = &self.sums;
-        let agree = balances == sums.balances
+        let agree = slots as u64 == open_reservations + free as u64
+            && balances == sums.balances
             && open_reservations == sums.open_reservations
             && reserved_by_currency == sums.reserved_by_currency
             && sums.balances + sums.debited == sums.funded;
@@ -210,19 +244,30 @@ impl Sums {
     }
 }
 
+/// The extras of `account`, if it has any.
+fn extras_of<'a>(table: &'a Chunked<Extras, EXTRAS_PER_CHUNK>, account: &Account) -> Option<&'a Extras> {
+    (account.extras != NONE).then(|| table.get(account.extras as usize).expect("extras indexes are valid"))
+}
+
+fn extras_of_mut(table: &mut Chunked<Extras, EXTRAS_PER_CHUNK>, index: u32) -> Option<&mut Extras> {
+    (index != NONE).then(|| table.get_mut(index as usize).expect("extras indexes are valid"))
+}
+
 impl Before {
-    fn of(account: &Account) -> Self {
-        Self { balance: account.balance, reserved: account.reserved, available: account.available() }
+    fn of(account: AccountRef<'_>) -> Self {
+        let record = account.account;
+        Self { balance: record.balance, reserved: record.reserved, available: account.available() }
     }
 
     /// The paired checks after a mutation: the account agrees with itself (holds sum up), and
     /// its balance, held money and available funds moved exactly by the effect's amounts.
-    fn check(&self, account: &Account, effect: &Effect) {
+    fn check(&self, account: AccountRef<'_>, effect: &Effect) {
         if let Some(what) = account.violation() {
             panic!("ledger invariant violated: {what}");
         }
-        assert_eq!(account.balance - self.balance, effect.balance, "balance moved by other than the effect");
-        assert_eq!(account.reserved - self.reserved, effect.reserved, "holds moved by other than the effect");
+        let record = account.account;
+        assert_eq!(record.balance - self.balance, effect.balance, "balance moved by other than the effect");
+        assert_eq!(record.reserved - self.reserved, effect.reserved, "holds moved by other than the effect");
         let available = account.available();
         assert_eq!(available - self.available, effect.balance - effect.reserved);
         assert!(

@@ -628,3 +628,85 @@ fn the_key_table_forgets_the_oldest_key_when_a_shard_is_full() {
     assert!(shard.find(0).is_none());
     assert!(shard.find(1).is_some() && shard.find(per_shard).is_some());
 }
+
+#[test]
+fn lookup_tells_numeric_ids_apart_by_leading_zeros_and_kind() {
+    let ledger = ledger();
+    let subscriptions = [
+        (SubscriptionKind::E164, "491700000001"),
+        (SubscriptionKind::E164, "00491700000001"),
+        (SubscriptionKind::Imsi, "491700000001"),
+        (SubscriptionKind::E164, "+491700000001"),
+        (SubscriptionKind::Nai, "491700000001"),
+        (SubscriptionKind::E164, "12345678901234567890"),
+    ];
+    for (n, (kind, data)) in subscriptions.into_iter().enumerate() {
+        let mut new = prepaid("x", 0);
+        new.subscriptions = vec![(kind, data.to_string())];
+        assert_eq!(ledger.create(new), Ok(AccountId(n as u32)), "{kind:?} {data}");
+    }
+    for (n, (kind, data)) in subscriptions.into_iter().enumerate() {
+        assert_eq!(ledger.lookup(kind, data), Some(AccountId(n as u32)), "{kind:?} {data}");
+        let mut again = prepaid("y", 0);
+        again.subscriptions = vec![(kind, data.to_string())];
+        assert_eq!(ledger.create(again), Err(CreateError::SubscriptionTaken));
+    }
+    for (kind, data) in [
+        (SubscriptionKind::E164, "0491700000001"),
+        (SubscriptionKind::Imsi, "00491700000001"),
+        (SubscriptionKind::SipUri, "491700000001"),
+        (SubscriptionKind::E164, "1234567890123456789"),
+    ] {
+        assert_eq!(ledger.lookup(kind, data), None, "{kind:?} {data}");
+    }
+}
+
+#[test]
+fn holds_come_off_the_head_the_middle_and_the_tail_of_an_account_list() {
+    let ledger = ledger();
+    let a = ledger.create(with_bundles(prepaid("1", 1000), &[("data", 100, u64::MAX)])).unwrap();
+    let b = ledger.create(prepaid("2", 1000)).unwrap();
+    for session in 1..=4 {
+        let units = Some((BundleIndex(0), session));
+        ledger.reserve(NOW, a, key(session), m(10 * session as i64), units, LATER).unwrap();
+    }
+    ledger.reserve(NOW, b, key(9), m(5), None, LATER).unwrap();
+    // Newest first: 4 is the head, 1 the tail.
+    assert_eq!(ledger.release(a, key(2)).map(|c| c.released), Ok(m(20)));
+    assert_eq!(ledger.commit(NOW, a, key(4), m(40), 4).map(|c| c.units_used), Ok(4));
+    assert_eq!(ledger.release(a, key(1)).map(|c| c.units_released), Ok(1));
+    let view = view(&ledger, a);
+    assert_eq!((view.reservations, view.reserved, view.bundles[0].reserved), (1, m(30), 3));
+    // Freed slots are reused by other accounts without mixing their lists.
+    ledger.reserve(NOW, b, key(10), m(6), None, LATER).unwrap();
+    ledger.reserve(NOW, b, key(11), m(7), None, LATER).unwrap();
+    assert_eq!((ledger.open_reservations(a), ledger.open_reservations(b)), (Ok(1), Ok(3)));
+    assert_eq!(ledger.release(a, key(10)), Err(Reject::ReservationNotFound));
+    assert_eq!(ledger.release(a, key(3)).map(|c| c.released), Ok(m(30)));
+    let mut expired = ledger.expire(LATER);
+    expired.sort_by_key(|(_, key, ..)| key.session);
+    assert_eq!(expired, vec![(b, key(9), m(5), 0), (b, key(10), m(6), 0), (b, key(11), m(7), 0)]);
+    assert_eq!(ledger.stats().open_reservations, 0);
+}
+
+#[test]
+fn customer_ids_come_back_whether_shared_or_not() {
+    let ledger = ledger();
+    let mut ids = Vec::new();
+    for n in 0..300u32 {
+        let mut new = prepaid(&format!("4917{n:08}"), 0);
+        new.customer = if n % 3 == 0 { "shared".into() } else { format!("c{n}") };
+        if n == 7 {
+            new.customer = String::new();
+        }
+        ids.push((ledger.create(new).unwrap(), n));
+    }
+    for (id, n) in ids {
+        let expected = match n {
+            7 => String::new(),
+            n if n % 3 == 0 => "shared".into(),
+            n => format!("c{n}"),
+        };
+        assert_eq!(view(&ledger, id).customer, expected);
+    }
+}
