@@ -363,6 +363,32 @@ fn reserve_holds_money_and_units() {
 }
 
 #[test]
+fn restored_holds_skip_the_funds_checks_and_cap_bundle_units() {
+    let ledger = ledger();
+    let id = ledger.create(with_bundles(prepaid("1", 100), &[("data", 500, LATER)])).unwrap();
+    ledger.set_status(id, AccountStatus::Barred).unwrap();
+    // Recovery meets a hold made before the account was barred, and one beyond the funds
+    // (another session's release that made room comes later in the journal).
+    assert_eq!(ledger.restore_reservation(NOW, id, key(1), m(80), None, LATER), Ok(()));
+    assert_eq!(
+        ledger.restore_reservation(NOW, id, key(2), m(50), Some((BundleIndex(0), 600)), LATER),
+        Ok(())
+    );
+    let v = view(&ledger, id);
+    assert_eq!((v.balance, v.reserved), (m(100), m(130)));
+    assert_eq!((v.bundles[0].remaining, v.bundles[0].reserved), (500, 500), "units capped at what is left");
+    // The same key twice is still refused: a record applied twice is a bug, not a hold.
+    assert_eq!(
+        ledger.restore_reservation(NOW, id, key(1), m(1), None, LATER),
+        Err(Reject::ReservationExists)
+    );
+    ledger.release(id, key(1)).unwrap();
+    ledger.commit(NOW, id, key(2), m(50), 500).unwrap();
+    let v = view(&ledger, id);
+    assert_eq!((v.balance, v.reserved, v.bundles[0].remaining), (m(50), m(0), 0));
+}
+
+#[test]
 fn reserve_refuses_in_precedence_order() {
     let ledger = ledger();
     let id = ledger.create(with_bundles(prepaid("1", 100), &[("data", 50, LATER)])).unwrap();
