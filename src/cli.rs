@@ -263,7 +263,7 @@ async fn serve_async(cfg: Config, dict: Arc<Dictionary>, defaults: bool) -> anyh
         allowed_peers: cfg.diameter.allowed_peers.clone(),
         watchdog_interval_ms: cfg.diameter.watchdog_interval_ms,
     });
-    let (charging, accounts, catalog_name) = charging(&cfg, &peer.local)?;
+    let (charging, accounts, catalog_name, _checkpointer) = charging(&cfg, &peer.local)?;
     let apps: Vec<Arc<dyn crate::net::Application>> = vec![charging.clone()];
     let shared = Arc::new(Shared::new(peer, apps, cfg.server_limits()));
     let server = Server::bind(cfg.diameter.listen, shared)
@@ -299,7 +299,11 @@ async fn serve_async(cfg: Config, dict: Arc<Dictionary>, defaults: bool) -> anyh
 
 /// Builds the ledger and the engine from the catalog (the embedded demo one by default) and,
 /// with a journal, recovers every change since from it.
-fn charging(cfg: &Config, local: &LocalIdentity) -> anyhow::Result<(Arc<Charging>, usize, String)> {
+#[allow(clippy::type_complexity)]
+fn charging(
+    cfg: &Config,
+    local: &LocalIdentity,
+) -> anyhow::Result<(Arc<Charging>, usize, String, Option<crate::durable::Checkpointer>)> {
     let (catalog, name, text) = match &cfg.charging.catalog {
         Some(p) => {
             let text = std::fs::read_to_string(p).with_context(|| format!("{}", p.display()))?;
@@ -315,8 +319,17 @@ fn charging(cfg: &Config, local: &LocalIdentity) -> anyhow::Result<(Arc<Charging
     let started = crate::durable::start(&catalog, &text, engine_cfg, cfg.journal.journal_config(), now)
         .with_context(|| format!("catalog {name}"))?;
     let (engine, accounts) = (started.engine, started.accounts);
+    let mut checkpointer = None;
     let charging = match started.journal {
         Some((journal, report)) => {
+            let interval = std::time::Duration::from_secs(cfg.journal.snapshot_interval_s);
+            checkpointer = Some(crate::durable::spawn_checkpointer(
+                Arc::clone(&journal),
+                catalog.clone(),
+                started.engine_cfg.clone(),
+                interval,
+                cfg.journal.snapshots_kept,
+            )?);
             tracing::info!(
                 dir = %journal.dir().display(),
                 records = report.records_replayed,
@@ -334,7 +347,7 @@ fn charging(cfg: &Config, local: &LocalIdentity) -> anyhow::Result<(Arc<Charging
             Charging::new(Arc::clone(&engine))
         }
     };
-    Ok((Arc::new(charging), accounts, name))
+    Ok((Arc::new(charging), accounts, name, checkpointer))
 }
 
 /// SIGTERM and SIGINT start a graceful shutdown: stop accepting, DPR to peers, drain, exit 0.

@@ -111,6 +111,21 @@ impl DuplicateCache {
     }
 
     /// Remembers the answer to a request.
+    /// Every entry still within the window at `now_ms`, with its age: for snapshots.
+    pub fn entries(&self, now_ms: u64) -> Vec<(String, u32, Bytes, u64)> {
+        let mut all = Vec::new();
+        for shard in &self.shards {
+            let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            for (&(_, number), e) in &shard.map {
+                let age = now_ms.saturating_sub(e.at_ms);
+                if age < self.window_ms {
+                    all.push((e.host.to_string(), number, e.answer.clone(), age));
+                }
+            }
+        }
+        all
+    }
+
     pub fn insert(&self, now_ms: u64, origin_host: &str, end_to_end: u32, answer: Bytes) {
         let key = (key_hash(origin_host, self.case), end_to_end);
         let mut shard = self.shard(key).lock().unwrap_or_else(|p| p.into_inner());

@@ -1428,6 +1428,92 @@ impl Engine {
         Ok(())
     }
 
+    /// Writes the whole state (accounts' balances, statuses, bundles and holds; sessions; event
+    /// answers) as a snapshot body: the entries of redo records plus `TAG_ACCOUNT`. Meant for an
+    /// engine nobody else uses (the checkpointer's, rebuilt from the journal), so the state is
+    /// the state at one LSN.
+    pub fn write_snapshot(&self, now: Now, w: &mut dyn std::io::Write) -> std::io::Result<()> {
+        let mut rec = Recorder::new();
+        w.write_all(redo::SNAPSHOT_MAGIC)?;
+        let accounts = self.ledger.stats().accounts;
+        for id in (0..accounts).map(AccountId) {
+            let (Some(view), Some(holds)) = (self.ledger.view(id), self.ledger.holds(id)) else { continue };
+            rec.u8(redo::TAG_ACCOUNT).u32(id.0).i64(view.balance.0);
+            rec.u8(u8::from(view.status == crate::catalog::AccountStatus::Barred));
+            rec.u8(u8::try_from(view.bundles.len()).expect("BUNDLES_PER_ACCOUNT_MAX < 256"));
+            for b in &view.bundles {
+                rec.u64(b.remaining);
+            }
+            rec.u16(u16::try_from(holds.len()).expect("RESERVATIONS_PER_ACCOUNT_MAX < 65536"));
+            for h in &holds {
+                let (bundle, units) = h.units.map_or((u16::MAX, 0), |(b, u)| (b.0, u));
+                rec.u64(h.key.session).u32(h.key.rating_group).i64(h.money.0).u16(bundle).u64(units);
+                rec.u64(redo::unix_ms(now, h.expires_at_ms));
+            }
+            if rec.bytes().len() >= SWEEP_RECORD_BYTES {
+                w.write_all(rec.bytes())?;
+                rec.clear();
+            }
+        }
+        let mut sessions_done = Ok(());
+        self.sessions.for_each_shard(|shard| {
+            for s in shard.iter() {
+                s.encode(&mut rec, now);
+            }
+            if sessions_done.is_ok() {
+                sessions_done = w.write_all(rec.bytes());
+            }
+            rec.clear();
+        });
+        sessions_done?;
+        for (session_id, number, answer, _age) in self.events.entries(now.mono_ms) {
+            rec.event(&session_id, number, &answer);
+        }
+        w.write_all(rec.bytes())
+    }
+
+    /// Loads a snapshot body into an engine whose catalog is loaded and which has seen no
+    /// traffic: each account's balance (the difference from the catalog's booked as funding or
+    /// debit), status, bundles and holds; then sessions and event answers.
+    pub fn load_snapshot(&self, now: Now, body: &[u8]) -> Result<(), RecordError> {
+        let rest = body.strip_prefix(redo::SNAPSHOT_MAGIC).ok_or(RecordError("not a gyro snapshot"))?;
+        let mut r = Reader::new(rest);
+        let refused = |what| move |_| RecordError(what);
+        while !r.is_empty() {
+            if r.rest[0] != redo::TAG_ACCOUNT {
+                break;
+            }
+            r.u8()?;
+            let id = AccountId(r.u32()?);
+            let balance = MoneyMinor(r.i64()?);
+            let status = if r.u8()? == 1 {
+                crate::catalog::AccountStatus::Barred
+            } else {
+                crate::catalog::AccountStatus::Active
+            };
+            self.ledger.restore_balance(id, balance).map_err(refused("an account's balance"))?;
+            self.ledger.set_status(id, status).map_err(refused("an account's status"))?;
+            for i in 0..r.u8()? {
+                let remaining = r.u64()?;
+                self.ledger
+                    .restore_bundle(id, BundleIndex(u16::from(i)), remaining)
+                    .map_err(refused("a bundle"))?;
+            }
+            for _ in 0..r.u16()? {
+                let key = ReservationKey { session: r.u64()?, rating_group: r.u32()? };
+                let money = MoneyMinor(r.i64()?);
+                let (bundle, units) = (r.u16()?, r.u64()?);
+                let units = (bundle != u16::MAX).then_some((BundleIndex(bundle), units));
+                let deadline = redo::mono_ms(now, r.u64()?);
+                self.ledger
+                    .restore_reservation(now.mono_ms, id, key, money, units, deadline)
+                    .map_err(refused("a hold"))?;
+            }
+        }
+        // Sessions and events are redo entries.
+        self.recover(now, r.rest)
+    }
+
     /// Loads a catalog: creates accounts in the ledger and assigns each its package.
     pub fn load_catalog(&self, catalog: &Catalog, now_ms: u64) -> Result<usize, String> {
         load_catalog(self, catalog, now_ms)

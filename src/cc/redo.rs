@@ -31,6 +31,11 @@ pub(super) const TAG_DEBIT: u8 = 5;
 pub(super) const TAG_REFUND: u8 = 6;
 pub(super) const TAG_EVENT: u8 = 7;
 pub(super) const TAG_SESSION_GONE: u8 = 8;
+/// Snapshots only: an account's balance, status, bundles and holds.
+pub(super) const TAG_ACCOUNT: u8 = 9;
+
+/// The first bytes of a snapshot body.
+pub(super) const SNAPSHOT_MAGIC: &[u8; 8] = b"GYROSNP1";
 
 /// Builds one record. Reused across requests: clearing keeps the capacity, so steady state
 /// does not allocate.

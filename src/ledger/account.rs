@@ -14,7 +14,7 @@ use crate::rating::{Currency, MoneyMinor};
 use super::holds::{HoldSlab, List, Reservation, BUNDLE_NONE, NONE};
 use super::keys::Outcome;
 use super::{
-    AccountId, AccountView, BundleIndex, BundleView, Committed, NewAccount, Reject, ReservationKey,
+    AccountId, AccountView, BundleIndex, BundleView, Committed, HoldView, NewAccount, Reject, ReservationKey,
     AMOUNT_MAX_MINOR, BALANCE_MAX_MINOR, BUNDLES_PER_ACCOUNT_MAX, CURRENCIES_MAX,
     RESERVATIONS_PER_ACCOUNT_MAX,
 };
@@ -182,6 +182,18 @@ impl<'a> AccountRef<'a> {
     }
 
     /// The account's holds, newest first.
+    /// The account's holds, for snapshots.
+    pub(super) fn hold_views(self) -> Vec<HoldView> {
+        self.holds()
+            .map(|r| HoldView {
+                key: r.key(),
+                money: MoneyMinor(r.money()),
+                units: (r.bundle() != BUNDLE_NONE).then_some((BundleIndex(u16::from(r.bundle())), r.units)),
+                expires_at_ms: r.expires_at_ms,
+            })
+            .collect()
+    }
+
     fn holds(self) -> impl Iterator<Item = &'a Reservation> {
         self.list().map(|(_, hold)| hold)
     }
@@ -350,6 +362,32 @@ impl<'a> AccountMut<'a> {
 
     pub(super) fn set_status(&mut self, status: AccountStatus) -> Result<((), Effect), Reject> {
         self.account.status = status;
+        Ok(((), Effect::NONE))
+    }
+
+    /// Sets the balance a snapshot recorded, booking the difference as funding (up) or as a
+    /// debit (down, overdraft allowed), so conservation holds exactly.
+    pub(super) fn restore_balance(&mut self, balance: i64) -> Result<((), Effect), Reject> {
+        let delta = balance - self.account.balance;
+        self.as_ref().balance_plus(delta)?;
+        self.account.balance = balance;
+        let (funded, debited) = if delta >= 0 { (delta, 0) } else { (0, -delta) };
+        let overdraft = self.as_ref().available() < 0;
+        Ok(((), Effect { balance: delta, funded, debited, overdraft, ..Effect::NONE }))
+    }
+
+    /// Sets a bundle's remaining units as a snapshot recorded them: at most what it has now
+    /// (units are only ever consumed) and at least what is held on it.
+    pub(super) fn restore_bundle(
+        &mut self,
+        index: BundleIndex,
+        remaining: u64,
+    ) -> Result<((), Effect), Reject> {
+        let bundle = self.bundles_mut().get_mut(usize::from(index.0)).ok_or(Reject::BundleNotFound)?;
+        if remaining > bundle.remaining || remaining < bundle.reserved {
+            return Err(Reject::InsufficientUnits);
+        }
+        bundle.remaining = remaining;
         Ok(((), Effect::NONE))
     }
 

@@ -254,6 +254,15 @@ pub struct AccountView {
     pub reservations: usize,
 }
 
+/// An open reservation as a snapshot keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HoldView {
+    pub key: ReservationKey,
+    pub money: MoneyMinor,
+    pub units: Option<(BundleIndex, u64)>,
+    pub expires_at_ms: u64,
+}
+
 #[derive(Clone, Debug)]
 pub struct BundleView {
     pub index: BundleIndex,
@@ -414,6 +423,24 @@ impl Ledger {
         let customers = self.customers.read().expect("customer table lock poisoned");
         view.customer = customers.get(customer).to_string();
         Some(view)
+    }
+
+    /// The account's open reservations (for snapshots; not the hot path).
+    pub fn holds(&self, id: AccountId) -> Option<Vec<HoldView>> {
+        Some(self.slot(id).lock().account(slot_of(id))?.hold_views())
+    }
+
+    /// Sets the balance a snapshot recorded, booking the difference from the current one as
+    /// funding or as a debit: conservation stays exact, though how the history split between
+    /// top-ups and debits before the snapshot is not kept.
+    pub fn restore_balance(&self, id: AccountId, balance: MoneyMinor) -> Result<(), Reject> {
+        self.slot(id).run(slot_of(id), |account| account.restore_balance(balance.0))
+    }
+
+    /// Sets a bundle's remaining units from a snapshot (never more than now, never below what is
+    /// held on it: call it before restoring holds).
+    pub fn restore_bundle(&self, id: AccountId, index: BundleIndex, remaining: u64) -> Result<(), Reject> {
+        self.slot(id).run(slot_of(id), |account| account.restore_bundle(index, remaining))
     }
 
     pub fn set_status(&self, id: AccountId, status: AccountStatus) -> Result<(), Reject> {

@@ -62,7 +62,7 @@ impl Charging {
                 _ = tick.tick() => {}
             }
             let stats = match &self.journal {
-                Some(journal) => self.engine.sweep_with(self.now(), &mut Sink { journal, reply: None }),
+                Some(journal) => self.engine.sweep_with(self.now(), &mut Sink::new(journal, None)),
                 None => self.engine.sweep(self.now()),
             };
             if stats.sessions_expired > 0 || stats.reservations_released > 0 {
@@ -95,7 +95,7 @@ impl Application for Charging {
         };
         // The journal's append blocks only while its buffer is full (backpressure, bounded by
         // JOURNAL_BUFFER_MAX_BYTES): for as long as one batch takes to write and sync.
-        let mut sink = Sink { journal, reply: Some(reply) };
+        let mut sink = Sink::new(journal, Some(reply));
         if self.engine.handle_with(self.now(), &req.msg, out, &mut sink) {
             Handled::Deferred
         } else {
