@@ -1,0 +1,168 @@
+//! Recovery time: start-up on a data directory whose journal holds many records, for many
+//! accounts (the durability issue's target: 1 M accounts and 10 M records in under 10 s).
+//!
+//! `cargo bench --bench recovery` writes 1 M accounts' catalog and 10 M records (CCR-I, CCR-U
+//! with usage and a new grant, CCR-T: the engine's own records, through the real journal with
+//! fsync off, which changes how fast they are written, not what is written), then times
+//! `durable::start` on the directory: catalog load, journal scan and replay. It also times a
+//! checkpoint and the start-up from that snapshot. `cargo test --benches` runs a small size.
+//! GYRO_RECOVERY_ACCOUNTS and GYRO_RECOVERY_RECORDS override the sizes.
+
+use std::time::Instant;
+
+use bytes::BytesMut;
+use gyro::catalog::Catalog;
+use gyro::cc::{EngineConfig, Now, RecordSink};
+use gyro::diameter::encode::spec;
+use gyro::diameter::{ApplicationId, AvpSpec, CommandCode, CommandFlags, Encoder, LocalIdentity, MessageRef};
+use gyro::durable::{checkpoint, start, Sink};
+use gyro::journal::{Fsync, JournalConfig};
+
+const NOW: Now = Now { mono_ms: 1_000, unix_secs: 1_796_000_000 };
+
+fn local() -> LocalIdentity {
+    LocalIdentity {
+        origin_host: "gyro.bench".into(),
+        origin_realm: "bench".into(),
+        host_ip_addresses: vec![],
+        vendor_id: 0,
+        product_name: "gyro".into(),
+        firmware_revision: 0,
+        origin_state_id: 1,
+    }
+}
+
+fn catalog_text(accounts: usize) -> String {
+    let mut s = String::from(
+        "[[plans]]\nid = \"p\"\nname = \"P\"\ncurrency = \"EUR\"\n  [[plans.services]]\n  name = \"data\"\n  \
+         contexts = [32251]\n  unit = \"octets\"\n  price = \"0.01\"\n  per = 1048576\n  quota = 10485760\n\
+         [[customers]]\nid = \"c\"\nname = \"C\"\nplan = \"p\"\n",
+    );
+    for i in 0..accounts {
+        s.push_str(&format!(
+            "[[accounts]]\ncustomer = \"c\"\nsubscription_ids = [\"e164:4917{i:08}\"]\nfunding = \"prepaid\"\nbalance = \"1000.00\"\n"
+        ));
+    }
+    s
+}
+
+fn ccr(out: &mut BytesMut, session: &str, msisdn: &str, kind: u32, number: u32) {
+    out.clear();
+    let mut e = Encoder::new(
+        out,
+        CommandFlags(CommandFlags::REQUEST),
+        CommandCode::CREDIT_CONTROL,
+        ApplicationId::CREDIT_CONTROL,
+        number,
+        number,
+    );
+    e.str(spec::SESSION_ID, session);
+    e.str(spec::ORIGIN_HOST, "pgw").str(spec::ORIGIN_REALM, "bench");
+    e.str(spec::DESTINATION_REALM, "bench").u32(spec::AUTH_APPLICATION_ID, 4);
+    e.str(AvpSpec::mandatory(461), "32251@3gpp.org");
+    e.u32(AvpSpec::mandatory(416), kind).u32(AvpSpec::mandatory(415), number);
+    let g = e.begin_group(AvpSpec::mandatory(443));
+    e.u32(AvpSpec::mandatory(450), 0).str(AvpSpec::mandatory(444), msisdn);
+    e.end_group(g);
+    let m = e.begin_group(AvpSpec::mandatory(456));
+    if kind != 3 {
+        let r = e.begin_group(AvpSpec::mandatory(437));
+        e.end_group(r);
+    }
+    if kind != 1 {
+        let u = e.begin_group(AvpSpec::mandatory(446));
+        e.u64(AvpSpec::mandatory(421), 1_048_576);
+        e.end_group(u);
+    }
+    e.u32(AvpSpec::mandatory(432), 10);
+    e.end_group(m);
+    e.finish();
+}
+
+/// Journals without holding the answer (nobody waits for it here).
+struct Journaling<'a, 'b>(&'a mut Sink<'b>);
+
+impl RecordSink for Journaling<'_, '_> {
+    fn append(&mut self, record: &[u8], _answer: &[u8]) -> bool {
+        self.0.append(record, &[]);
+        false
+    }
+}
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let accounts = env("GYRO_RECOVERY_ACCOUNTS", if full { 1_000_000 } else { 1_000 });
+    let records = env("GYRO_RECOVERY_RECORDS", if full { 10_000_000 } else { 10_000 });
+    let dir = tempfile::tempdir().unwrap();
+    let text = catalog_text(accounts);
+    let catalog = Catalog::from_toml("bench", &text).unwrap();
+    let journal_cfg = || JournalConfig { fsync: Fsync::Off, ..JournalConfig::new(dir.path()) };
+
+    // Write: sessions of 10 records each (I, 8 × U, T), round robin over the accounts.
+    let t = Instant::now();
+    let started = start(&catalog, &text, EngineConfig::new(&local()), Some(journal_cfg()), NOW).unwrap();
+    let (journal, _) = started.journal.as_ref().unwrap();
+    let mut sink = Sink::new(journal, None);
+    let mut req = BytesMut::new();
+    let mut out = BytesMut::new();
+    let msisdns: Vec<String> = (0..accounts).map(|i| format!("4917{i:08}")).collect();
+    let sessions = records.div_ceil(10);
+    let mut written = 0usize;
+    'all: for round in 0..sessions.div_ceil(accounts) {
+        for (a, msisdn) in msisdns.iter().enumerate() {
+            let session = format!("pgw;{round};{a}");
+            for (kind, number) in [(1, 0)].into_iter().chain((1..=8).map(|n| (2, n))).chain([(3, 9)]) {
+                ccr(&mut req, &session, msisdn, kind, number);
+                out.clear();
+                started.engine.handle_with(
+                    NOW,
+                    &MessageRef::parse(&req).unwrap(),
+                    &mut out,
+                    &mut Journaling(&mut sink),
+                );
+                written += 1;
+                if written == records {
+                    break 'all;
+                }
+            }
+        }
+    }
+    journal.wait_durable(sink.lsn.unwrap()).unwrap();
+    let appended = journal.stats();
+    let write_s = t.elapsed().as_secs_f64();
+    drop(sink);
+    drop(started);
+
+    // Recover: catalog + every record.
+    let t = Instant::now();
+    let recovered = start(&catalog, &text, EngineConfig::new(&local()), Some(journal_cfg()), NOW).unwrap();
+    let recover_s = t.elapsed().as_secs_f64();
+    let (journal, report) = recovered.journal.as_ref().unwrap();
+    assert_eq!(report.records_replayed, appended.records);
+    assert!(recovered.engine.ledger().check_conservation());
+
+    // Checkpoint, then recover from the snapshot.
+    let t = Instant::now();
+    let snap = checkpoint(journal, &catalog, &recovered.engine_cfg, 1, NOW).unwrap().unwrap();
+    let checkpoint_s = t.elapsed().as_secs_f64();
+    drop(recovered);
+    let t = Instant::now();
+    let from_snapshot =
+        start(&catalog, &text, EngineConfig::new(&local()), Some(journal_cfg()), NOW).unwrap();
+    let from_snapshot_s = t.elapsed().as_secs_f64();
+    assert_eq!(from_snapshot.journal.as_ref().unwrap().1.records_replayed, 0);
+
+    println!(
+        "recovery: {accounts} accounts, {} records ({:.0} MB journal) written in {write_s:.1} s; \
+         start-up replaying all of them: {recover_s:.2} s ({:.0} k records/s incl. catalog); \
+         checkpoint: {checkpoint_s:.2} s ({} MB snapshot); start-up from the snapshot: {from_snapshot_s:.2} s",
+        appended.records,
+        appended.bytes as f64 / 1e6,
+        appended.records as f64 / recover_s / 1e3,
+        snap.bytes / 1_000_000,
+    );
+}
