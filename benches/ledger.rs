@@ -5,9 +5,8 @@
 //!
 //! Run: `cargo bench --bench ledger`. `cargo test --benches` runs each once as a smoke test.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
-use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -17,25 +16,12 @@ use gyro::catalog::{AccountStatus, Funding, SubscriptionKind};
 use gyro::ledger::{AccountId, Ledger, NewAccount, NewBundle, ReservationKey, ACCOUNTS_PER_CHUNK, SHARDS};
 use gyro::rating::{Currency, MoneyMinor};
 
-struct Counting;
-
-static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
+#[path = "support/counting.rs"]
+mod counting;
+use counting::{ALLOCATIONS, LIVE};
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: counting::Counting = counting::Counting;
 
 const EUR: Currency = Currency { code: "EUR", numeric: 978, exponent: 2 };
 const ACCOUNTS: u32 = 100_000;
@@ -77,17 +63,16 @@ fn memory_report() {
     for (shape, realistic) in
         [("bare (no subscription, customer or bundle)", false), ("customer + MSISDN + 1 bundle", true)]
     {
-        let before = LIVE_BYTES.load(Ordering::Relaxed);
+        let before = LIVE.load(Ordering::Relaxed);
         let ledger = Ledger::new();
-        let empty = LIVE_BYTES.load(Ordering::Relaxed);
+        let empty = LIVE.load(Ordering::Relaxed);
         let input: Vec<NewAccount> = (0..ACCOUNTS).map(|n| account(n, realistic)).collect();
-        let (input_bytes, allocations) =
-            (LIVE_BYTES.load(Ordering::Relaxed), ALLOCATIONS.load(Ordering::Relaxed));
+        let (input_bytes, allocations) = (LIVE.load(Ordering::Relaxed), ALLOCATIONS.load(Ordering::Relaxed));
         for new in input {
             ledger.create(new).unwrap();
         }
         // The inputs are freed by now (the strings are copied into the ledger, not moved).
-        let after = LIVE_BYTES.load(Ordering::Relaxed);
+        let after = LIVE.load(Ordering::Relaxed);
         let per_account = (after - empty) as f64 / f64::from(ACCOUNTS);
         let allocations = (ALLOCATIONS.load(Ordering::Relaxed) - allocations) as f64 / f64::from(ACCOUNTS);
         println!(

@@ -528,9 +528,7 @@ impl Ledger {
             expires_at_ms <= now_ms.saturating_add(RESERVATION_TTL_MS_MAX),
             "reservation deadline beyond RESERVATION_TTL_MS_MAX"
         );
-        check_amount(money.0)?;
-        self.slot(id)
-            .run(slot_of(id), |account| account.reserve(now_ms, key, money.0, units, expires_at_ms, true))
+        self.hold(now_ms, id, key, money, units, expires_at_ms, true)
     }
 
     /// A reservation recovered from the journal: like `reserve`, but without the checks that
@@ -549,10 +547,25 @@ impl Ledger {
         units: Option<(BundleIndex, u64)>,
         expires_at_ms: u64,
     ) -> Result<(), Reject> {
-        check_amount(money.0)?;
         let expires_at_ms = expires_at_ms.min(now_ms.saturating_add(RESERVATION_TTL_MS_MAX));
+        self.hold(now_ms, id, key, money, units, expires_at_ms, false)
+    }
+
+    /// `reserve` (`checked`) and `restore_reservation`.
+    #[allow(clippy::too_many_arguments)]
+    fn hold(
+        &self,
+        now_ms: u64,
+        id: AccountId,
+        key: ReservationKey,
+        money: MoneyMinor,
+        units: Option<(BundleIndex, u64)>,
+        expires_at_ms: u64,
+        checked: bool,
+    ) -> Result<(), Reject> {
+        check_amount(money.0)?;
         self.slot(id)
-            .run(slot_of(id), |account| account.reserve(now_ms, key, money.0, units, expires_at_ms, false))
+            .run(slot_of(id), |account| account.reserve(now_ms, key, money.0, units, expires_at_ms, checked))
     }
 
     /// Closes a reservation with its usage: debits `money_used` (even above the hold: late
