@@ -20,6 +20,9 @@
 //! Requests the client sent without getting an answer are "in doubt": their record may or may
 //! not have reached the journal. The checks bound the money by them: `initial − acknowledged −
 //! in doubt ≤ balance ≤ initial − acknowledged`.
+//!
+//! The `#[ignore]`d tests at the end pin bugs found on the way (each reason says what is wrong);
+//! `cargo test --test durability -- --ignored` shows them failing.
 
 #![cfg(unix)]
 
@@ -1871,4 +1874,206 @@ fn recovery_rebuilds_the_live_state() {
     c.sweep(1100 + 86_400);
     assert_eq!(live.engine.ledger().stats().open_reservations, 0);
     eprintln!("recovery equals the live state: {:?}", began.elapsed());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bugs found (ignored so the suite stays green; see each reason)
+
+#[test]
+#[ignore = "bug: recovery re-registers an event debit's idempotency key with allow_overdraft = true (Engine::recover, TAG_DEBIT) while the live CCR-E registered it with false, so after a restart a CCR-E retransmitted after the 4-minute duplicate window is refused 5012 (Reject::KeyReused) where the live server answers 2001"]
+fn an_event_retransmitted_late_is_answered_alike_after_a_restart() {
+    let setup = Setup::new(SIMPLE_CATALOG);
+    let mut live = Node::start(&setup, at(0));
+    let mut q = Requests::new();
+    let debit = q.encode(&Ccr::event("s-e", "e164:491710000001", DIRECT_DEBITING, 1));
+    rc_is("debit", &live.handle(at(0), &debit), 2001);
+    live.close();
+    let recovered = Node::start(&setup, at(10));
+    // Five minutes on: past the duplicate window of both; neither charges again.
+    let late = retransmission(&debit);
+    let from_live = live.handle(at(300), &late);
+    let from_recovered = recovered.handle(at(300), &late);
+    rc_is("live", &from_live, 2001);
+    assert_same_state("after the late retransmission", &live.engine, &recovered.engine);
+    rc_is("recovered", &from_recovered, 2001);
+}
+
+const BUNDLE_CATALOG: &str = r#"
+[[plans]]
+id = "b"
+name = "B"
+currency = "EUR"
+
+  [[plans.services]]
+  name = "data"
+  contexts = [32251]
+  unit = "octets"
+  price = "0.01"
+  per = 1048576
+  quota = 10485760
+
+  [[plans.bundles]]
+  name = "day-pass"
+  service = "data"
+  units = 104857600
+  valid_days = 1
+
+[[customers]]
+id = "c1"
+name = "Customer One"
+plan = "b"
+
+[[accounts]]
+customer = "c1"
+subscription_ids = ["e164:491710000001"]
+funding = "prepaid"
+balance = "10.00"
+"#;
+
+#[test]
+#[ignore = "bug: a restart gives every catalog bundle a fresh validity: load_catalog sets expires_at_ms = now.mono_ms + valid_days on the new process's monotonic clock, and nothing durable (identity file, journal) remembers when the data directory's accounts were created, so a 1-day bundle used at T0 is still free at T0 + 25 h after a restart at T0 + 20 h"]
+fn bundle_validity_is_kept_across_a_restart() {
+    const HOUR_S: u64 = 3600;
+    let setup = Setup::new(BUNDLE_CATALOG);
+    let sub = "e164:491710000001";
+    let mut q = Requests::new();
+    // A fresh process at T0: monotonic clock near 0.
+    let first = Now { mono_ms: 1_000, unix_secs: T0 };
+    let mut live = Node::start(&setup, first);
+    let a = live.handle(first, &q.encode(&Ccr::new(INITIAL, "s1", 0, sub, GY).rg(10, Some(0), None)));
+    rc_is("CCR-I", &a, 2001);
+    let t = live.handle(first, &q.encode(&Ccr::new(TERMINATE, "s1", 1, sub, GY).rg(10, None, Some(MIB))));
+    rc_is("CCR-T", &t, 2001);
+    let bundle_unix_ms = |engine: &Engine, now: Now| {
+        let v = engine.ledger().view(AccountId(0)).unwrap();
+        redo_unix_ms(now, v.bundles[0].expires_at_ms)
+    };
+    let expires = bundle_unix_ms(&live.engine, first);
+    assert_eq!(expires, (T0 + 24 * HOUR_S) * 1000, "valid for one day from T0");
+    live.close();
+
+    // Restarted 20 hours later: a new process, its monotonic clock near 0 again.
+    let restart = Now { mono_ms: 1_000, unix_secs: T0 + 20 * HOUR_S };
+    let recovered = Node::start(&setup, restart);
+    let after = bundle_unix_ms(&recovered.engine, restart);
+    // 25 hours after T0 the day pass is over: a new grant is paid with money.
+    let later = Now { mono_ms: 1_000 + 5 * HOUR_S * 1000, unix_secs: T0 + 25 * HOUR_S };
+    let i = recovered.handle(later, &q.encode(&Ccr::new(INITIAL, "s2", 0, sub, GY).rg(10, Some(0), None)));
+    rc_is("CCR-I after the day pass", &i, 2001);
+    let v = recovered.engine.ledger().view(AccountId(0)).unwrap();
+    assert_eq!(
+        (v.reserved.0, v.bundles[0].reserved),
+        (10, 0),
+        "the grant is held in money, not from the expired bundle (bundle expiry before the restart at \
+         unix ms {expires}, after it {after})"
+    );
+}
+
+/// A monotonic instant as Unix milliseconds under the clocks `now` (as `cc::redo` stores
+/// deadlines).
+fn redo_unix_ms(now: Now, mono_ms: u64) -> u64 {
+    (now.unix_secs * 1000 + mono_ms).saturating_sub(now.mono_ms)
+}
+
+/// A journal whose disk never completes a write: records and their answers are held.
+#[derive(Default)]
+struct StalledDisk {
+    held: Vec<Bytes>,
+}
+
+impl RecordSink for StalledDisk {
+    fn append(&mut self, _record: &[u8], answer: &[u8]) -> bool {
+        self.held.push(Bytes::copy_from_slice(answer));
+        true
+    }
+}
+
+#[test]
+#[ignore = "bug (invariant 1, low severity): answers of requests that change nothing (CHECK_BALANCE, PRICE_ENQUIRY, refusals) leave at once, without Journal::after_pending, so they can show a change whose record is not durable yet (here a Remaining-Balance after a debit a crash would undo)"]
+fn no_answer_shows_a_debit_before_its_record_is_durable() {
+    let catalog = Catalog::from_toml("catalog.toml", SIMPLE_CATALOG).unwrap();
+    let engine = Engine::new(EngineConfig::new(&local()), Arc::new(gyro::ledger::Ledger::new()));
+    engine.load_catalog(&catalog, 1_000).unwrap();
+    let sub = "e164:491710000001";
+    let mut q = Requests::new();
+    let mut disk = StalledDisk::default();
+    let mut out = BytesMut::new();
+    let debit = q.encode(&Ccr::event("s-debit", sub, DIRECT_DEBITING, 2));
+    assert!(engine.handle_with(at(0), &msg(&debit), &mut out, &mut disk), "the debit waits for its record");
+    let check = q.encode(&Ccr::event("s-check", sub, CHECK_BALANCE, 1));
+    let waits = engine.handle_with(at(0), &msg(&check), &mut out, &mut disk);
+    if !waits {
+        // Answered at once: it may show only what a crash now would recover.
+        assert_eq!(remaining(&out), Some(10_000), "Remaining-Balance of a debit that is not durable");
+    }
+}
+
+/// Keeps the record of one request instead of appending it.
+#[derive(Default)]
+struct Delayed(Vec<u8>);
+
+impl RecordSink for Delayed {
+    fn append(&mut self, record: &[u8], _answer: &[u8]) -> bool {
+        self.0 = record.to_vec();
+        true
+    }
+}
+
+/// Handles `first`, then `second`, on two sessions of one account, and appends their records
+/// in the other order, as two threads can: each appends under its own session's lock, after
+/// its ledger operations, so the thread that handled `first` may reach the journal last.
+fn handle_reordered(node: &Node, t: u64, first: &Bytes, second: &Bytes) {
+    let journal = node.journal.as_ref().unwrap();
+    let mut out = BytesMut::new();
+    let mut slow = Delayed::default();
+    assert!(node.engine.handle_with(at(t), &msg(first), &mut out, &mut slow));
+    let mut sink = Sink { journal, reply: None };
+    assert!(node.engine.handle_with(at(t), &msg(second), &mut out, &mut sink));
+    sink.append(&slow.0, &[]);
+}
+
+#[test]
+#[ignore = "bug: recovery is not order-independent at RESERVATIONS_PER_ACCOUNT_MAX: restore_reservation still refuses LimitReached, so when one session's release (made first) reaches the journal after another session's reserve on the same account, an account that was at 256 holds cannot be recovered and gyro does not start"]
+fn recovery_does_not_depend_on_the_order_of_a_release_and_a_reserve() {
+    let setup = Setup::new(SIMPLE_CATALOG);
+    let sub = "e164:491710000001";
+    let mut q = Requests::new();
+    let mut node = Node::start(&setup, at(0));
+    let limit = gyro::ledger::RESERVATIONS_PER_ACCOUNT_MAX;
+    let mut d = Driver { node: &node, q: &mut q };
+    for n in 0..limit {
+        d.ok(0, "CCR-I", &Ccr::new(INITIAL, &format!("s{n}"), 0, sub, GY).rg(10, Some(0), None));
+    }
+    assert_eq!(node.engine.ledger().view(AccountId(0)).unwrap().reservations, limit);
+    // Session s0 ends (its hold released), then a new session takes the freed place.
+    let end = q.encode(&Ccr::new(TERMINATE, "s0", 1, sub, GY).rg(10, None, Some(MIB)));
+    let new = q.encode(&Ccr::new(INITIAL, "s-new", 0, sub, GY).rg(10, Some(0), None));
+    handle_reordered(&node, 1, &end, &new);
+    node.close();
+    let recovered = Node::start(&setup, at(2));
+    assert_same_state("recovered", &node.engine, &recovered.engine);
+}
+
+#[test]
+#[ignore = "bug: recovery is not order-independent for bundle units: a commit's record carries the units it consumed (held + free), but Engine::recover applies it with Ledger::commit, which takes the units beyond the hold only from what is free at that point of the journal; if another session's release (made before the commit) is journaled after it, fewer units are consumed on recovery and the bundle comes back with free units the subscriber already used"]
+fn recovery_does_not_depend_on_the_order_of_a_release_and_a_commit() {
+    let setup = Setup::new(RECOVERY_CATALOG);
+    let mut q = Requests::new();
+    let mut node = Node::start(&setup, at(0));
+    // The family's 20 MiB data bundle, half held by each of two sessions.
+    for (s, sub) in [("s-1", FAMILY_1), ("s-2", FAMILY_2)] {
+        let ans = node.handle(at(0), &q.encode(&Ccr::new(INITIAL, s, 0, sub, GY).rg(10, Some(0), None)));
+        rc_is("CCR-I", &ans, 2001);
+        assert_eq!(granted(&ans, 10), Some(10 * MIB));
+    }
+    // Session 2 ends without usage (its 10 MiB come free), then session 1 reports 15 MiB: its
+    // own 10 and 5 of those just freed.
+    let end = q.encode(&Ccr::new(TERMINATE, "s-2", 1, FAMILY_2, GY).rg(10, None, Some(0)));
+    let used = q.encode(&Ccr::new(UPDATE, "s-1", 1, FAMILY_1, GY).rg(10, None, Some(15 * MIB)));
+    handle_reordered(&node, 10, &end, &used);
+    let bundle = &node.engine.ledger().view(AccountId(1)).unwrap().bundles[0];
+    assert_eq!((bundle.remaining, bundle.reserved), (5 * MIB, 0));
+    node.close();
+    let recovered = Node::start(&setup, at(20));
+    assert_same_state("recovered", &node.engine, &recovered.engine);
 }
