@@ -29,6 +29,9 @@ struct Entry {
     host: Box<str>,
     answer: Bytes,
     at_ms: u64,
+    /// What the caller wants to check a repeat against (the engine: a fingerprint of the
+    /// request, so different content under a used number is refused, not answered).
+    tag: u32,
 }
 
 #[derive(Debug, Default)]
@@ -99,34 +102,45 @@ impl DuplicateCache {
     /// The answer sent to an earlier request with this key and number, if it was sent within
     /// the window.
     pub fn lookup(&self, now_ms: u64, origin_host: &str, end_to_end: u32) -> Option<Bytes> {
+        self.lookup_tagged(now_ms, origin_host, end_to_end).map(|(answer, _)| answer)
+    }
+
+    /// `lookup`, with the tag the answer was remembered with.
+    pub fn lookup_tagged(&self, now_ms: u64, origin_host: &str, end_to_end: u32) -> Option<(Bytes, u32)> {
         let key = (key_hash(origin_host, self.case), end_to_end);
         let shard = self.shard(key).lock().unwrap_or_else(|p| p.into_inner());
         let e = shard.map.get(&key)?;
         let fresh = now_ms.saturating_sub(e.at_ms) < self.window_ms;
         if fresh && same(&e.host, origin_host, self.case) {
             self.replayed.fetch_add(1, Ordering::Relaxed);
-            return Some(e.answer.clone());
+            return Some((e.answer.clone(), e.tag));
         }
         None
     }
 
-    /// Remembers the answer to a request.
-    /// Every entry still within the window at `now_ms`, with its age: for snapshots.
-    pub fn entries(&self, now_ms: u64) -> Vec<(String, u32, Bytes, u64)> {
+    /// Every entry still within the window at `now_ms` (key, number, tag, answer): for
+    /// snapshots.
+    pub fn entries(&self, now_ms: u64) -> Vec<(String, u32, u32, Bytes)> {
         let mut all = Vec::new();
         for shard in &self.shards {
             let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
             for (&(_, number), e) in &shard.map {
                 let age = now_ms.saturating_sub(e.at_ms);
                 if age < self.window_ms {
-                    all.push((e.host.to_string(), number, e.answer.clone(), age));
+                    all.push((e.host.to_string(), number, e.tag, e.answer.clone()));
                 }
             }
         }
         all
     }
 
+    /// Remembers the answer to a request.
     pub fn insert(&self, now_ms: u64, origin_host: &str, end_to_end: u32, answer: Bytes) {
+        self.insert_tagged(now_ms, origin_host, end_to_end, 0, answer);
+    }
+
+    /// `insert`, with a tag `lookup_tagged` returns.
+    pub fn insert_tagged(&self, now_ms: u64, origin_host: &str, end_to_end: u32, tag: u32, answer: Bytes) {
         let key = (key_hash(origin_host, self.case), end_to_end);
         let mut shard = self.shard(key).lock().unwrap_or_else(|p| p.into_inner());
         self.expire(&mut shard, now_ms);
@@ -138,7 +152,7 @@ impl DuplicateCache {
             }
         }
         shard.order.push_back((now_ms, key));
-        shard.map.insert(key, Entry { host: origin_host.into(), answer, at_ms: now_ms });
+        shard.map.insert(key, Entry { host: origin_host.into(), answer, at_ms: now_ms, tag });
         debug_assert!(shard.map.len() <= self.per_shard_max);
     }
 

@@ -450,7 +450,7 @@ pub fn describe_record(record: &[u8], filter: &RecordFilter) -> Option<String> {
                 }
                 redo::TAG_EVENT => {
                     let id = String::from_utf8_lossy(r.bytes_field()?).into_owned();
-                    let number = r.u32()?;
+                    let (number, _print) = (r.u32()?, r.u32()?);
                     let answer = r.bytes_field()?.len();
                     parts.push(format!("event answer session-id={id:?} number={number} ({answer} bytes)"));
                     event_ids.push(id);
@@ -1139,7 +1139,14 @@ impl Engine {
     // CCR-E
 
     fn event(&self, now: Now, msg: &MessageRef<'_>, ccr: &Ccr<'_>, out: &mut BytesMut, tx: &mut Tx<'_>) {
-        if let Some(answer) = self.events.lookup(now.mono_ms, ccr.session_id, ccr.request_number) {
+        let print = fingerprint(msg.body);
+        if let Some((answer, first)) =
+            self.events.lookup_tagged(now.mono_ms, ccr.session_id, ccr.request_number)
+        {
+            if first != print {
+                self.refuse_number(msg, ccr, out, "CC-Request-Number already used by a different event");
+                return;
+            }
             let start = out.len();
             answer_again(&answer, &msg.header, out);
             // Not before the original's record is durable.
@@ -1150,13 +1157,9 @@ impl Engine {
         let changed = self.event_inner(now, msg, ccr, out, tx.rec);
         if changed {
             let answer = &out[start..];
-            self.events.insert(
-                now.mono_ms,
-                ccr.session_id,
-                ccr.request_number,
-                Bytes::copy_from_slice(answer),
-            );
-            tx.rec.event(ccr.session_id, ccr.request_number, answer);
+            let (id, n) = (ccr.session_id, ccr.request_number);
+            self.events.insert_tagged(now.mono_ms, id, n, print, Bytes::copy_from_slice(answer));
+            tx.rec.event(id, n, print, answer);
             tx.send(out, start);
         }
     }
@@ -1418,9 +1421,9 @@ impl Engine {
                 redo::TAG_EVENT => {
                     let session_id = std::str::from_utf8(r.bytes_field()?)
                         .map_err(|_| RecordError("an event's Session-Id is not UTF-8"))?;
-                    let number = r.u32()?;
+                    let (number, print) = (r.u32()?, r.u32()?);
                     let answer = Bytes::copy_from_slice(r.bytes_field()?);
-                    self.events.insert(now.mono_ms, session_id, number, answer);
+                    self.events.insert_tagged(now.mono_ms, session_id, number, print, answer);
                 }
                 _ => return Err(RecordError("unknown entry tag")),
             }
@@ -1466,8 +1469,8 @@ impl Engine {
             rec.clear();
         });
         sessions_done?;
-        for (session_id, number, answer, _age) in self.events.entries(now.mono_ms) {
-            rec.event(&session_id, number, &answer);
+        for (session_id, number, print, answer) in self.events.entries(now.mono_ms) {
+            rec.event(&session_id, number, print, &answer);
         }
         w.write_all(rec.bytes())
     }

@@ -123,9 +123,14 @@ impl Recorder {
         self.u8(TAG_REFUND).u32(account.0).u64(op).i64(amount.0);
     }
 
-    /// An event's answer, so a retransmitted CCR-E is answered again after a restart.
-    pub(super) fn event(&mut self, session_id: &str, number: u32, answer: &[u8]) {
-        self.u8(TAG_EVENT).bytes_field(session_id.as_bytes()).u32(number).bytes_field(answer);
+    /// An event's answer, with the request's fingerprint, so a retransmitted CCR-E is answered
+    /// again after a restart (and a different one under its number refused).
+    pub(super) fn event(&mut self, session_id: &str, number: u32, fingerprint: u32, answer: &[u8]) {
+        self.u8(TAG_EVENT)
+            .bytes_field(session_id.as_bytes())
+            .u32(number)
+            .u32(fingerprint)
+            .bytes_field(answer);
     }
 
     pub(super) fn session_gone(&mut self, key: [u64; 2]) {
