@@ -1496,7 +1496,7 @@ impl Node {
         let mut out = BytesMut::new();
         match &self.journal {
             Some(journal) => {
-                let mut tee = Tee { sink: Sink { journal, reply: None }, answer: None };
+                let mut tee = Tee { sink: Sink::new(journal, None), answer: None };
                 if self.engine.handle_with(now, &m, &mut out, &mut tee) {
                     assert!(out.is_empty(), "a journaled answer is not also sent at once");
                     return tee.answer.expect("the answer went with the record");
@@ -1513,7 +1513,7 @@ impl Node {
 
     fn sweep(&self, now: Now) -> SweepStats {
         match &self.journal {
-            Some(journal) => self.engine.sweep_with(now, &mut Sink { journal, reply: None }),
+            Some(journal) => self.engine.sweep_with(now, &mut Sink::new(journal, None)),
             None => self.engine.sweep(now),
         }
     }
@@ -2027,7 +2027,7 @@ fn handle_reordered(node: &Node, t: u64, first: &Bytes, second: &Bytes) {
     let mut out = BytesMut::new();
     let mut slow = Delayed::default();
     assert!(node.engine.handle_with(at(t), &msg(first), &mut out, &mut slow));
-    let mut sink = Sink { journal, reply: None };
+    let mut sink = Sink::new(journal, None);
     assert!(node.engine.handle_with(at(t), &msg(second), &mut out, &mut sink));
     sink.append(&slow.0, &[]);
 }
