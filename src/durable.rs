@@ -86,6 +86,9 @@ impl RecordSink for Sink<'_> {
 pub struct Identity {
     pub session_hash_key: [u8; 16],
     pub catalog_digest: String,
+    /// When the directory began: the catalog's accounts exist since then (bundle validity
+    /// counts from it, not from each start).
+    pub created_unix_ms: u64,
 }
 
 /// A digest of the catalog text, to notice a catalog changed under an existing journal.
@@ -116,7 +119,12 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DataDirError + '_ {
 
 /// Reads the identity of `dir`, or creates it (durably) for a new data directory. An existing
 /// journal with another catalog is refused.
-pub fn identity(dir: &Path, catalog_digest: &str, fresh_key: [u8; 16]) -> Result<Identity, DataDirError> {
+pub fn identity(
+    dir: &Path,
+    catalog_digest: &str,
+    fresh_key: [u8; 16],
+    now_unix_ms: u64,
+) -> Result<Identity, DataDirError> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let path = dir.join(IDENTITY_FILE);
     match std::fs::read_to_string(&path) {
@@ -132,10 +140,16 @@ pub fn identity(dir: &Path, catalog_digest: &str, fresh_key: [u8; 16]) -> Result
             Ok(id)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let id = Identity { session_hash_key: fresh_key, catalog_digest: catalog_digest.to_owned() };
+            let id = Identity {
+                session_hash_key: fresh_key,
+                catalog_digest: catalog_digest.to_owned(),
+                created_unix_ms: now_unix_ms,
+            };
             let key: String = id.session_hash_key.iter().map(|b| format!("{b:02x}")).collect();
-            let text =
-                format!("{IDENTITY_MAGIC}\nsession_hash_key = {key}\ncatalog = {}\n", id.catalog_digest);
+            let text = format!(
+                "{IDENTITY_MAGIC}\nsession_hash_key = {key}\ncatalog = {}\ncreated_unix_ms = {}\n",
+                id.catalog_digest, id.created_unix_ms
+            );
             // Written whole to a temporary name, synced, renamed, and the directory synced: a
             // crash leaves either no identity or this one.
             let tmp = dir.join("identity.tmp");
@@ -156,7 +170,7 @@ fn parse_identity(path: &Path, text: &str) -> Result<Identity, DataDirError> {
     if lines.next() != Some(IDENTITY_MAGIC) {
         return Err(bad("first line"));
     }
-    let (mut key, mut catalog) = (None, None);
+    let (mut key, mut catalog, mut created) = (None, None, None);
     for line in lines {
         match line.split_once(" = ") {
             Some(("session_hash_key", v)) if v.len() == 32 => {
@@ -167,12 +181,14 @@ fn parse_identity(path: &Path, text: &str) -> Result<Identity, DataDirError> {
                 key = Some(k);
             }
             Some(("catalog", v)) => catalog = Some(v.to_owned()),
+            Some(("created_unix_ms", v)) => created = Some(v.parse().map_err(|_| bad("created_unix_ms"))?),
             _ => return Err(bad("an unknown line")),
         }
     }
     Ok(Identity {
         session_hash_key: key.ok_or_else(|| bad("session_hash_key"))?,
         catalog_digest: catalog.ok_or_else(|| bad("catalog"))?,
+        created_unix_ms: created.ok_or_else(|| bad("created_unix_ms"))?,
     })
 }
 
@@ -213,12 +229,16 @@ pub fn start(
     journal: Option<JournalConfig>,
     now: Now,
 ) -> anyhow::Result<Started> {
+    let mut since_unix_ms = now.unix_secs * 1000;
     if let Some(j) = &journal {
-        let id = identity(&j.dir, &catalog_digest(catalog_text), engine_cfg.session_hash_key)?;
+        let id = identity(&j.dir, &catalog_digest(catalog_text), engine_cfg.session_hash_key, since_unix_ms)?;
         engine_cfg.session_hash_key = id.session_hash_key;
+        since_unix_ms = id.created_unix_ms;
     }
     let engine = Arc::new(Engine::new(engine_cfg.clone(), Arc::new(Ledger::new())));
-    let accounts = engine.load_catalog(catalog, now.mono_ms).map_err(|e| anyhow::anyhow!("catalog: {e}"))?;
+    let accounts = engine
+        .load_catalog_since(catalog, now, since_unix_ms)
+        .map_err(|e| anyhow::anyhow!("catalog: {e}"))?;
     let journal = match journal {
         Some(j) => {
             let dir = j.dir.clone();
@@ -238,6 +258,7 @@ pub fn recover(
     engine: &Engine,
     now: Now,
 ) -> anyhow::Result<(Arc<ChargingJournal>, RecoveryReport)> {
+    engine.ledger().begin_recovery();
     if let Some(snap) = snapshot::newest_valid(&cfg.dir)? {
         engine
             .load_snapshot(now, &snap.body)
@@ -245,7 +266,14 @@ pub fn recover(
         tracing::info!(snapshot = %snap.path.display(), lsn = %snap.lsn, "snapshot loaded");
         cfg.start_after = snap.lsn;
     }
+    let dir = cfg.dir.clone();
     let (journal, report) = Journal::open(cfg, |_lsn, payload| engine.recover(now, payload))?;
+    anyhow::ensure!(
+        engine.ledger().end_recovery(),
+        "the ledger recovered from {} is inconsistent (conservation or an account's limits); this is \
+         a bug or records are missing: keep the directory for analysis and report it",
+        dir.display()
+    );
     Ok((Arc::new(journal), report))
 }
 
@@ -330,8 +358,10 @@ pub fn checkpoint(
     if upto <= base_lsn {
         return Ok(None);
     }
+    let since_unix_ms = read_identity(dir)?.created_unix_ms;
     let engine = Engine::new(engine_cfg.clone(), Arc::new(Ledger::new()));
-    engine.load_catalog(catalog, now.mono_ms).map_err(|e| anyhow::anyhow!("catalog: {e}"))?;
+    engine.load_catalog_since(catalog, now, since_unix_ms).map_err(|e| anyhow::anyhow!("catalog: {e}"))?;
+    engine.ledger().begin_recovery();
     if let Some(b) = &base {
         engine.load_snapshot(now, &b.body).with_context(|| format!("snapshot {}", b.path.display()))?;
     }
@@ -345,6 +375,7 @@ pub fn checkpoint(
         }
         Ok(())
     })?;
+    anyhow::ensure!(engine.ledger().end_recovery(), "checkpoint: the replayed ledger is inconsistent");
     anyhow::ensure!(
         records == upto.0 - base_lsn.0,
         "checkpoint: read {records} records after LSN {base_lsn}, expected {} up to {upto}",
@@ -363,15 +394,15 @@ mod tests {
     #[test]
     fn identity_is_created_once_and_refuses_another_catalog() {
         let dir = tempfile::tempdir().unwrap();
-        let a = identity(dir.path(), "aa", [1; 16]).unwrap();
-        assert_eq!(a.session_hash_key, [1; 16]);
-        // A second start keeps the first key.
-        let b = identity(dir.path(), "aa", [2; 16]).unwrap();
+        let a = identity(dir.path(), "aa", [1; 16], 5_000).unwrap();
+        assert_eq!((a.session_hash_key, a.created_unix_ms), ([1; 16], 5_000));
+        // A second start keeps the first key and creation time.
+        let b = identity(dir.path(), "aa", [2; 16], 9_000).unwrap();
         assert_eq!(b, a);
-        let e = identity(dir.path(), "bb", [2; 16]).unwrap_err().to_string();
+        let e = identity(dir.path(), "bb", [2; 16], 9_000).unwrap_err().to_string();
         assert!(e.contains("catalog changed") && e.contains("empty data directory"), "{e}");
         std::fs::write(dir.path().join(IDENTITY_FILE), "something else\n").unwrap();
-        let e = identity(dir.path(), "aa", [2; 16]).unwrap_err().to_string();
+        let e = identity(dir.path(), "aa", [2; 16], 9_000).unwrap_err().to_string();
         assert!(e.contains("not a gyro identity file"), "{e}");
     }
 

@@ -21,8 +21,11 @@
 //! not have reached the journal. The checks bound the money by them: `initial − acknowledged −
 //! in doubt ≤ balance ≤ initial − acknowledged`.
 //!
-//! The `#[ignore]`d tests at the end pin bugs found on the way (each reason says what is wrong);
-//! `cargo test --test durability -- --ignored` shows them failing.
+//! The tests at the end pinned bugs found on the way, now fixed: a commit or reserve recovered
+//! in another order than it was made (bundle units taken from what was free, the hold limit),
+//! bundle validity renewed by a restart, an event's idempotency key remembered as another
+//! operation after a restart, and a read (CHECK_BALANCE) answered before the records it
+//! reflects were durable.
 
 #![cfg(unix)]
 
@@ -1880,7 +1883,6 @@ fn recovery_rebuilds_the_live_state() {
 // Bugs found (ignored so the suite stays green; see each reason)
 
 #[test]
-#[ignore = "bug: recovery re-registers an event debit's idempotency key with allow_overdraft = true (Engine::recover, TAG_DEBIT) while the live CCR-E registered it with false, so after a restart a CCR-E retransmitted after the 4-minute duplicate window is refused 5012 (Reject::KeyReused) where the live server answers 2001"]
 fn an_event_retransmitted_late_is_answered_alike_after_a_restart() {
     let setup = Setup::new(SIMPLE_CATALOG);
     let mut live = Node::start(&setup, at(0));
@@ -1931,7 +1933,6 @@ balance = "10.00"
 "#;
 
 #[test]
-#[ignore = "bug: a restart gives every catalog bundle a fresh validity: load_catalog sets expires_at_ms = now.mono_ms + valid_days on the new process's monotonic clock, and nothing durable (identity file, journal) remembers when the data directory's accounts were created, so a 1-day bundle used at T0 is still free at T0 + 25 h after a restart at T0 + 20 h"]
 fn bundle_validity_is_kept_across_a_restart() {
     const HOUR_S: u64 = 3600;
     let setup = Setup::new(BUNDLE_CATALOG);
@@ -1989,7 +1990,6 @@ impl RecordSink for StalledDisk {
 }
 
 #[test]
-#[ignore = "bug (invariant 1, low severity): answers of requests that change nothing (CHECK_BALANCE, PRICE_ENQUIRY, refusals) leave at once, without Journal::after_pending, so they can show a change whose record is not durable yet (here a Remaining-Balance after a debit a crash would undo)"]
 fn no_answer_shows_a_debit_before_its_record_is_durable() {
     let catalog = Catalog::from_toml("catalog.toml", SIMPLE_CATALOG).unwrap();
     let engine = Engine::new(EngineConfig::new(&local()), Arc::new(gyro::ledger::Ledger::new()));
@@ -2033,7 +2033,6 @@ fn handle_reordered(node: &Node, t: u64, first: &Bytes, second: &Bytes) {
 }
 
 #[test]
-#[ignore = "bug: recovery is not order-independent at RESERVATIONS_PER_ACCOUNT_MAX: restore_reservation still refuses LimitReached, so when one session's release (made first) reaches the journal after another session's reserve on the same account, an account that was at 256 holds cannot be recovered and gyro does not start"]
 fn recovery_does_not_depend_on_the_order_of_a_release_and_a_reserve() {
     let setup = Setup::new(SIMPLE_CATALOG);
     let sub = "e164:491710000001";
@@ -2055,7 +2054,6 @@ fn recovery_does_not_depend_on_the_order_of_a_release_and_a_reserve() {
 }
 
 #[test]
-#[ignore = "bug: recovery is not order-independent for bundle units: a commit's record carries the units it consumed (held + free), but Engine::recover applies it with Ledger::commit, which takes the units beyond the hold only from what is free at that point of the journal; if another session's release (made before the commit) is journaled after it, fewer units are consumed on recovery and the bundle comes back with free units the subscriber already used"]
 fn recovery_does_not_depend_on_the_order_of_a_release_and_a_commit() {
     let setup = Setup::new(RECOVERY_CATALOG);
     let mut q = Requests::new();

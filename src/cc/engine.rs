@@ -442,11 +442,16 @@ pub fn describe_record(record: &[u8], filter: &RecordFilter) -> Option<String> {
                         account.0, key.session, key.rating_group
                     ));
                 }
-                tag @ (redo::TAG_DEBIT | redo::TAG_REFUND) => {
+                redo::TAG_DEBIT => {
+                    let (account, op, amount, overdraft) = (r.u32()?, r.u64()?, r.i64()?, r.u8()?);
+                    accounts.push(account);
+                    let late = if overdraft == 1 { " (usage: overdraft allowed)" } else { "" };
+                    parts.push(format!("debit account={account} key={op:016x} money={amount}{late}"));
+                }
+                redo::TAG_REFUND => {
                     let (account, op, amount) = (r.u32()?, r.u64()?, r.i64()?);
                     accounts.push(account);
-                    let what = if tag == redo::TAG_DEBIT { "debit" } else { "refund" };
-                    parts.push(format!("{what} account={account} key={op:016x} money={amount}"));
+                    parts.push(format!("refund account={account} key={op:016x} money={amount}"));
                 }
                 redo::TAG_EVENT => {
                     let id = String::from_utf8_lossy(r.bytes_field()?).into_owned();
@@ -816,9 +821,11 @@ impl Engine {
             shard.insert(session);
         } else {
             // RFC 4006 §5.6: a failed CCR-I leaves no session; release what was granted. The
-            // holds made and released cancel out: nothing to journal.
+            // holds made and released cancel out: nothing to journal. The refusal (a 4012, say)
+            // waits behind pending records like any answer that read balances.
             self.release_all(tx.rec, &mut session);
             tx.rec.clear();
+            tx.send(out, start);
         }
     }
 
@@ -1101,7 +1108,7 @@ impl Engine {
         if !committed && delta.0 > 0 {
             let op = key.session ^ u64::from(key.rating_group).rotate_left(32) ^ new_charge.0 as u64;
             match self.ledger.debit(now.mono_ms, account, op, delta, true) {
-                Ok(_) => rec.debit(account, op, delta),
+                Ok(_) => rec.debit(account, op, delta, true),
                 Err(r) => tracing::error!(?r, "late usage debit failed"),
             }
         }
@@ -1160,6 +1167,12 @@ impl Engine {
             let (id, n) = (ccr.session_id, ccr.request_number);
             self.events.insert_tagged(now.mono_ms, id, n, print, Bytes::copy_from_slice(answer));
             tx.rec.event(id, n, print, answer);
+            tx.send(out, start);
+        } else {
+            // Nothing changed, but the answer may show balances (Remaining-Balance,
+            // Check-Balance-Result, a 4012) that include changes whose records are still
+            // pending: it waits behind them (never for a new fsync of its own), so it never shows
+            // what a crash could undo.
             tx.send(out, start);
         }
     }
@@ -1252,7 +1265,7 @@ impl Engine {
                 } else {
                     match self.ledger.debit(now.mono_ms, account, op, cost, false) {
                         Ok(_) => {
-                            rec.debit(account, op, cost);
+                            rec.debit(account, op, cost, false);
                             answer.cost = Some(Amount { money: cost, currency: package.currency });
                             mscc.grant = Some(grant);
                             (ResultCode::SUCCESS, true)
@@ -1397,7 +1410,7 @@ impl Engine {
                     let (account, key) = r.key()?;
                     let (money, units) = (MoneyMinor(r.i64()?), r.u64()?);
                     self.ledger
-                        .commit(now.mono_ms, account, key, money, units)
+                        .restore_commit(now.mono_ms, account, key, money, units)
                         .map_err(|_| RecordError("a commit found no reservation"))?;
                 }
                 redo::TAG_RELEASE => {
@@ -1408,8 +1421,9 @@ impl Engine {
                 }
                 redo::TAG_DEBIT => {
                     let (account, op, amount) = (AccountId(r.u32()?), r.u64()?, MoneyMinor(r.i64()?));
+                    let allow_overdraft = r.u8()? == 1;
                     self.ledger
-                        .debit(now.mono_ms, account, op, amount, true)
+                        .restore_debit(account, op, amount, allow_overdraft)
                         .map_err(|_| RecordError("a debit was refused"))?;
                 }
                 redo::TAG_REFUND => {
@@ -1519,7 +1533,19 @@ impl Engine {
 
     /// Loads a catalog: creates accounts in the ledger and assigns each its package.
     pub fn load_catalog(&self, catalog: &Catalog, now_ms: u64) -> Result<usize, String> {
-        load_catalog(self, catalog, now_ms)
+        load_catalog(self, catalog, |valid_ms| now_ms.saturating_add(valid_ms))
+    }
+
+    /// `load_catalog` for accounts that exist since `since_unix_ms` (a data directory's
+    /// creation): bundles expire that long after it, not after this start, so a restart does not
+    /// renew them.
+    pub fn load_catalog_since(
+        &self,
+        catalog: &Catalog,
+        now: Now,
+        since_unix_ms: u64,
+    ) -> Result<usize, String> {
+        load_catalog(self, catalog, |valid_ms| redo::mono_ms(now, since_unix_ms.saturating_add(valid_ms)))
     }
 }
 
@@ -1684,7 +1710,12 @@ fn low_balance(available: MoneyMinor, service: &Service, package: &Package) -> b
 /// Bundles live from the catalog load for their number of days.
 const DAY_MS: u64 = 86_400_000;
 
-fn load_catalog(engine: &Engine, catalog: &Catalog, now_ms: u64) -> Result<usize, String> {
+/// `expires_at_ms` turns a bundle's validity into its monotonic deadline.
+fn load_catalog(
+    engine: &Engine,
+    catalog: &Catalog,
+    expires_at_ms: impl Fn(u64) -> u64,
+) -> Result<usize, String> {
     let packages = catalog.packages();
     for (i, a) in catalog.accounts.iter().enumerate() {
         let package = packages
@@ -1697,7 +1728,7 @@ fn load_catalog(engine: &Engine, catalog: &Catalog, now_ms: u64) -> Result<usize
             .map(|b| NewBundle {
                 service: b.service.clone(),
                 units: b.units,
-                expires_at_ms: now_ms.saturating_add(u64::from(b.valid_days) * DAY_MS),
+                expires_at_ms: expires_at_ms(u64::from(b.valid_days) * DAY_MS),
             })
             .collect();
         let account = NewAccount {

@@ -115,8 +115,9 @@ impl Recorder {
         self.u8(TAG_RELEASE).key(account, key);
     }
 
-    pub(super) fn debit(&mut self, account: AccountId, op: u64, amount: MoneyMinor) {
-        self.u8(TAG_DEBIT).u32(account.0).u64(op).i64(amount.0);
+    /// `allow_overdraft` as the debit was made: recovery remembers its key as that operation.
+    pub(super) fn debit(&mut self, account: AccountId, op: u64, amount: MoneyMinor, allow_overdraft: bool) {
+        self.u8(TAG_DEBIT).u32(account.0).u64(op).i64(amount.0).u8(u8::from(allow_overdraft));
     }
 
     pub(super) fn refund(&mut self, account: AccountId, op: u64, amount: MoneyMinor) {

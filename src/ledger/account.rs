@@ -127,7 +127,8 @@ impl Bundle {
     /// Units that may still be reserved or consumed: none once the bundle has expired.
     fn free(&self, now_ms: u64) -> u64 {
         if now_ms < self.expires_at_ms {
-            self.remaining - self.reserved
+            // Saturating: during recovery a bundle may briefly hold more than it has.
+            self.remaining.saturating_sub(self.reserved)
         } else {
             0
         }
@@ -198,10 +199,11 @@ impl<'a> AccountRef<'a> {
         self.list().map(|(_, hold)| hold)
     }
 
-    /// The account's holds with their slots, at most `RESERVATIONS_PER_ACCOUNT_MAX` of them
-    /// (the list is never longer: `violation` checks it).
+    /// The account's holds with their slots, at most its hold count of them (the list is never
+    /// longer: `violation` checks it; the count passes `RESERVATIONS_PER_ACCOUNT_MAX` only while
+    /// recovering).
     fn list(self) -> List<'a> {
-        self.holds.list(self.account.holds, RESERVATIONS_PER_ACCOUNT_MAX)
+        self.holds.list(self.account.holds, self.account.holds_len())
     }
 
     /// balance + credit_limit − reserved; negative only after an overdraft.
@@ -266,8 +268,16 @@ impl<'a> AccountRef<'a> {
     /// Why the account is inconsistent, if it is. Runs after every mutation, so it is linear in
     /// the (bounded) reservations and bundles, never quadratic.
     pub(super) fn violation(self) -> Option<&'static str> {
+        self.violation_in(false)
+    }
+
+    /// `violation`; `recovering` leaves out the two limits that recovery may cross for a while,
+    /// because it applies different sessions' records in journal order rather than in the order
+    /// the ledger applied them: the reservation count and a bundle's held units against what it
+    /// has left. `Ledger::end_recovery` checks everything again once all records are in.
+    pub(super) fn violation_in(self, recovering: bool) -> Option<&'static str> {
         let account = self.account;
-        if RESERVATIONS_PER_ACCOUNT_MAX < account.holds_len() {
+        if RESERVATIONS_PER_ACCOUNT_MAX < account.holds_len() && !recovering {
             return Some("more reservations than the limit");
         }
         if !(-BALANCE_MAX_MINOR..=BALANCE_MAX_MINOR).contains(&account.balance) {
@@ -305,7 +315,7 @@ impl<'a> AccountRef<'a> {
         if !self.bundle_holds_add_up() {
             return Some("a bundle's reserved units differ from the sum of its holds");
         }
-        if bundles.iter().any(|bundle| bundle.remaining < bundle.reserved) {
+        if !recovering && bundles.iter().any(|bundle| bundle.remaining < bundle.reserved) {
             return Some("a bundle holds more units than it has");
         }
         None
@@ -400,7 +410,19 @@ impl<'a> AccountMut<'a> {
     }
 
     pub(super) fn debit(&mut self, amount: i64, allow_overdraft: bool) -> Result<(Outcome, Effect), Reject> {
-        if self.account.status == AccountStatus::Barred {
+        self.debit_as(amount, allow_overdraft, true)
+    }
+
+    /// `debit`; unchecked (restoring a debit that was made) it neither refuses a barred account
+    /// nor insufficient funds, and flags an overdraft when it leaves the funds below zero.
+    pub(super) fn debit_as(
+        &mut self,
+        amount: i64,
+        allow_overdraft: bool,
+        checked: bool,
+    ) -> Result<(Outcome, Effect), Reject> {
+        let allow_overdraft = allow_overdraft || !checked;
+        if checked && self.account.status == AccountStatus::Barred {
             return Err(Reject::AccountBarred);
         }
         if !allow_overdraft && 0 < amount && self.as_ref().available() < amount {
@@ -446,14 +468,14 @@ impl<'a> AccountMut<'a> {
             if checked && bundle.free(now_ms) < units {
                 return Err(Reject::InsufficientUnits);
             }
-            // Restoring: never more than the bundle has left (held ≤ remaining stays true); the
-            // commit that follows consumes from what is held, then what is free, the same way.
-            units = units.min(bundle.remaining - bundle.reserved);
+            // Restoring: the units that were held, as far as the bundle has them at all.
+            units = units.min(bundle.remaining);
         }
-        if read.account.holds_len() == RESERVATIONS_PER_ACCOUNT_MAX {
+        // Restoring may pass the limit for a while (see `violation_in`), never the counter's width.
+        let limit = if checked { RESERVATIONS_PER_ACCOUNT_MAX } else { usize::from(u16::MAX) };
+        if read.account.holds_len() >= limit {
             return Err(Reject::LimitReached);
         }
-        assert!(read.account.holds_len() < RESERVATIONS_PER_ACCOUNT_MAX);
 
         let mut held = Reservation::new(key, money, bundle, units, expires_at_ms);
         held.next = self.account.holds;
@@ -469,12 +491,16 @@ impl<'a> AccountMut<'a> {
         Ok(((), Effect { reserved: money, open: 1, deadline_ms: expires_at_ms, overdraft, ..Effect::NONE }))
     }
 
+    /// Closes a hold with its usage. `exact` (restoring a commit): `units_used` are the units
+    /// the commit consumed when it was made, taken from the bundle whatever else is held on it
+    /// at this point of the journal.
     pub(super) fn commit(
         &mut self,
         now_ms: u64,
         key: ReservationKey,
         money_used: i64,
         units_used: u64,
+        exact: bool,
     ) -> Result<(Committed, Effect), Reject> {
         let (before, at) = self.as_ref().position(key).ok_or(Reject::ReservationNotFound)?;
         let balance = self.as_ref().balance_plus(-money_used)?;
@@ -486,8 +512,13 @@ impl<'a> AccountMut<'a> {
         let beyond_hold = units_used - from_hold;
         let from_free = match self.bundles_mut().get_mut(usize::from(held.bundle())) {
             Some(bundle) => {
-                let from_free = beyond_hold.min(bundle.free(now_ms));
-                bundle.remaining -= from_hold + from_free;
+                let free = if exact {
+                    bundle.remaining - from_hold.min(bundle.remaining)
+                } else {
+                    bundle.free(now_ms)
+                };
+                let from_free = beyond_hold.min(free);
+                bundle.remaining = bundle.remaining.saturating_sub(from_hold + from_free);
                 from_free
             }
             None => 0,

@@ -324,6 +324,9 @@ pub struct Ledger {
     creator: Mutex<Creator>,
     /// Accounts created; an id below this exists.
     accounts: AtomicU32,
+    /// Between `begin_recovery` and `end_recovery`: the order-dependent limits are not checked
+    /// after each operation (see `AccountRef::violation_in`).
+    recovering: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -362,7 +365,34 @@ impl Ledger {
             currencies: [const { OnceLock::new() }; CURRENCIES_MAX],
             creator: Mutex::new(Creator::default()),
             accounts: AtomicU32::new(0),
+            recovering: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    fn recovering(&self) -> bool {
+        self.recovering.load(Ordering::Relaxed)
+    }
+
+    /// Runs one operation on account `id` under its shard lock, with the checks after it.
+    fn run<T>(
+        &self,
+        id: AccountId,
+        operation: impl FnOnce(&mut AccountMut<'_>) -> Result<(T, account::Effect), Reject>,
+    ) -> Result<T, Reject> {
+        self.slot(id).run(slot_of(id), self.recovering(), operation)
+    }
+
+    /// Recovery is about to apply journal records (see `end_recovery`).
+    pub fn begin_recovery(&self) {
+        self.recovering.store(true, Ordering::Relaxed);
+    }
+
+    /// Recovery has applied every record: from now on every limit is checked after every
+    /// operation again, and this checks them all once, with conservation. `false` means the
+    /// recovered state is not one the ledger could have been in: a bug, or records missing.
+    pub fn end_recovery(&self) -> bool {
+        self.recovering.store(false, Ordering::Relaxed);
+        self.check_conservation()
     }
 
     /// Adds an account; its initial balance counts as funding.
@@ -434,17 +464,17 @@ impl Ledger {
     /// funding or as a debit: conservation stays exact, though how the history split between
     /// top-ups and debits before the snapshot is not kept.
     pub fn restore_balance(&self, id: AccountId, balance: MoneyMinor) -> Result<(), Reject> {
-        self.slot(id).run(slot_of(id), |account| account.restore_balance(balance.0))
+        self.run(id, |account| account.restore_balance(balance.0))
     }
 
     /// Sets a bundle's remaining units from a snapshot (never more than now, never below what is
     /// held on it: call it before restoring holds).
     pub fn restore_bundle(&self, id: AccountId, index: BundleIndex, remaining: u64) -> Result<(), Reject> {
-        self.slot(id).run(slot_of(id), |account| account.restore_bundle(index, remaining))
+        self.run(id, |account| account.restore_bundle(index, remaining))
     }
 
     pub fn set_status(&self, id: AccountId, status: AccountStatus) -> Result<(), Reject> {
-        self.slot(id).run(slot_of(id), |account| account.set_status(status))
+        self.run(id, |account| account.set_status(status))
     }
 
     /// balance + credit_limit − reserved, never below 0.
@@ -564,8 +594,9 @@ impl Ledger {
         checked: bool,
     ) -> Result<(), Reject> {
         check_amount(money.0)?;
-        self.slot(id)
-            .run(slot_of(id), |account| account.reserve(now_ms, key, money.0, units, expires_at_ms, checked))
+        self.slot(id).run(slot_of(id), self.recovering(), |account| {
+            account.reserve(now_ms, key, money.0, units, expires_at_ms, checked)
+        })
     }
 
     /// Closes a reservation with its usage: debits `money_used` (even above the hold: late
@@ -582,13 +613,43 @@ impl Ledger {
         units_used: u64,
     ) -> Result<Committed, Reject> {
         check_amount(money_used.0)?;
-        self.slot(id).run(slot_of(id), |account| account.commit(now_ms, key, money_used.0, units_used))
+        self.run(id, |account| account.commit(now_ms, key, money_used.0, units_used, false))
+    }
+
+    /// A commit recovered from the journal: `units_used` are the units it consumed when it was
+    /// made, taken from the bundle whatever other holds are on it at that point of the journal
+    /// (the release that freed them may come later in it).
+    pub fn restore_commit(
+        &self,
+        now_ms: u64,
+        id: AccountId,
+        key: ReservationKey,
+        money_used: MoneyMinor,
+        units_used: u64,
+    ) -> Result<Committed, Reject> {
+        check_amount(money_used.0)?;
+        self.run(id, |account| account.commit(now_ms, key, money_used.0, units_used, true))
+    }
+
+    /// A debit recovered from the journal: applied whatever the funds and status at this point
+    /// of the journal (it was made), and remembered under its key as the operation it was, so a
+    /// retransmission after the restart finds the same operation (`allow_overdraft` as made).
+    pub fn restore_debit(
+        &self,
+        id: AccountId,
+        key: u64,
+        amount: MoneyMinor,
+        allow_overdraft: bool,
+    ) -> Result<Committed, Reject> {
+        let op = KeyedOp { account: id.0, kind: KeyedKind::Debit { allow_overdraft }, amount: amount.0 };
+        let outcome = self.keyed(key, op, |account| account.debit_as(amount.0, allow_overdraft, false))?;
+        Ok(Committed { debited: amount, overdraft: outcome.overdraft, ..Committed::default() })
     }
 
     /// Voids a reservation: everything held goes back. Refused: `AccountNotFound`,
     /// `ReservationNotFound`.
     pub fn release(&self, id: AccountId, key: ReservationKey) -> Result<Committed, Reject> {
-        self.slot(id).run(slot_of(id), |account| account.release(key))
+        self.run(id, |account| account.release(key))
     }
 
     /// Releases every reservation whose deadline is at or before `now_ms`, returning each one
@@ -661,7 +722,7 @@ impl Ledger {
             return if known.op == op { Ok(known.outcome) } else { Err(Reject::KeyReused) };
         }
         let id = AccountId(op.account);
-        let outcome = self.slot(id).run(slot_of(id), apply)?;
+        let outcome = self.run(id, apply)?;
         keys.remember(key, op, outcome);
         Ok(outcome)
     }

@@ -116,6 +116,7 @@ impl ShardSlot {
     pub(super) fn run<T>(
         &self,
         slot: usize,
+        recovering: bool,
         operation: impl FnOnce(&mut AccountMut<'_>) -> Result<(T, Effect), Reject>,
     ) -> Result<T, Reject> {
         let mut guard = self.lock();
@@ -134,7 +135,7 @@ impl ShardSlot {
                 return Err(reject);
             }
         };
-        before.check(account.as_ref(), &effect);
+        before.check(account.as_ref(), &effect, recovering);
         chunk.deadline_min_ms = chunk.deadline_min_ms.min(effect.deadline_ms);
         sums.apply(account.account.currency, effect);
         // Published under the lock, so a sweep that reset the shard's minimum either sees this
@@ -177,7 +178,7 @@ impl ShardSlot {
                 let mut account = AccountMut::new(record, extras, holds);
                 let before = Before::of(account.as_ref());
                 let (effect, account_min_ms) = account.expire(now_ms, id, expired);
-                before.check(account.as_ref(), &effect);
+                before.check(account.as_ref(), &effect, false);
                 sums.apply(account.account.currency, effect);
                 deadline_min_ms = deadline_min_ms.min(account_min_ms);
             }
@@ -261,8 +262,8 @@ impl Before {
 
     /// The paired checks after a mutation: the account agrees with itself (holds sum up), and
     /// its balance, held money and available funds moved exactly by the effect's amounts.
-    fn check(&self, account: AccountRef<'_>, effect: &Effect) {
-        if let Some(what) = account.violation() {
+    fn check(&self, account: AccountRef<'_>, effect: &Effect, recovering: bool) {
+        if let Some(what) = account.violation_in(recovering) {
             panic!("ledger invariant violated: {what}");
         }
         let record = account.account;
@@ -271,7 +272,7 @@ impl Before {
         let available = account.available();
         assert_eq!(available - self.available, effect.balance - effect.reserved);
         assert!(
-            0 <= available || self.available <= available || effect.overdraft,
+            0 <= available || self.available <= available || effect.overdraft || recovering,
             "available funds went below 0 without an overdraft"
         );
     }
