@@ -121,6 +121,15 @@ fn engine_path(c: &mut Criterion) {
         engine.handle(now, &msg, out);
         black_box(out.len())
     };
+    // GYRO_ENGINE_LOOP=N: N steps and exit, for instruction counts under callgrind, which are
+    // repeatable on a shared machine where times are not:
+    // valgrind --tool=callgrind target/release/deps/engine-… --bench
+    if let Some(n) = std::env::var("GYRO_ENGINE_LOOP").ok().and_then(|v| v.parse::<u32>().ok()) {
+        for _ in 0..n {
+            step(&mut out);
+        }
+        std::process::exit(0);
+    }
     // Steady-state allocations, measured once before the timing.
     for _ in 0..100 {
         step(&mut out);
