@@ -81,8 +81,8 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # --- start gyro -------------------------------------------------------------
-echo "cc_run.sh: starting $GYRO serve --listen $HOST:$PORT (cwd $TMP)"
-(cd "$TMP" && exec "$GYRO" serve --listen "$HOST:$PORT") >"$TMP/gyro.log" 2>&1 &
+echo "cc_run.sh: starting $GYRO serve --listen $HOST:$PORT --data-dir $TMP/data (cwd $TMP)"
+(cd "$TMP" && exec "$GYRO" serve --listen "$HOST:$PORT" --data-dir "$TMP/data") >"$TMP/gyro.log" 2>&1 &
 GYRO_PID=$!
 
 deadline=$((SECONDS + 20))

@@ -133,6 +133,10 @@ cat >"$TMP/gyro.toml" <<EOF
 listen = "$HOST:$PORT"
 watchdog_interval_ms = 6000
 
+# Journaled, as in production (and without the in-memory warning the log check would flag).
+[journal]
+dir = "$TMP/data"
+
 [log]
 level = "debug"
 EOF
