@@ -99,6 +99,9 @@ pub struct DiameterConfig {
     pub watchdog_interval_ms: u64,
     /// Requests in flight per connection before 3004 TOO_BUSY.
     pub in_flight_per_connection: usize,
+    /// Requests in flight across connections before 3004 TOO_BUSY; new sessions and events are
+    /// refused from 75 % of it on, so open sessions keep being served.
+    pub in_flight_max: usize,
     /// Concurrent connections; more are closed at once.
     pub connections_max: usize,
     /// Largest message accepted; a larger one is a corrupt stream (5015, close).
@@ -126,6 +129,7 @@ impl Default for DiameterConfig {
             allowed_peers: None,
             watchdog_interval_ms: crate::limits::WATCHDOG_INTERVAL_MS_DEFAULT,
             in_flight_per_connection: IN_FLIGHT_PER_CONNECTION_MAX,
+            in_flight_max: crate::limits::IN_FLIGHT_TOTAL_MAX,
             connections_max: CONNECTIONS_MAX,
             message_size_max_bytes: MESSAGE_SIZE_MAX_BYTES,
             dictionary_dir: None,
@@ -195,6 +199,12 @@ impl Config {
                     "{} is below the RFC 3539 minimum of {WATCHDOG_INTERVAL_MS_MIN}",
                     d.watchdog_interval_ms
                 ),
+            ));
+        }
+        if !(1..=crate::limits::IN_FLIGHT_TOTAL_MAX).contains(&d.in_flight_max) {
+            return Err(err(
+                "diameter.in_flight_max",
+                format!("{} is outside 1..={}", d.in_flight_max, crate::limits::IN_FLIGHT_TOTAL_MAX),
             ));
         }
         if !(1..=IN_FLIGHT_PER_CONNECTION_MAX).contains(&d.in_flight_per_connection) {
@@ -287,6 +297,7 @@ impl Config {
     pub fn server_limits(&self) -> crate::net::ServerLimits {
         crate::net::ServerLimits {
             in_flight_per_connection: self.diameter.in_flight_per_connection,
+            in_flight_total: self.diameter.in_flight_max,
             connections: self.diameter.connections_max,
             message_size_bytes: self.diameter.message_size_max_bytes,
         }

@@ -30,6 +30,17 @@ pub const CONNECTIONS_MAX: usize = 1024;
 /// Requests dispatched but not yet answered on one connection; more get 3004 TOO_BUSY.
 pub const IN_FLIGHT_PER_CONNECTION_MAX: usize = 1024;
 
+/// Requests dispatched but not yet answered across all connections (the default, and the
+/// most `diameter.in_flight_max` may be). Beyond it every request gets 3004 TOO_BUSY; beyond
+/// `SHED_NEW_WORK_PERCENT` of it, new work (CCR-I, CCR-E) does, so sessions already open keep
+/// being served while load is shed.
+pub const IN_FLIGHT_TOTAL_MAX: usize = 16_384;
+
+/// Share of the server-wide in-flight limit above which new work is refused with 3004.
+pub const SHED_NEW_WORK_PERCENT: usize = 75;
+
+const _: () = assert!(SHED_NEW_WORK_PERCENT > 0 && SHED_NEW_WORK_PERCENT < 100);
+
 /// Answers queued for one connection's writer before the reader stops reading (backpressure).
 pub const WRITE_QUEUE_PER_CONNECTION_MAX: usize = 4096;
 

@@ -389,6 +389,87 @@ async fn in_flight_limit_answers_3004() {
     .unwrap();
 }
 
+/// Like `Deferring`, and CCR-I/CCR-E count as new work (as for the charging engine).
+#[derive(Default)]
+struct DeferringTyped(Deferring);
+
+impl Application for DeferringTyped {
+    fn id(&self) -> ApplicationId {
+        CC
+    }
+    fn handle(&self, req: &Request<'_>, out: &mut BytesMut, reply: Reply) -> Handled {
+        self.0.handle(req, out, reply)
+    }
+    fn is_new_work(&self, msg: &gyro::diameter::MessageRef<'_>) -> bool {
+        msg.find(AvpCode(416)).is_some_and(|a| a.data == 1u32.to_be_bytes() || a.data == 4u32.to_be_bytes())
+    }
+}
+
+fn ccr_of_type(c: &mut Client, session: &str, request_type: u32) -> bytes::Bytes {
+    let req = c.request(CCR, CC, |e| {
+        e.str(spec::DESTINATION_REALM, "test");
+        e.u32(spec::AUTH_APPLICATION_ID, 4);
+        e.str(AvpSpec::mandatory(461), "32251@3gpp.org");
+        e.u32(AvpSpec::mandatory(416), request_type);
+        e.u32(AvpSpec::mandatory(415), 0);
+    });
+    with_session(req, session)
+}
+
+#[tokio::test]
+async fn server_wide_limit_sheds_new_sessions_before_updates() {
+    let app = Arc::new(DeferringTyped::default());
+    // 4 in flight across the server; new work is refused from 3 (75 %) on.
+    let opts = Options { applications: vec![app.clone()], in_flight_total: 4, ..Options::default() };
+    let s = start(opts).await;
+    let mut c = Client::open(s.addr).await;
+    let held = |n: usize| {
+        let app = Arc::clone(&app);
+        async move {
+            tokio::time::timeout(STEP, async {
+                while app.0.held.lock().unwrap().len() < n {
+                    tokio::task::yield_now().await;
+                }
+            })
+            .await
+            .unwrap()
+        }
+    };
+    for i in 0..3 {
+        let req = ccr_of_type(&mut c, &format!("u;{i}"), 2);
+        c.send_raw(&req).await;
+    }
+    held(3).await;
+    // A new session is shed at 75 % ...
+    let req = ccr_of_type(&mut c, "new", 1);
+    c.send_raw(&req).await;
+    let a = c.recv().await.unwrap();
+    assert_eq!(result_code(&a), Some(3004));
+    assert!(msg(&a).header.flags.is_error());
+    // ... while an update of an open session is still served, up to the limit ...
+    let req = ccr_of_type(&mut c, "u;3", 2);
+    c.send_raw(&req).await;
+    held(4).await;
+    // ... and beyond it everything gets 3004.
+    let req = ccr_of_type(&mut c, "u;4", 3);
+    c.send_raw(&req).await;
+    assert_eq!(result_code(&c.recv().await.unwrap()), Some(3004));
+    assert_eq!(s.shared.shed.load(Ordering::Relaxed), 2);
+    // Requests still in flight on a closed connection stop counting.
+    drop(c);
+    tokio::time::timeout(STEP, async {
+        while s.shared.in_flight_total.load(Ordering::Relaxed) != 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the closed connection's requests no longer count");
+    let mut c = Client::open(s.addr).await;
+    let req = ccr_of_type(&mut c, "new;2", 1);
+    c.send_raw(&req).await;
+    held(5).await;
+}
+
 /// Panics on every request.
 struct Panicking;
 

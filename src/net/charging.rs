@@ -82,6 +82,13 @@ impl Application for Charging {
         ApplicationId::CREDIT_CONTROL
     }
 
+    /// CCR-I and CCR-E (RFC 4006 CC-Request-Type 1 and 4) start new work; CCR-U/T continue it.
+    fn is_new_work(&self, msg: &crate::diameter::MessageRef<'_>) -> bool {
+        let request_type =
+            msg.find(crate::diameter::AvpCode(416)).and_then(|a| <[u8; 4]>::try_from(a.data).ok());
+        matches!(request_type.map(u32::from_be_bytes), Some(1 | 4))
+    }
+
     /// The engine answers a retransmitted CCR from the session (Session-Id +
     /// CC-Request-Number) and a CCR-E from its event cache, byte for byte with the new ids.
     fn remembers_answers(&self) -> bool {

@@ -2,6 +2,7 @@
 //! write every answer produced by one read in a single write call.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +31,14 @@ pub(super) struct Connection {
     rx: mpsc::UnboundedReceiver<DeferredAnswer>,
     /// The peer's Origin-Host, shared by the duplicate-cache keys of its requests.
     peer_host: Option<Arc<str>>,
+}
+
+impl Drop for Connection {
+    /// Requests still in flight when the connection goes will never be answered on it (their
+    /// answers are dropped); they no longer count against the server-wide limit.
+    fn drop(&mut self) {
+        self.shared.in_flight_total.fetch_sub(self.in_flight, Ordering::Relaxed);
+    }
 }
 
 impl Connection {
@@ -210,12 +219,32 @@ impl Connection {
             );
             return;
         }
+        // Overload control, server-wide (RFC 6733 §7.1.3 DIAMETER_TOO_BUSY: the client may try
+        // another server): above the shedding mark new work is refused, above the limit
+        // everything is. Work already accepted (CCR-U/T of open sessions) is shed last, because
+        // refusing it strands usage that already happened.
+        let total = self.shared.in_flight_total.load(Ordering::Relaxed);
+        let overloaded = total >= self.shared.in_flight_total_max
+            || (total >= self.shared.shed_new_work_at && app.is_new_work(msg));
+        if overloaded {
+            self.shared.shed.fetch_add(1, Ordering::Relaxed);
+            error_answer(
+                &mut self.wbuf,
+                local,
+                msg,
+                ResultCode::TOO_BUSY,
+                Some("server busy: new sessions are refused first"),
+                None,
+            );
+            return;
+        }
         let key = origin_host.map(|host| (self.host_key(host), h.end_to_end));
         let reply = Reply { tx: self.tx.clone(), key: key.clone() };
         let peer = self.peer.remote().map_or("", |r| r.origin_host.as_str());
         let req = Request { msg: *msg, frame: f, peer };
         let start = self.wbuf.len();
         self.in_flight += 1;
+        self.shared.in_flight_total.fetch_add(1, Ordering::Relaxed);
         // A bug in an application must cost one answer, not the connection (and with it every
         // other request in flight on it): RFC 6733 §7.1.5 5012 is the answer for internal
         // failures. The closure only borrows the write buffer, which is cut back on failure.
@@ -242,6 +271,7 @@ impl Connection {
         match handled {
             Handled::Answered => {
                 self.in_flight -= 1;
+                self.shared.in_flight_total.fetch_sub(1, Ordering::Relaxed);
                 if let Some((host, e2e)) = key {
                     let answer = Bytes::copy_from_slice(&self.wbuf[start..]);
                     self.shared.dedupe.insert(now, &host, e2e, answer);
@@ -254,6 +284,7 @@ impl Connection {
     fn on_deferred(&mut self, d: DeferredAnswer) {
         debug_assert!(self.in_flight > 0);
         self.in_flight = self.in_flight.saturating_sub(1);
+        self.shared.in_flight_total.fetch_sub(1, Ordering::Relaxed);
         if let Some((host, e2e)) = &d.key {
             self.shared.dedupe.insert(self.shared.now_ms(), host, *e2e, d.answer.clone());
         }

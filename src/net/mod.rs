@@ -26,6 +26,13 @@ pub trait Application: Send + Sync + 'static {
     fn id(&self) -> ApplicationId;
     fn handle(&self, req: &Request<'_>, out: &mut bytes::BytesMut, reply: Reply) -> Handled;
 
+    /// Whether this request starts new work (a new session, a one-shot event) rather than
+    /// continuing work the server has already accepted. Under load new work is shed first
+    /// (3004), so sessions in progress can still report usage and end.
+    fn is_new_work(&self, _msg: &MessageRef<'_>) -> bool {
+        false
+    }
+
     /// Whether the application detects duplicate requests and replays its answers itself
     /// (RFC 6733 §5.5.4). If not, the connection layer does it by Origin-Host and End-to-End id.
     fn remembers_answers(&self) -> bool {

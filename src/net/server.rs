@@ -25,6 +25,13 @@ pub struct Shared {
     pub epoch: tokio::time::Instant,
     pub connections_open: AtomicUsize,
     pub in_flight_max: usize,
+    /// Requests dispatched and not yet answered, across connections.
+    pub in_flight_total: AtomicUsize,
+    pub in_flight_total_max: usize,
+    /// At or above this many in flight, new work is answered 3004.
+    pub shed_new_work_at: usize,
+    /// Requests answered 3004 because of the server-wide limits (for metrics and logs).
+    pub shed: AtomicU64,
     pub connections_max: usize,
     pub message_size_max: usize,
     seed: AtomicU64,
@@ -34,6 +41,7 @@ pub struct Shared {
 #[derive(Clone, Copy, Debug)]
 pub struct ServerLimits {
     pub in_flight_per_connection: usize,
+    pub in_flight_total: usize,
     pub connections: usize,
     pub message_size_bytes: usize,
 }
@@ -42,6 +50,7 @@ impl Default for ServerLimits {
     fn default() -> Self {
         Self {
             in_flight_per_connection: crate::limits::IN_FLIGHT_PER_CONNECTION_MAX,
+            in_flight_total: crate::limits::IN_FLIGHT_TOTAL_MAX,
             connections: CONNECTIONS_MAX,
             message_size_bytes: crate::limits::MESSAGE_SIZE_MAX_BYTES,
         }
@@ -64,6 +73,10 @@ impl Shared {
             epoch: tokio::time::Instant::now(),
             connections_open: AtomicUsize::new(0),
             in_flight_max: limits.in_flight_per_connection,
+            in_flight_total: AtomicUsize::new(0),
+            in_flight_total_max: limits.in_flight_total,
+            shed_new_work_at: (limits.in_flight_total * crate::limits::SHED_NEW_WORK_PERCENT / 100).max(1),
+            shed: AtomicU64::new(0),
             connections_max: limits.connections,
             message_size_max: limits.message_size_bytes,
             seed: AtomicU64::new(seed),

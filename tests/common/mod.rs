@@ -32,12 +32,20 @@ pub struct Options {
     pub applications: Vec<Arc<dyn Application>>,
     pub allowed_peers: Option<Vec<String>>,
     pub in_flight_max: usize,
+    /// Server-wide in-flight limit (new work is shed from 75 % of it).
+    pub in_flight_total: usize,
     pub dictionary: Option<Dictionary>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { applications: Vec::new(), allowed_peers: None, in_flight_max: 1024, dictionary: None }
+        Self {
+            applications: Vec::new(),
+            allowed_peers: None,
+            in_flight_max: 1024,
+            in_flight_total: gyro::limits::IN_FLIGHT_TOTAL_MAX,
+            dictionary: None,
+        }
     }
 }
 
@@ -62,7 +70,11 @@ pub async fn start(opts: Options) -> TestServer {
         allowed_peers: opts.allowed_peers,
         watchdog_interval_ms: 30_000,
     });
-    let limits = ServerLimits { in_flight_per_connection: opts.in_flight_max, ..ServerLimits::default() };
+    let limits = ServerLimits {
+        in_flight_per_connection: opts.in_flight_max,
+        in_flight_total: opts.in_flight_total,
+        ..ServerLimits::default()
+    };
     let shared = Arc::new(Shared::new(peer, opts.applications, limits));
     let server = Server::bind("127.0.0.1:0".parse().unwrap(), Arc::clone(&shared)).await.unwrap();
     let addr = server.local_addr().unwrap();
