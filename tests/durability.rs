@@ -671,7 +671,9 @@ async fn retransmissions_after_a_restart_get_the_original_answer_and_cost_nothin
 const ACCOUNTS: usize = 4;
 const CONNECTIONS: usize = 3;
 const LANES_PER_CONNECTION: usize = 4;
-const INITIAL_CENTS: i64 = 100_000;
+/// 1 000 000.00 EUR: a release build answers a few thousand requests a round, so a thousand
+/// rounds stay far from an empty account (an empty one would shrink grants and fail the checks).
+const INITIAL_CENTS: i64 = 100_000_000;
 /// 10 MiB quota at 0.01 per MiB: what every data grant holds.
 const QUOTA_CENTS: i64 = 10;
 const SMS_CENTS: i64 = 5;
@@ -710,7 +712,7 @@ currency = "EUR"
         let ids: Vec<String> = (0..3).map(|m| format!("\"{}\"", crash_subscriber(a, m))).collect();
         s.push_str(&format!(
             "\n[[customers]]\nid = \"c{a}\"\nname = \"Customer {a}\"\nplan = \"flat\"\n\n[[accounts]]\n\
-             customer = \"c{a}\"\nsubscription_ids = [{}]\nfunding = \"prepaid\"\nbalance = \"1000.00\"\n",
+             customer = \"c{a}\"\nsubscription_ids = [{}]\nfunding = \"prepaid\"\nbalance = \"1000000.00\"\n",
             ids.join(", ")
         ));
     }
