@@ -1,4 +1,4 @@
-//! The `gyro` command line: `serve`, `config check`, `dict check`, `ccr`,
+//! The `gyro` command line: `serve`, `echo`, `config check`, `dict check`, `ccr`,
 //! `journal verify|inspect`.
 
 use std::path::PathBuf;
@@ -13,6 +13,7 @@ use crate::cc::EngineConfig;
 use crate::config::Config;
 use crate::diameter::{ApplicationId, Dictionary, LocalIdentity};
 use crate::net::charging::Charging;
+use crate::net::echo::Echo;
 use crate::net::{Server, Shared};
 use crate::peer::PeerConfig;
 
@@ -39,6 +40,20 @@ pub enum Command {
         /// Override journal.dir: keep the journal (and so every charge) in this directory.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+    },
+    /// Run the benchmark responder: the same Diameter server as `serve`, answering every CCR
+    /// with one canned 2001 CCA (10 MiB granted). Not an OCS: nothing is rated or charged.
+    Echo {
+        /// TOML configuration file; its [diameter] settings apply, [charging] and [journal]
+        /// are ignored.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Override diameter.listen, e.g. 127.0.0.1:3868.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Tokio worker threads (default: one per core).
+        #[arg(long)]
+        workers: Option<usize>,
     },
     /// Configuration tools.
     Config {
@@ -107,6 +122,7 @@ pub enum DictCommand {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config, listen, workers, data_dir } => serve(config, listen, workers, data_dir),
+        Command::Echo { config, listen, workers } => echo(config, listen, workers),
         Command::Config { command: ConfigCommand::Check { file } } => {
             let cfg = Config::load(&file)?;
             load_dictionary(&cfg)?;
@@ -218,34 +234,44 @@ fn init_tracing(level: &str) {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
 }
 
-fn serve(
-    config: Option<PathBuf>,
-    listen: Option<std::net::SocketAddr>,
-    workers: Option<usize>,
-    data_dir: Option<PathBuf>,
-) -> anyhow::Result<()> {
-    let mut cfg = match &config {
+/// The configuration file (or the embedded defaults) with the command line's overrides.
+fn load_config(config: Option<&PathBuf>, listen: Option<std::net::SocketAddr>) -> anyhow::Result<Config> {
+    let mut cfg = match config {
         Some(p) => Config::load(p)?,
         None => Config::default(),
     };
     if let Some(l) = listen {
         cfg.diameter.listen = l;
     }
-    if let Some(d) = data_dir {
-        cfg.journal.dir = Some(d);
-    }
-    init_tracing(&cfg.log.level);
-    let dict = Arc::new(load_dictionary(&cfg)?);
+    Ok(cfg)
+}
+
+fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all();
     if let Some(n) = workers {
         rt.worker_threads(n.max(1));
     }
-    let rt = rt.build().context("cannot start the async runtime")?;
-    rt.block_on(serve_async(cfg, dict, config.is_none()))
+    rt.build().context("cannot start the async runtime")
 }
 
-async fn serve_async(cfg: Config, dict: Arc<Dictionary>, defaults: bool) -> anyhow::Result<()> {
+fn serve(
+    config: Option<PathBuf>,
+    listen: Option<std::net::SocketAddr>,
+    workers: Option<usize>,
+    data_dir: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let mut cfg = load_config(config.as_ref(), listen)?;
+    if let Some(d) = data_dir {
+        cfg.journal.dir = Some(d);
+    }
+    init_tracing(&cfg.log.level);
+    let dict = Arc::new(load_dictionary(&cfg)?);
+    runtime(workers)?.block_on(serve_async(cfg, dict, config.is_none()))
+}
+
+/// Who this node is and how it treats peers, from `[diameter]` (shared by `serve` and `echo`).
+fn peer_config(cfg: &Config, dict: Arc<Dictionary>) -> Arc<PeerConfig> {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let local = LocalIdentity {
         origin_host: cfg.diameter.origin_host.clone(),
@@ -256,16 +282,18 @@ async fn serve_async(cfg: Config, dict: Arc<Dictionary>, defaults: bool) -> anyh
         firmware_revision: firmware_revision(),
         origin_state_id: now.as_secs() as u32,
     };
-    let peer = Arc::new(PeerConfig {
+    Arc::new(PeerConfig {
         local,
         dictionary: dict,
         applications: cfg.diameter.applications.iter().map(|&a| ApplicationId(a)).collect(),
         allowed_peers: cfg.diameter.allowed_peers.clone(),
         watchdog_interval_ms: cfg.diameter.watchdog_interval_ms,
-    });
-    let (charging, accounts, catalog_name, _checkpointer) = charging(&cfg, &peer.local)?;
-    let apps: Vec<Arc<dyn crate::net::Application>> = vec![charging.clone()];
-    let shared = Arc::new(Shared::new(peer, apps, cfg.server_limits()));
+    })
+}
+
+/// Binds `diameter.listen` and logs the line scripts and tests wait for ("gyro listening for
+/// Diameter", with `addr=`, the bound address: `--listen 127.0.0.1:0` picks a free port).
+async fn bind(cfg: &Config, shared: Arc<Shared>, defaults: bool) -> anyhow::Result<Server> {
     let server = Server::bind(cfg.diameter.listen, shared)
         .await
         .with_context(|| format!("cannot listen on {} (diameter.listen)", cfg.diameter.listen))?;
@@ -277,6 +305,16 @@ async fn serve_async(cfg: Config, dict: Arc<Dictionary>, defaults: bool) -> anyh
         config = if defaults { "embedded defaults" } else { "file" },
         "gyro listening for Diameter"
     );
+    Ok(server)
+}
+
+async fn serve_async(cfg: Config, dict: Arc<Dictionary>, defaults: bool) -> anyhow::Result<()> {
+    let peer = peer_config(&cfg, dict);
+    let (charging, accounts, catalog_name, _checkpointer) = charging(&cfg, &peer.local)?;
+    let apps: Vec<Arc<dyn crate::net::Application>> = vec![charging.clone()];
+    let shared = Arc::new(Shared::new(peer, apps, cfg.server_limits()));
+    let server = bind(&cfg, shared, defaults).await?;
+    let addr = server.local_addr()?;
     tracing::info!(catalog = %catalog_name, accounts, "credit control ready (application 4)");
     if cfg.charging.catalog.is_none() {
         eprintln!(
@@ -294,6 +332,39 @@ async fn serve_async(cfg: Config, dict: Arc<Dictionary>, defaults: bool) -> anyh
         tracing::info!(records = stats.records, batches = stats.batches, "journal closed");
     }
     tracing::info!("gyro stopped");
+    Ok(())
+}
+
+fn echo(
+    config: Option<PathBuf>,
+    listen: Option<std::net::SocketAddr>,
+    workers: Option<usize>,
+) -> anyhow::Result<()> {
+    let cfg = load_config(config.as_ref(), listen)?;
+    init_tracing(&cfg.log.level);
+    let dict = Arc::new(load_dictionary(&cfg)?);
+    runtime(workers)?.block_on(echo_async(cfg, dict, config.is_none()))
+}
+
+/// The benchmark responder: `serve`'s server, limits and identity with `net::echo::Echo` as
+/// its only application.
+async fn echo_async(cfg: Config, dict: Arc<Dictionary>, defaults: bool) -> anyhow::Result<()> {
+    let peer = peer_config(&cfg, dict);
+    let echo = Arc::new(Echo::new(&peer.local));
+    let apps: Vec<Arc<dyn crate::net::Application>> = vec![echo];
+    let shared = Arc::new(Shared::new(peer, apps, cfg.server_limits()));
+    let server = bind(&cfg, shared, defaults).await?;
+    tracing::warn!(
+        "BENCHMARK RESPONDER, NOT AN OCS: gyro echo answers every CCR with the same canned \
+         2001 CCA granting 10 MiB; nothing is rated, reserved, charged or journaled"
+    );
+    if cfg.charging.catalog.is_some() || cfg.journal.dir.is_some() {
+        tracing::info!("charging.catalog and journal.dir are ignored by gyro echo");
+    }
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signals(shutdown.clone()));
+    server.run(shutdown).await;
+    tracing::info!("gyro echo stopped");
     Ok(())
 }
 

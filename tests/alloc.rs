@@ -1,4 +1,8 @@
-//! The decode hot path allocates nothing: frame + validate a CCR-U with a counting allocator.
+//! The decode hot path allocates nothing: frame + validate a CCR-U with a counting allocator;
+//! nor does the echo responder's answer once its output buffer has grown.
+//!
+//! One test function, because the counter is process-wide and the harness runs tests on
+//! parallel threads.
 
 use std::sync::atomic::Ordering;
 
@@ -26,5 +30,26 @@ fn decoding_a_ccr_u_allocates_nothing() {
         }
         let after = ALLOCATIONS.load(Ordering::Relaxed);
         assert_eq!(after - before, 0, "{name}: allocations during 100 decodes");
+
+        // `gyro echo`: the canned answer is spliced into the connection's write buffer.
+        let echo = gyro::net::echo::Echo::new(&gyro::diameter::LocalIdentity {
+            origin_host: "gyro.test".into(),
+            origin_realm: "test".into(),
+            host_ip_addresses: vec![],
+            vendor_id: 0,
+            product_name: "gyro".into(),
+            firmware_revision: 0,
+            origin_state_id: 0,
+        });
+        let msg = MessageRef::parse(&bytes).unwrap();
+        let mut out = bytes::BytesMut::with_capacity(64 * 1024);
+        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        for _ in 0..100 {
+            out.clear();
+            echo.answer(&msg, &mut out);
+        }
+        let after = ALLOCATIONS.load(Ordering::Relaxed);
+        assert_eq!(after - before, 0, "{name}: allocations during 100 echo answers");
+        assert!(MessageRef::parse(&out).is_some());
     }
 }

@@ -7,6 +7,7 @@
 pub mod charging;
 pub mod client;
 mod connection;
+pub mod echo;
 mod server;
 
 use bytes::Bytes;
