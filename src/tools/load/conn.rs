@@ -357,7 +357,7 @@ impl Conn {
             let now = self.run.now_ns();
             let next = self.lock().plan(&self, now, &mut batch, &mut wbuf);
             if !batch.is_empty() {
-                // Event-Timestamp (RFC 4006 §8.38) to the second, read once per batch.
+                // Event-Timestamp (RFC 6733 §8.21) to the second, read once per batch.
                 let ntp_secs = ntp_seconds(unix_now_secs());
                 for o in batch.drain(..) {
                     let fields = Fields { ntp_secs, ..o.fields };
@@ -626,8 +626,13 @@ impl State {
         if h.flags.is_request() {
             answer_server_request(&mut self.control, &conn.local, &msg);
             if h.command == CommandCode::DISCONNECT_PEER {
-                // RFC 6733 §5.4: the server is going away; DPA goes out, then we stop.
-                self.broken("the server disconnected with DPR".into());
+                // RFC 6733 §5.4: the server is going away; DPA goes out, then we stop. Its DPR
+                // crossing ours at the end of the run is a clean end, not a failure.
+                if self.dpr_hop_by_hop.is_some() {
+                    self.close();
+                } else {
+                    self.broken("the server disconnected with DPR".into());
+                }
             }
             return true;
         }

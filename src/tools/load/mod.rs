@@ -580,6 +580,7 @@ pub async fn run(settings: &Settings, progress: &mut dyn std::io::Write) -> Resu
     }
 
     let start = run.now_ns();
+    meter.restart(&run, &conns);
     let from = start + nanos(settings.warmup);
     let until = from + nanos(settings.duration);
     run.start_running(start, from, until);
@@ -661,6 +662,12 @@ struct Meter {
 impl Meter {
     fn new(run: &Run) -> Self {
         Self { last_ns: run.now_ns(), last_answers: 0, merged: Stats::new().latency_us }
+    }
+
+    /// The next line covers only what happens from now on.
+    fn restart(&mut self, run: &Run, conns: &[Arc<Conn>]) {
+        self.last_ns = run.now_ns();
+        self.last_answers = conns.iter().map(|c| c.lock().answers_total).sum();
     }
 
     fn next_line_ns(&self) -> u64 {
