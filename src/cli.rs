@@ -1,4 +1,4 @@
-//! The `gyro` command line: `serve`, `echo`, `config check`, `dict check`, `ccr`,
+//! The `gyro` command line: `serve`, `echo`, `config check`, `dict check`, `ccr`, `load`,
 //! `journal verify|inspect`.
 
 use std::path::PathBuf;
@@ -67,6 +67,9 @@ pub enum Command {
     },
     /// Send Credit-Control requests to a Diameter server and print the answers.
     Ccr(Box<crate::tools::ccr::CcrArgs>),
+    /// Load a Diameter server with credit-control traffic and report answers/s and latency;
+    /// `gyro load provision` writes a catalog with the run's subscribers.
+    Load(Box<crate::tools::load::LoadArgs>),
     /// Journal tools: check or print a journal directory without changing it.
     Journal {
         #[command(subcommand)]
@@ -145,6 +148,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         // Exit codes are part of the command's contract (1: expectation failed, 2: usage or
         // connection), which an `anyhow` error returned to main cannot express.
         Command::Ccr(args) => std::process::exit(crate::tools::ccr::main(&args)),
+        // Same reason: 1 means the run completed but a connection failed during it.
+        Command::Load(args) => std::process::exit(crate::tools::load::main(&args)),
         Command::Journal { command } => journal(command),
     }
 }

@@ -7,10 +7,12 @@
 //! no application requests itself (callers encode them with `diameter::Encoder` and ids from
 //! [`Client::next_ids`]).
 //!
-//! Used by `gyro ccr` and meant as the core of the load generator, so the steady state is
-//! allocation-light: requests are written straight from the caller's slice, answers are split
-//! off the read buffer without copying, and the only buffer we encode into (for DWA/DPA) is
-//! reused.
+//! Used by `gyro ccr`, and by `gyro load` for the capabilities exchange: the load generator
+//! then takes the connection apart ([`Client::into_parts`]) to read and write from two tasks,
+//! answering DWR with [`answer_server_request`] and disconnecting with [`write_dpr`]. The
+//! steady state is allocation-light: requests are written straight from the caller's slice,
+//! answers are split off the read buffer without copying, and the only buffer we encode into
+//! (for DWA/DPA) is reused.
 
 use std::hash::{BuildHasher, RandomState};
 use std::net::{IpAddr, SocketAddr};
@@ -140,6 +142,19 @@ enum State {
     Closed(Closure),
 }
 
+/// An open connection taken apart by [`Client::into_parts`].
+#[derive(Debug)]
+pub struct ClientParts {
+    pub stream: TcpStream,
+    /// Bytes read after the CEA: the start of the next message from the server, if any.
+    pub read_buf: BytesMut,
+    pub local: LocalIdentity,
+    pub server: ServerIdentity,
+    /// The next ids to use; both only grow (RFC 6733 §3: unique on this connection).
+    pub next_hop_by_hop: u32,
+    pub next_end_to_end: u32,
+}
+
 /// One open client connection (after a successful CER/CEA).
 #[derive(Debug)]
 pub struct Client {
@@ -208,6 +223,20 @@ impl Client {
         &self.local
     }
 
+    /// Takes the open connection apart, for callers that read and write from tasks of their
+    /// own (the load generator). From then on they answer the server's requests themselves
+    /// ([`answer_server_request`]) and disconnect with [`write_dpr`].
+    pub fn into_parts(self) -> ClientParts {
+        ClientParts {
+            stream: self.stream,
+            read_buf: self.rbuf,
+            local: self.local,
+            server: self.server,
+            next_hop_by_hop: self.next_hop_by_hop,
+            next_end_to_end: self.next_end_to_end,
+        }
+    }
+
     /// Allocates the (Hop-by-Hop, End-to-End) ids for the next request. Both only grow (with
     /// wrap-around), so they are unique on this connection for 2^32 requests.
     pub fn next_ids(&mut self) -> (u32, u32) {
@@ -258,9 +287,7 @@ impl Client {
         }
         let (hop_by_hop, end_to_end) = self.next_ids();
         self.wbuf.clear();
-        let mut e = self.originate(CommandCode::DISCONNECT_PEER, hop_by_hop, end_to_end);
-        e.u32(spec::DISCONNECT_CAUSE, DISCONNECT_CAUSE_DO_NOT_WANT_TO_TALK_TO_YOU);
-        e.finish();
+        write_dpr(&mut self.wbuf, &self.local, hop_by_hop, end_to_end);
         let timeout = self.timeout.min(Duration::from_millis(DPA_TIMEOUT_MS));
         let deadline = Deadline::after(timeout, Step::Disconnect);
         self.write_wbuf(deadline).await?;
@@ -391,39 +418,13 @@ impl Client {
     ) -> Result<(), ClientError> {
         self.wbuf.clear();
         let command = msg.header.command;
-        match command {
-            CommandCode::DEVICE_WATCHDOG | CommandCode::DISCONNECT_PEER => {
-                let mut e = begin_answer(&mut self.wbuf, msg, ResultCode::SUCCESS);
-                e.u32(spec::RESULT_CODE, ResultCode::SUCCESS.0);
-                e.str(spec::ORIGIN_HOST, &self.local.origin_host);
-                e.str(spec::ORIGIN_REALM, &self.local.origin_realm);
-                if command == CommandCode::DEVICE_WATCHDOG {
-                    e.u32(spec::ORIGIN_STATE_ID, self.local.origin_state_id);
-                }
-                e.finish();
-            }
-            _ => {
-                tracing::debug!(command = command.0, "unsupported request from the server; 3001");
-                let text = Some("gyro-ccr does not handle this command");
-                error_answer(&mut self.wbuf, &self.local, msg, ResultCode::COMMAND_UNSUPPORTED, text, None);
-            }
-        }
+        answer_server_request(&mut self.wbuf, &self.local, msg);
         self.write_wbuf(deadline).await?;
         if command == CommandCode::DISCONNECT_PEER {
             tracing::debug!(cause = msg.u32(AvpCode::DISCONNECT_CAUSE), "server sent DPR");
             self.state = State::Closed(Closure::PeerDisconnected);
         }
         Ok(())
-    }
-
-    /// Starts a base-protocol request (application 0) with Origin-Host and Origin-Realm.
-    fn originate(&mut self, command: CommandCode, hop_by_hop: u32, end_to_end: u32) -> Encoder<'_> {
-        let flags = CommandFlags(CommandFlags::REQUEST);
-        let mut e =
-            Encoder::new(&mut self.wbuf, flags, command, ApplicationId::COMMON, hop_by_hop, end_to_end);
-        e.str(spec::ORIGIN_HOST, &self.local.origin_host);
-        e.str(spec::ORIGIN_REALM, &self.local.origin_realm);
-        e
     }
 }
 
@@ -447,6 +448,42 @@ impl Deadline {
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Answers a request the server sent to us: DWR gets DWA (RFC 3539 §3.4.1), DPR gets DPA
+/// (RFC 6733 §5.4; the caller then ends the connection), anything else gets 3001 (RFC 6733
+/// §7.1.3: "the receiver did not recognize or support" the command). Appends to `buf`.
+pub fn answer_server_request(buf: &mut BytesMut, local: &LocalIdentity, msg: &MessageRef<'_>) {
+    let command = msg.header.command;
+    match command {
+        CommandCode::DEVICE_WATCHDOG | CommandCode::DISCONNECT_PEER => {
+            let mut e = begin_answer(buf, msg, ResultCode::SUCCESS);
+            e.u32(spec::RESULT_CODE, ResultCode::SUCCESS.0);
+            e.str(spec::ORIGIN_HOST, &local.origin_host);
+            e.str(spec::ORIGIN_REALM, &local.origin_realm);
+            if command == CommandCode::DEVICE_WATCHDOG {
+                e.u32(spec::ORIGIN_STATE_ID, local.origin_state_id);
+            }
+            e.finish();
+        }
+        _ => {
+            tracing::debug!(command = command.0, "unsupported request from the server; 3001");
+            let text = Some("gyro-ccr does not handle this command");
+            error_answer(buf, local, msg, ResultCode::COMMAND_UNSUPPORTED, text, None);
+        }
+    }
+}
+
+/// RFC 6733 §5.4.1 DPR with Disconnect-Cause DO_NOT_WANT_TO_TALK_TO_YOU: we are done, not
+/// rebooting or busy. Appends to `buf`.
+pub fn write_dpr(buf: &mut BytesMut, local: &LocalIdentity, hop_by_hop: u32, end_to_end: u32) {
+    let flags = CommandFlags(CommandFlags::REQUEST);
+    let command = CommandCode::DISCONNECT_PEER;
+    let mut e = Encoder::new(buf, flags, command, ApplicationId::COMMON, hop_by_hop, end_to_end);
+    e.str(spec::ORIGIN_HOST, &local.origin_host);
+    e.str(spec::ORIGIN_REALM, &local.origin_realm);
+    e.u32(spec::DISCONNECT_CAUSE, DISCONNECT_CAUSE_DO_NOT_WANT_TO_TALK_TO_YOU);
+    e.finish();
 }
 
 /// RFC 6733 §5.3.1 CER, in the ABNF order: Origin-Host, Origin-Realm, Host-IP-Address,

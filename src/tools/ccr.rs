@@ -1114,7 +1114,7 @@ fn write_amount(e: &mut Encoder<'_>, unit: Unit, amount: u64) {
 }
 
 /// RFC 6733 §4.3.1 Time: NTP seconds, which wrap in 2036 (the era is not on the wire).
-fn ntp_seconds(unix_secs: u64) -> u32 {
+pub fn ntp_seconds(unix_secs: u64) -> u32 {
     (unix_secs.wrapping_add(NTP_UNIX_OFFSET_SECS) & 0xffff_ffff) as u32
 }
 

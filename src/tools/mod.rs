@@ -1,5 +1,6 @@
-//! Operator tools: `gyro ccr`, which talks to a Diameter server as a client, and
-//! `gyro journal verify|inspect`, which read a journal directory.
+//! Operator tools: `gyro ccr`, which talks to a Diameter server as a client, `gyro load`, which
+//! loads one with credit-control traffic and measures it, and `gyro journal verify|inspect`,
+//! which read a journal directory.
 //!
 //! Owns: command-line tools built on the public library. Like `cli`, this is an edge of the
 //! program: it reads files and prints. Sockets and the clock stay in `net::client`.
@@ -9,3 +10,4 @@
 
 pub mod ccr;
 pub mod journal;
+pub mod load;
