@@ -612,8 +612,7 @@ impl Ledger {
         money_used: MoneyMinor,
         units_used: u64,
     ) -> Result<Committed, Reject> {
-        check_amount(money_used.0)?;
-        self.run(id, |account| account.commit(now_ms, key, money_used.0, units_used, false))
+        self.close_hold(now_ms, id, key, money_used, units_used, false)
     }
 
     /// A commit recovered from the journal: `units_used` are the units it consumed when it was
@@ -627,8 +626,21 @@ impl Ledger {
         money_used: MoneyMinor,
         units_used: u64,
     ) -> Result<Committed, Reject> {
+        self.close_hold(now_ms, id, key, money_used, units_used, true)
+    }
+
+    /// `commit` and (`exact`) `restore_commit`.
+    fn close_hold(
+        &self,
+        now_ms: u64,
+        id: AccountId,
+        key: ReservationKey,
+        money_used: MoneyMinor,
+        units_used: u64,
+        exact: bool,
+    ) -> Result<Committed, Reject> {
         check_amount(money_used.0)?;
-        self.run(id, |account| account.commit(now_ms, key, money_used.0, units_used, true))
+        self.run(id, |account| account.commit(now_ms, key, money_used.0, units_used, exact))
     }
 
     /// A debit recovered from the journal: applied whatever the funds and status at this point
