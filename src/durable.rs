@@ -5,18 +5,18 @@
 //!   the catalog the journal was begun with), then the catalog, then every journal record
 //!   replayed through [`Engine::recover`].
 //! - While serving: [`Sink`] appends each request's record with a [`Completion`] holding the
-//!   request's `Reply` and answer; the journal's writer thread sends the answer once the batch
-//!   holding the record is fsync'ed. No answer that reflects a change leaves before its record
-//!   is durable (ARCHITECTURE.md, invariant 1).
+//!   connection's `DurableWake`; the answer stays with the connection, which holds it until the
+//!   journal's writer thread, once the batch holding the record is fsync'ed, tells the waker
+//!   the record's LSN. No answer that reflects a change leaves before its record is durable
+//!   (ARCHITECTURE.md, invariant 1).
 //!
-//! Must not touch: sockets (it sends through `Reply`), the journal's file format, the engine's
-//! internals (records are opaque here).
+//! Must not touch: sockets (it only wakes connections through `DurableWake`), the journal's
+//! file format, the engine's internals (records are opaque here).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bytes::Bytes;
 use siphasher::sip128::{Hasher128, SipHasher13};
 
 use anyhow::Context;
@@ -25,7 +25,7 @@ use crate::catalog::Catalog;
 use crate::cc::{Engine, EngineConfig, Now, RecordSink};
 use crate::journal::{snapshot, Journal, JournalConfig, JournalError, Lsn, RecoveryReport, Waiter};
 use crate::ledger::Ledger;
-use crate::net::Reply;
+use crate::net::DurableWake;
 
 /// The journal as the server uses it.
 pub type ChargingJournal = Journal<Completion>;
@@ -33,50 +33,51 @@ pub type ChargingJournal = Journal<Completion>;
 const IDENTITY_FILE: &str = "identity";
 const IDENTITY_MAGIC: &str = "gyro data directory v1";
 
-/// What to do once a record is durable: send the answer that waited for it, if any.
+/// What to do once a record is durable: tell the connection whose answer waits for it, if any.
 #[derive(Debug)]
-pub struct Completion {
-    reply: Option<Reply>,
-    answer: Bytes,
-}
+pub struct Completion(Option<Arc<DurableWake>>);
 
 impl Waiter for Completion {
     fn durable(self, result: Result<Lsn, JournalError>) {
+        let Some(wake) = self.0 else { return };
         match result {
-            Ok(_) => {
-                if let Some(reply) = self.reply {
-                    reply.send(self.answer);
-                }
-            }
+            Ok(lsn) => wake.durable(lsn.0),
             // Never acknowledge what is not on disk: the peer times out and retries elsewhere.
-            Err(e) => tracing::error!(error = %e, "journal failed: an answer is withheld"),
+            Err(e) => {
+                tracing::error!(error = %e, "journal failed: an answer is withheld");
+                wake.failed();
+            }
         }
     }
 }
 
-/// Hands the engine's records to the journal, with the request's `Reply` for the answer.
+/// Hands the engine's records to the journal. The answer stays in the engine's output: the
+/// caller holds it until the journal has made `lsn` durable (`wake` is told when).
 pub struct Sink<'a> {
     pub journal: &'a ChargingJournal,
-    pub reply: Option<Reply>,
-    /// The LSN of the last record (or barrier) appended through this sink.
+    pub wake: Option<&'a Arc<DurableWake>>,
+    /// The LSN of the last record (or barrier) appended through this sink: the answer must not
+    /// leave before it is durable.
     pub lsn: Option<Lsn>,
 }
 
 impl<'a> Sink<'a> {
-    pub fn new(journal: &'a ChargingJournal, reply: Option<Reply>) -> Self {
-        Self { journal, reply, lsn: None }
+    pub fn new(journal: &'a ChargingJournal, wake: Option<&'a Arc<DurableWake>>) -> Self {
+        Self { journal, wake, lsn: None }
     }
 }
 
 impl RecordSink for Sink<'_> {
-    fn append(&mut self, record: &[u8], answer: &[u8]) -> bool {
-        let completion = Completion { reply: self.reply.take(), answer: Bytes::copy_from_slice(answer) };
+    /// Appends `record` and leaves `answer` where it is (returns false): the connection holds it
+    /// until `lsn` is durable, so nothing is copied and nothing crosses threads per answer.
+    fn append(&mut self, record: &[u8], _answer: &[u8]) -> bool {
+        let completion = Completion(self.wake.cloned());
         self.lsn = Some(if record.is_empty() {
             self.journal.after_pending(completion)
         } else {
             self.journal.append(record, completion)
         });
-        true
+        false
     }
 }
 

@@ -38,7 +38,7 @@ impl Application for EchoCcr {
         ApplicationId::CREDIT_CONTROL
     }
 
-    fn handle(&self, req: &Request<'_>, out: &mut BytesMut, _reply: Reply) -> Handled {
+    fn handle(&self, req: &Request<'_>, out: &mut BytesMut, _reply: &Reply<'_>) -> Handled {
         self.seen.lock().unwrap().push(req.frame.clone());
         let msg = &req.msg;
         let broke = msg.find_all(avp::SUBSCRIPTION_ID.code).any(|s| {

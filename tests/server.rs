@@ -11,7 +11,7 @@ use common::*;
 use gyro::diameter::answer::begin_answer;
 use gyro::diameter::encode::spec;
 use gyro::diameter::{ApplicationId, AvpCode, AvpSpec, CommandCode, CommandFlags, Dictionary, ResultCode};
-use gyro::net::{Application, Handled, Reply, Request};
+use gyro::net::{Application, Handled, LateReply, Reply, Request};
 
 const CCR: CommandCode = CommandCode::CREDIT_CONTROL;
 const CC: ApplicationId = ApplicationId::CREDIT_CONTROL;
@@ -26,7 +26,7 @@ impl Application for Counting {
     fn id(&self) -> ApplicationId {
         CC
     }
-    fn handle(&self, req: &Request<'_>, out: &mut BytesMut, _reply: Reply) -> Handled {
+    fn handle(&self, req: &Request<'_>, out: &mut BytesMut, _reply: &Reply<'_>) -> Handled {
         let n = self.calls.fetch_add(1, Ordering::SeqCst) as u32;
         let mut e = begin_answer(out, &req.msg, ResultCode::SUCCESS);
         if let Some(s) = req.msg.find(AvpCode::SESSION_ID) {
@@ -42,15 +42,15 @@ impl Application for Counting {
 /// Keeps every request in flight forever.
 #[derive(Default)]
 struct Deferring {
-    held: Mutex<Vec<Reply>>,
+    held: Mutex<Vec<LateReply>>,
 }
 
 impl Application for Deferring {
     fn id(&self) -> ApplicationId {
         CC
     }
-    fn handle(&self, _req: &Request<'_>, _out: &mut BytesMut, reply: Reply) -> Handled {
-        self.held.lock().unwrap().push(reply);
+    fn handle(&self, _req: &Request<'_>, _out: &mut BytesMut, reply: &Reply<'_>) -> Handled {
+        self.held.lock().unwrap().push(reply.later());
         Handled::Deferred
     }
 }
@@ -389,6 +389,67 @@ async fn in_flight_limit_answers_3004() {
     .unwrap();
 }
 
+/// Answers at once, but each answer waits for "record" n (its request's number), as the
+/// charging engine's answers wait for their journal records; the test plays the journal.
+#[derive(Default)]
+struct Holding {
+    wake: Mutex<Option<Arc<gyro::net::DurableWake>>>,
+    next: AtomicUsize,
+}
+
+impl Application for Holding {
+    fn id(&self) -> ApplicationId {
+        CC
+    }
+    fn handle(&self, req: &Request<'_>, out: &mut BytesMut, reply: &Reply<'_>) -> Handled {
+        *self.wake.lock().unwrap() = Some(Arc::clone(reply.durable_waker()));
+        let n = self.next.fetch_add(1, Ordering::SeqCst) as u32 + 1;
+        let mut e = begin_answer(out, &req.msg, ResultCode::SUCCESS);
+        e.u32(spec::RESULT_CODE, 2001).str(spec::ORIGIN_HOST, "gyro.test").str(spec::ORIGIN_REALM, "test");
+        e.u32(AvpSpec::mandatory(415), n);
+        e.finish();
+        Handled::AfterDurable(u64::from(n))
+    }
+}
+
+/// Expects nothing to arrive for a while.
+async fn silence(c: &mut Client) {
+    let quiet = tokio::time::timeout(std::time::Duration::from_millis(300), c.recv()).await;
+    assert!(quiet.is_err(), "an answer left before its record was durable");
+}
+
+#[tokio::test]
+async fn held_answers_leave_once_durable_and_are_dropped_if_never() {
+    let app = Arc::new(Holding::default());
+    let s = start(Options { applications: vec![app.clone()], in_flight_max: 3, ..Options::default() }).await;
+    let mut c = Client::open(s.addr).await;
+    let mut batch = Vec::new();
+    for i in 0..3 {
+        batch.extend_from_slice(&ccr(&mut c, &format!("s;{i}")));
+    }
+    c.send_raw(&batch).await;
+    silence(&mut c).await;
+    let wake = app.wake.lock().unwrap().clone().unwrap();
+    // Records 1 and 2 durable: their answers leave, in order, and only they.
+    wake.durable(2);
+    for n in 1..=2 {
+        let a = c.recv().await.unwrap();
+        assert_eq!(msg(&a).u32(AvpCode(415)), Some(n));
+    }
+    silence(&mut c).await;
+    // The journal fails: answer 3 is never sent, and no longer counts in flight, so three more
+    // requests are all taken (with 3 in flight, a fourth would get 3004).
+    wake.failed();
+    silence(&mut c).await;
+    let mut batch = Vec::new();
+    for i in 3..6 {
+        batch.extend_from_slice(&ccr(&mut c, &format!("s;{i}")));
+    }
+    c.send_raw(&batch).await;
+    silence(&mut c).await;
+    assert_eq!(app.next.load(Ordering::SeqCst), 6, "every request reached the application");
+}
+
 /// Like `Deferring`, and CCR-I/CCR-E count as new work (as for the charging engine).
 #[derive(Default)]
 struct DeferringTyped(Deferring);
@@ -397,7 +458,7 @@ impl Application for DeferringTyped {
     fn id(&self) -> ApplicationId {
         CC
     }
-    fn handle(&self, req: &Request<'_>, out: &mut BytesMut, reply: Reply) -> Handled {
+    fn handle(&self, req: &Request<'_>, out: &mut BytesMut, reply: &Reply<'_>) -> Handled {
         self.0.handle(req, out, reply)
     }
     fn is_new_work(&self, msg: &gyro::diameter::MessageRef<'_>) -> bool {
@@ -477,7 +538,7 @@ impl Application for Panicking {
     fn id(&self) -> ApplicationId {
         CC
     }
-    fn handle(&self, _req: &Request<'_>, out: &mut BytesMut, _reply: Reply) -> Handled {
+    fn handle(&self, _req: &Request<'_>, out: &mut BytesMut, _reply: &Reply<'_>) -> Handled {
         out.extend_from_slice(b"half an answer");
         panic!("bug in the application");
     }

@@ -95,18 +95,19 @@ impl Application for Charging {
         true
     }
 
-    fn handle(&self, req: &Request<'_>, out: &mut BytesMut, reply: Reply) -> Handled {
+    fn handle(&self, req: &Request<'_>, out: &mut BytesMut, reply: &Reply<'_>) -> Handled {
         let Some(journal) = &self.journal else {
             self.engine.handle(self.now(), &req.msg, out);
             return Handled::Answered;
         };
         // The journal's append blocks only while its buffer is full (backpressure, bounded by
         // JOURNAL_BUFFER_MAX_BYTES): for as long as one batch takes to write and sync.
-        let mut sink = Sink::new(journal, Some(reply));
-        if self.engine.handle_with(self.now(), &req.msg, out, &mut sink) {
-            Handled::Deferred
-        } else {
-            Handled::Answered
+        let mut sink = Sink::new(journal, Some(reply.durable_waker()));
+        let took = self.engine.handle_with(self.now(), &req.msg, out, &mut sink);
+        debug_assert!(!took, "the journal sink leaves the answer in `out`");
+        match sink.lsn {
+            Some(lsn) => Handled::AfterDurable(lsn.0),
+            None => Handled::Answered,
         }
     }
 }

@@ -1,18 +1,19 @@
 //! One connection's task: read, frame, run the peer state machine and the application, and
 //! write every answer produced by one read in a single write call.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{DeferredAnswer, Handled, Reply, Request, Shared};
+use super::{DeferredAnswer, DurableWake, Handled, Reply, Request, Shared};
 use crate::diameter::answer::error_answer;
 use crate::diameter::codes::{AvpCode, ResultCode};
 use crate::diameter::{frame_within, FrameError, MessageRef};
@@ -29,8 +30,20 @@ pub(super) struct Connection {
     in_flight: usize,
     tx: mpsc::UnboundedSender<DeferredAnswer>,
     rx: mpsc::UnboundedReceiver<DeferredAnswer>,
+    /// Answers written but waiting for their journal records (`Handled::AfterDurable`), in the
+    /// order they were written, which is the order of their sequence numbers.
+    held: BytesMut,
+    held_marks: VecDeque<Held>,
+    wake: Arc<DurableWake>,
     /// The peer's Origin-Host, shared by the duplicate-cache keys of its requests.
     peer_host: Option<Arc<str>>,
+}
+
+/// One answer in `held`: its length and what it waits for.
+struct Held {
+    seq: u64,
+    len: usize,
+    key: Option<(Arc<str>, u32)>,
 }
 
 impl Drop for Connection {
@@ -56,6 +69,9 @@ impl Connection {
             in_flight: 0,
             tx,
             rx,
+            held: BytesMut::new(),
+            held_marks: VecDeque::new(),
+            wake: Arc::new(DurableWake::default()),
             peer_host: None,
         }
     }
@@ -79,6 +95,10 @@ impl Connection {
                         Action::Close
                     }
                 },
+                () = self.wake.notify.notified(), if !self.held_marks.is_empty() => {
+                    self.on_durable();
+                    Action::Continue
+                }
                 Some(d) = self.rx.recv() => {
                     self.on_deferred(d);
                     while let Ok(d) = self.rx.try_recv() {
@@ -239,7 +259,7 @@ impl Connection {
             return;
         }
         let key = origin_host.map(|host| (self.host_key(host), h.end_to_end));
-        let reply = Reply { tx: self.tx.clone(), key: key.clone() };
+        let reply = Reply { tx: &self.tx, wake: &self.wake, key: key.as_ref() };
         let peer = self.peer.remote().map_or("", |r| r.origin_host.as_str());
         let req = Request { msg: *msg, frame: f, peer };
         let start = self.wbuf.len();
@@ -250,7 +270,7 @@ impl Connection {
         // failures. The closure only borrows the write buffer, which is cut back on failure.
         let wbuf = &mut self.wbuf;
         let handled =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| app.handle(&req, wbuf, reply)));
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| app.handle(&req, wbuf, &reply)));
         let handled = handled.unwrap_or_else(|_| {
             tracing::error!(
                 command = h.command.0,
@@ -277,8 +297,52 @@ impl Connection {
                     self.shared.dedupe.insert(now, &host, e2e, answer);
                 }
             }
+            Handled::AfterDurable(seq) => {
+                // Kept aside, not in the write buffer: it leaves when its record is durable
+                // (ARCHITECTURE.md, invariant 1), in one write with the others released then.
+                self.held.extend_from_slice(&self.wbuf[start..]);
+                self.held_marks.push_back(Held { seq, len: self.wbuf.len() - start, key });
+                self.wbuf.truncate(start);
+            }
             Handled::Deferred => {}
         }
+    }
+
+    /// Moves the held answers whose records are durable to the write buffer; drops them all
+    /// if the journal failed (they will never be durable: the peer times out and fails over,
+    /// and they stop counting against the in-flight limits).
+    fn on_durable(&mut self) {
+        let (durable, failed) = self.wake.take();
+        let now = self.shared.now_ms();
+        let mut bytes = 0;
+        let mut released = 0;
+        while let Some(h) = self.held_marks.front() {
+            if h.seq > durable {
+                break;
+            }
+            let h = self.held_marks.pop_front().expect("front exists");
+            if let Some((host, e2e)) = &h.key {
+                let answer = Bytes::copy_from_slice(&self.held[bytes..bytes + h.len]);
+                self.shared.dedupe.insert(now, host, *e2e, answer);
+            }
+            bytes += h.len;
+            released += 1;
+        }
+        self.wbuf.extend_from_slice(&self.held[..bytes]);
+        self.held.advance(bytes);
+        if failed && !self.held_marks.is_empty() {
+            tracing::error!(
+                addr = %self.addr,
+                answers = self.held_marks.len(),
+                "journal failed: answers whose records are not durable are withheld"
+            );
+            released += self.held_marks.len();
+            self.held_marks.clear();
+            self.held.clear();
+        }
+        debug_assert!(self.in_flight >= released);
+        self.in_flight = self.in_flight.saturating_sub(released);
+        self.shared.in_flight_total.fetch_sub(released, Ordering::Relaxed);
     }
 
     fn on_deferred(&mut self, d: DeferredAnswer) {

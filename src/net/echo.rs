@@ -149,7 +149,7 @@ impl Application for Echo {
         true
     }
 
-    fn handle(&self, req: &Request<'_>, out: &mut BytesMut, _reply: Reply) -> Handled {
+    fn handle(&self, req: &Request<'_>, out: &mut BytesMut, _reply: &Reply<'_>) -> Handled {
         self.answer(&req.msg, out);
         Handled::Answered
     }

@@ -10,8 +10,11 @@ mod connection;
 pub mod echo;
 mod server;
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use crate::diameter::{ApplicationId, MessageRef};
 
@@ -25,7 +28,7 @@ pub use server::{Server, ServerHandle, ServerLimits, Shared};
 /// Hop-by-Hop id (RFC 6733 §3).
 pub trait Application: Send + Sync + 'static {
     fn id(&self) -> ApplicationId;
-    fn handle(&self, req: &Request<'_>, out: &mut bytes::BytesMut, reply: Reply) -> Handled;
+    fn handle(&self, req: &Request<'_>, out: &mut bytes::BytesMut, reply: &Reply<'_>) -> Handled;
 
     /// Whether this request starts new work (a new session, a one-shot event) rather than
     /// continuing work the server has already accepted. Under load new work is shed first
@@ -52,30 +55,97 @@ pub struct Request<'a> {
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Handled {
-    /// The answer was written into `out`.
+    /// The answer was written into `out` and may leave at once.
     Answered,
-    /// The application kept the `Reply` and will send the answer through it.
+    /// The answer was written into `out`, and must not leave before `DurableWake::durable`
+    /// has been told this sequence number (a journal LSN): the connection holds it until then.
+    AfterDurable(u64),
+    /// The application kept a [`LateReply`] and will send the answer through it.
     Deferred,
+}
+
+/// How an application answers a request other than at once.
+pub struct Reply<'a> {
+    tx: &'a mpsc::UnboundedSender<DeferredAnswer>,
+    wake: &'a Arc<DurableWake>,
+    key: Option<&'a (Arc<str>, u32)>,
+}
+
+impl Reply<'_> {
+    /// A handle to send the answer later from anywhere (for `Handled::Deferred`).
+    pub fn later(&self) -> LateReply {
+        LateReply { tx: self.tx.clone(), key: self.key.cloned() }
+    }
+
+    /// The connection's durability waker: whoever makes the records durable that an answer
+    /// returned as `Handled::AfterDurable` waits for tells it here.
+    pub fn durable_waker(&self) -> &Arc<DurableWake> {
+        self.wake
+    }
 }
 
 /// Sends a deferred answer back to the connection that received the request.
 #[derive(Debug)]
-pub struct Reply {
+pub struct LateReply {
     tx: mpsc::UnboundedSender<DeferredAnswer>,
     /// Origin-Host and End-to-End id of the request, for the duplicate cache.
-    key: Option<(std::sync::Arc<str>, u32)>,
+    key: Option<(Arc<str>, u32)>,
 }
 
 #[derive(Debug)]
 struct DeferredAnswer {
-    key: Option<(std::sync::Arc<str>, u32)>,
+    key: Option<(Arc<str>, u32)>,
     answer: Bytes,
 }
 
-impl Reply {
+impl LateReply {
     /// Sends the encoded answer. If the connection has gone, the answer is dropped: the peer
     /// will retransmit on another connection and the duplicate caches answer it.
     pub fn send(self, answer: Bytes) {
         let _ = self.tx.send(DeferredAnswer { key: self.key, answer });
+    }
+}
+
+/// One per connection: tells the connection task how far the records its held answers wait
+/// for are durable. The journal's writer thread calls it once per record; the connection is
+/// woken at most once per batch however many of its answers the batch releases, and then
+/// writes all of them in one write call — instead of one channel message, one wake-up and one
+/// copy per answer.
+#[derive(Debug, Default)]
+pub struct DurableWake {
+    /// The highest sequence number known durable.
+    durable: AtomicU64,
+    /// Set when the records can never become durable (the journal failed).
+    failed: AtomicBool,
+    /// Whether a wake-up is pending: the writer notifies only on the false → true edge.
+    scheduled: AtomicBool,
+    notify: Notify,
+}
+
+impl DurableWake {
+    /// Everything up to `seq` is durable.
+    pub fn durable(&self, seq: u64) {
+        // SeqCst: the connection clears `scheduled` before it reads `durable`, and we raise
+        // `durable` before we test `scheduled`, so either it sees the new value or it is woken.
+        self.durable.fetch_max(seq, Ordering::SeqCst);
+        self.schedule();
+    }
+
+    /// The records waited for will never be durable: held answers are dropped, unsent.
+    pub fn failed(&self) {
+        self.failed.store(true, Ordering::SeqCst);
+        self.schedule();
+    }
+
+    fn schedule(&self) {
+        if !self.scheduled.swap(true, Ordering::SeqCst) {
+            self.notify.notify_one();
+        }
+    }
+
+    /// For the connection, once woken: (durable sequence number, whether the journal failed).
+    fn take(&self) -> (u64, bool) {
+        self.scheduled.store(false, Ordering::SeqCst);
+        (self.durable.load(Ordering::SeqCst), self.failed.load(Ordering::SeqCst))
     }
 }
