@@ -134,7 +134,6 @@ fn main() {
     journal.wait_durable(sink.lsn.unwrap()).unwrap();
     let appended = journal.stats();
     let write_s = t.elapsed().as_secs_f64();
-    drop(sink);
     drop(started);
 
     // Recover: catalog + every record.
