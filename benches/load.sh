@@ -25,7 +25,7 @@
 #           gyro's peak RSS (VmHWM) against its steady-state VmRSS at the end of the W2 runs
 #
 # Usage: benches/load.sh [--quick] [--overload] [--runs N] [--duration S] [--warmup S]
-#                        [--workloads W1,W2,...] [--keep]
+#                        [--workloads W1,W2,...] [--server-workers N] [--keep]
 #
 #   --quick           smoke run: 1 run per server, 3 s after 1 s of warm-up (W5: 10 s)
 #   --overload        also run W5 (a minute more)
@@ -33,6 +33,11 @@
 #   --duration S      measured seconds per run (default 10)
 #   --warmup S        warm-up seconds per run, not measured (default 2)
 #   --workloads LIST  a subset of W1,W2,W3,W4,W2-off (default all; W4 and W5 need W2)
+#   --server-workers N  Tokio worker threads for echo and gyro alike (default: half the CPUs,
+#                     at least 1); the load generator gets the other CPUs (at least 1). The
+#                     generator and the server share this machine, so each gets its own cores
+#                     rather than every process starting one thread per core and all of them
+#                     preempting each other.
 #   --keep            keep the temporary directory (configs, logs, JSON reports)
 #
 # Environment:
@@ -82,6 +87,8 @@ overload=0
 keep=0
 workloads="W1,W2,W3,W4,W2-off"
 duration_set=0
+cpus=$(nproc)
+server_workers=$((cpus / 2 > 0 ? cpus / 2 : 1))
 while [[ $# -gt 0 ]]; do
     case $1 in
         --quick)
@@ -110,6 +117,11 @@ while [[ $# -gt 0 ]]; do
             workloads=$2
             shift
             ;;
+        --server-workers)
+            [[ ${2:-} =~ ^[1-9][0-9]*$ ]] || die "--server-workers needs a positive integer, got '${2:-}'"
+            server_workers=$2
+            shift
+            ;;
         --keep) keep=1 ;;
         -h | --help) usage 0 ;;
         *)
@@ -120,6 +132,8 @@ while [[ $# -gt 0 ]]; do
     shift
 done
 [[ $overload == 1 ]] && workloads="$workloads,W5"
+
+load_workers=$((cpus - server_workers > 0 ? cpus - server_workers : 1))
 
 selected() { [[ ",$workloads," == *",$1,"* ]]; }
 if selected W4 || selected W5; then
@@ -285,12 +299,13 @@ start_server() {
     case $kind in
         echo)
             command="gyro echo"
-            NO_COLOR=1 "$gyro" echo --config "$config" >"$log" 2>&1 &
+            NO_COLOR=1 "$gyro" echo --config "$config" --workers "$server_workers" >"$log" 2>&1 &
             ;;
         gyro)
             command="gyro serve"
             mkdir -p "$work/data/$label"
-            NO_COLOR=1 "$gyro" serve --config "$config" --data-dir "$work/data/$label" >"$log" 2>&1 &
+            NO_COLOR=1 "$gyro" serve --config "$config" --workers "$server_workers" --data-dir "$work/data/$label" \
+                >"$log" 2>&1 &
             ;;
     esac
     server_pid=$!
@@ -344,7 +359,7 @@ run_one() {
     start_server "$kind" "$config" "$label"
     printf 'load.sh: %-7s %-4s run %d/%d on %s ... ' "$row" "$kind" "$run" "$runs" "$server_addr"
     timeout --foreground --signal=TERM $((warmup + dur + LOAD_SLACK_S)) "${load_cmd[@]}" --server "$server_addr" "$@" \
-        --duration "$dur" --warmup "$warmup" --json >"$report" 2>"$err" || status=$?
+        --workers "$load_workers" --duration "$dur" --warmup "$warmup" --json >"$report" 2>"$err" || status=$?
     echo "$(proc_kb VmRSS) $(proc_kb VmHWM)" >"$work/reports/$label.mem"
     stop_server "$label"
     if ! jcheck "$report"; then
@@ -441,6 +456,7 @@ cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null ||
     echo
     echo "gyro vs gyro echo, medians of $runs run(s) each, ${warmup}s warm-up + ${duration}s per run"
     echo "machine: $(nproc) CPUs, ${cpu:-unknown CPU}, $(uname -srm); journal on $fs_type"
+    echo "threads: server $server_workers Tokio worker(s) (+ gyro's journal writer), load generator $load_workers"
     echo "commit: $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$repo" diff --quiet 2>/dev/null || echo ' (with local changes)'), $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo "latencies in microseconds; errors = answers not 2001 / timeouts / protocol errors, summed over the runs"
     echo

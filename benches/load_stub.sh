@@ -57,6 +57,7 @@ while [[ $# -gt 0 ]]; do
         --duration) number "$1" "${2:-}"; duration=$2; shift ;;
         --warmup) number "$1" "${2:-}"; warmup=$2; shift ;;
         --json) json=1 ;;
+        --workers) number "$1" "${2:-}"; shift ;;
         *) fail "unknown option '$1'" ;;
     esac
     shift
