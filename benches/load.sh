@@ -22,7 +22,8 @@
 #           target p99 gyro <= 2 x echo at 25 % and 50 %; at 50 % also p99 <= 5 ms, p99.9 <= 10 ms
 #   W2-off  W2 with the journal's fsync off (gyro), for the cost of the fsync
 #   W5      (--overload) 150 % of gyro's best W2 rate for 60 s: answers, 3004s, timeouts, and
-#           gyro's peak RSS (VmHWM) against its steady-state VmRSS at the end of the W2 runs
+#           gyro's peak RSS (VmHWM) against its steady-state VmRSS at the end of the W4-75 runs
+#           (the same number of sessions; the W2 runs without W4)
 #
 # Usage: benches/load.sh [--quick] [--overload] [--runs N] [--duration S] [--warmup S]
 #                        [--workloads W1,W2,...] [--server-workers N] [--keep]
@@ -63,6 +64,9 @@ readonly OVERLOAD_PERCENT=150
 readonly SUBSCRIBERS_SMALL=10000
 readonly SUBSCRIBERS_W3=1000000
 readonly SESSIONS_W3=100000
+# Open loop (W4, W5): a session has one request outstanding at a time, so the generator needs
+# rate x latency sessions to keep its schedule; 100 000 cover 200 k/s at 500 ms.
+readonly SESSIONS_OPEN_LOOP=100000
 # Longest wait for a server to listen (a 1 M-account catalog takes seconds to load) and to stop.
 readonly START_TIMEOUT_S=300
 readonly STOP_TIMEOUT_S=30
@@ -427,7 +431,8 @@ if selected W4; then
     for pct in 25 50 75; do
         rate=$(awk -v r="$echo_w2" -v p="$pct" 'BEGIN { printf "%d", r * p / 100 }')
         ((rate > 0)) || die "W4: echo's W2 rate ($echo_w2) gives no rate at $pct %"
-        run_row "W4-$pct" "$work/gyro-small.toml" "${updates[@]}" --connections 4 --rate "$rate"
+        run_row "W4-$pct" "$work/gyro-small.toml" "${updates[@]}" --sessions "$SESSIONS_OPEN_LOOP" \
+            --connections 4 --rate "$rate"
     done
 fi
 selected W2-off && run_row W2-off "$work/gyro-small-off.toml" "${updates[@]}" --connections 4 --in-flight 16
@@ -437,8 +442,8 @@ if selected W5; then
     echo "load.sh: W5 offers $w5_rate/s ($OVERLOAD_PERCENT % of gyro's best W2 rate, $gyro_w2_max/s) for ${overload_duration}s"
     saved_runs=$runs
     runs=1
-    run_one W5 gyro "$work/gyro-small.toml" 1 "$overload_duration" "${updates[@]}" --connections 4 \
-        --rate "$w5_rate"
+    run_one W5 gyro "$work/gyro-small.toml" 1 "$overload_duration" "${updates[@]}" \
+        --sessions "$SESSIONS_OPEN_LOOP" --connections 4 --rate "$w5_rate"
     runs=$saved_runs
 fi
 
@@ -494,11 +499,17 @@ cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null ||
     if selected W5; then
         f=$work/reports/W5-gyro-1.json
         read -r w5_rss w5_hwm <"$work/reports/W5-gyro-1.mem" || true
-        steady=$(median $(for ((run = 1; run <= runs; run++)); do awk '{ print $1 }' "$work/reports/W2-gyro-$run.mem"; done))
+        # Steady state with as many sessions as W5 has: the W4-75 runs; without W4, the W2 runs.
+        steady_row=W2
+        selected W4 && steady_row=W4-75
+        steady=$(median $(for ((run = 1; run <= runs; run++)); do awk '{ print $1 }' "$work/reports/$steady_row-gyro-$run.mem"; done))
+        w5_req=$(jget "$f" requests) w5_ans=$(jget "$f" answers) w5_to=$(jget "$f" timeouts)
         echo
         echo "W5 overload: offered $w5_rate/s for ${overload_duration}s against gyro ($OVERLOAD_PERCENT % of its best W2 rate)"
         echo "  requests $(jget "$f" requests), answers $(jget "$f" answers) ($(jget "$f" rate)/s), 3004 TOO_BUSY $(jget "$f" result_codes 3004 | grep . || echo 0), timeouts $(jget "$f" timeouts), protocol errors $(jget "$f" protocol_errors)"
         echo "  latency p50/p99/p99.9/max: $(jget "$f" latency_us p50)/$(jget "$f" latency_us p99)/$(jget "$f" latency_us p999)/$(jget "$f" latency_us max) us"
-        echo "  gyro memory: peak VmHWM ${w5_hwm:-?} kB, VmRSS ${w5_rss:-?} kB at the end of W5; steady state (median VmRSS at the end of the W2 runs) ${steady:-?} kB"
+        echo "  due but not sent by the generator: $(jget "$f" unsent | grep . || echo 0) (it had no free session or no CPU)"
+        echo "  gyro memory: peak VmHWM ${w5_hwm:-?} kB, VmRSS ${w5_rss:-?} kB at the end of W5; steady state (median VmRSS at the end of the $steady_row runs) ${steady:-?} kB"
+        echo "  targets: every request answered, none timed out: $(verdict "r == a && t == 0" -v r="${w5_req:-0}" -v a="${w5_ans:--1}" -v t="${w5_to:-1}"); peak memory <= 1.2 x steady: $(verdict "h > 0 && s > 0 && h <= 1.2 * s" -v h="${w5_hwm:-0}" -v s="${steady:-0}")"
     fi
 } | tee "$work/summary.txt"

@@ -41,6 +41,17 @@ pub const SHED_NEW_WORK_PERCENT: usize = 75;
 
 const _: () = assert!(SHED_NEW_WORK_PERCENT > 0 && SHED_NEW_WORK_PERCENT < 100);
 
+/// Queue-delay overload control (see `net::connection`): a connection whose every read has
+/// filled the read buffer for this long (its socket never drained: requests wait in the kernel,
+/// where the in-flight count cannot see them) refuses new work (CCR-I, CCR-E) with 3004 ...
+pub const BEHIND_SHED_NEW_WORK_MS: u64 = 100;
+/// ... and after this long also updates (CCR-U); terminations are still served, since they end
+/// sessions and free their reservations. Both well inside a client's Tx timer (RFC 4006 §13:
+/// typically seconds), so a shed request is answered while the client can still fail over.
+pub const BEHIND_SHED_UPDATES_MS: u64 = 400;
+
+const _: () = assert!(BEHIND_SHED_NEW_WORK_MS < BEHIND_SHED_UPDATES_MS);
+
 /// Answers queued for one connection's writer before the reader stops reading (backpressure).
 pub const WRITE_QUEUE_PER_CONNECTION_MAX: usize = 4096;
 

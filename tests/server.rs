@@ -579,6 +579,84 @@ async fn duplicate_request_gets_the_original_answer() {
     assert_eq!(app.calls.load(Ordering::SeqCst), 2);
 }
 
+/// Answers 2001 after burning `per_request` of the connection's thread: a server short of CPU.
+struct Slow {
+    per_request: std::time::Duration,
+}
+
+impl Application for Slow {
+    fn id(&self) -> ApplicationId {
+        CC
+    }
+    fn handle(&self, req: &Request<'_>, out: &mut BytesMut, _reply: &Reply<'_>) -> Handled {
+        std::thread::sleep(self.per_request);
+        let mut e = begin_answer(out, &req.msg, ResultCode::SUCCESS);
+        e.u32(spec::RESULT_CODE, 2001).str(spec::ORIGIN_HOST, "gyro.test").str(spec::ORIGIN_REALM, "test");
+        e.finish();
+        Handled::Answered
+    }
+    fn is_new_work(&self, msg: &gyro::diameter::MessageRef<'_>) -> bool {
+        msg.find(AvpCode(416)).is_some_and(|a| a.data == 1u32.to_be_bytes())
+    }
+    fn is_ending(&self, msg: &gyro::diameter::MessageRef<'_>) -> bool {
+        msg.find(AvpCode(416)).is_some_and(|a| a.data == 3u32.to_be_bytes())
+    }
+}
+
+/// Requests queued unread in the socket (the in-flight count never sees them) are shed by
+/// their queue delay: after a while of reads that never drain the socket, new sessions get
+/// 3004 at once, later updates too, terminations never; every request is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_queued_in_the_socket_are_shed_by_queue_delay() {
+    let app = Arc::new(Slow { per_request: std::time::Duration::from_micros(300) });
+    let s = start(Options { applications: vec![app], ..Options::default() }).await;
+    let mut c = Client::open(s.addr).await;
+    // 3000 requests (≈ 0.5 MB) at once: 0.9 s of work if none were shed. Types cycle
+    // I, U, T so each kind arrives all along the backlog.
+    let (n, types) = (3000usize, [1u32, 2, 3]);
+    let mut batch = Vec::new();
+    let mut kind_of = std::collections::HashMap::new();
+    for i in 0..n {
+        let req = ccr_of_type(&mut c, &format!("q;{i}"), types[i % 3]);
+        kind_of.insert(msg(&req).header.hop_by_hop, types[i % 3]);
+        batch.extend_from_slice(&req);
+    }
+    let (mut rd, mut wr) = c.stream.into_split();
+    let writer = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        wr.write_all(&batch).await.unwrap();
+        wr
+    });
+    let mut buf = BytesMut::new();
+    let mut counts = std::collections::HashMap::<(u32, u32), usize>::new();
+    let mut first_3004 = None;
+    let mut got = 0;
+    while got < n {
+        use tokio::io::AsyncReadExt;
+        while let Ok(Some(len)) = gyro::diameter::frame(&buf) {
+            let a = buf.split_to(len).freeze();
+            let m = msg(&a);
+            let rc = m.u32(AvpCode::RESULT_CODE).unwrap();
+            *counts.entry((kind_of[&m.header.hop_by_hop], rc)).or_default() += 1;
+            if rc == 3004 && first_3004.is_none() {
+                first_3004 = Some(got);
+            }
+            got += 1;
+        }
+        if got < n {
+            let read = tokio::time::timeout(STEP, rd.read_buf(&mut buf)).await.expect("answers keep coming");
+            assert!(read.unwrap() > 0, "the server closed the connection");
+        }
+    }
+    let _wr = writer.await.unwrap();
+    let count = |kind, rc| counts.get(&(kind, rc)).copied().unwrap_or(0);
+    assert!(first_3004.unwrap_or(0) > 100, "the first requests are served normally: {counts:?}");
+    assert!(count(1, 3004) > 0, "new sessions were shed: {counts:?}");
+    assert_eq!(count(3, 3004), 0, "terminations are never shed by queue delay: {counts:?}");
+    assert_eq!(count(1, 3004) + count(1, 2001), n / 3);
+    assert!(count(1, 3004) > count(2, 3004), "new work goes first: {counts:?}");
+}
+
 #[tokio::test]
 async fn graceful_shutdown_sends_dpr_and_drains() {
     let s = start(Options::default()).await;

@@ -77,6 +77,12 @@ impl Charging {
     }
 }
 
+/// CC-Request-Type (RFC 4006 §8.3), read straight from the message (before validation).
+fn request_type(msg: &crate::diameter::MessageRef<'_>) -> Option<u32> {
+    let avp = msg.find(crate::diameter::AvpCode(416))?;
+    Some(u32::from_be_bytes(<[u8; 4]>::try_from(avp.data).ok()?))
+}
+
 impl Application for Charging {
     fn id(&self) -> ApplicationId {
         ApplicationId::CREDIT_CONTROL
@@ -84,9 +90,12 @@ impl Application for Charging {
 
     /// CCR-I and CCR-E (RFC 4006 CC-Request-Type 1 and 4) start new work; CCR-U/T continue it.
     fn is_new_work(&self, msg: &crate::diameter::MessageRef<'_>) -> bool {
-        let request_type =
-            msg.find(crate::diameter::AvpCode(416)).and_then(|a| <[u8; 4]>::try_from(a.data).ok());
-        matches!(request_type.map(u32::from_be_bytes), Some(1 | 4))
+        matches!(request_type(msg), Some(1 | 4))
+    }
+
+    /// CCR-T (CC-Request-Type 3) ends a session.
+    fn is_ending(&self, msg: &crate::diameter::MessageRef<'_>) -> bool {
+        request_type(msg) == Some(3)
     }
 
     /// The engine answers a retransmitted CCR from the session (Session-Id +

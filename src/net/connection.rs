@@ -17,7 +17,9 @@ use super::{DeferredAnswer, DurableWake, Handled, Reply, Request, Shared};
 use crate::diameter::answer::error_answer;
 use crate::diameter::codes::{AvpCode, ResultCode};
 use crate::diameter::{frame_within, FrameError, MessageRef};
-use crate::limits::{HEADER_SIZE_BYTES, READ_CHUNK_BYTES, WRITE_TIMEOUT_MS};
+use crate::limits::{
+    BEHIND_SHED_NEW_WORK_MS, BEHIND_SHED_UPDATES_MS, HEADER_SIZE_BYTES, READ_CHUNK_BYTES, WRITE_TIMEOUT_MS,
+};
 use crate::peer::{Action, Peer};
 
 pub(super) struct Connection {
@@ -35,8 +37,26 @@ pub(super) struct Connection {
     held: BytesMut,
     held_marks: VecDeque<Held>,
     wake: Arc<DurableWake>,
+    /// Since when every read has filled the read buffer (the socket never drained), if it has.
+    behind_since_ms: Option<u64>,
+    /// What the queue delay sheds for the messages of the current read.
+    shedding: Shedding,
     /// The peer's Origin-Host, shared by the duplicate-cache keys of its requests.
     peer_host: Option<Arc<str>>,
+}
+
+/// Queue-delay overload control. The in-flight limits see only requests the server has read;
+/// when the server is short of CPU, requests queue in the socket instead, unseen, and their
+/// latency grows without bound while the in-flight count stays low. A read that fills the whole
+/// buffer means more is waiting; reads that do so without a break for a while mean requests
+/// wait that long before they are even read (CoDel's signal: the queue did not empty within an
+/// interval). Then new work, and later updates, are answered 3004 at once: a refusal costs a
+/// fraction of the work, so the backlog drains and every request gets an answer in time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Shedding {
+    Nothing,
+    NewWork,
+    AllButEnding,
 }
 
 /// One answer in `held`: its length and what it waits for.
@@ -72,6 +92,8 @@ impl Connection {
             held: BytesMut::new(),
             held_marks: VecDeque::new(),
             wake: Arc::new(DurableWake::default()),
+            behind_since_ms: None,
+            shedding: Shedding::Nothing,
             peer_host: None,
         }
     }
@@ -86,10 +108,14 @@ impl Connection {
         loop {
             let deadline = self.deadline();
             self.rbuf.reserve(READ_CHUNK_BYTES);
+            let room = self.rbuf.capacity() - self.rbuf.len();
             let action = tokio::select! {
                 r = self.stream.read_buf(&mut self.rbuf) => match r {
                     Ok(0) => Action::Close,
-                    Ok(_) => self.on_read(),
+                    Ok(n) => {
+                        self.queue_delay(n == room);
+                        self.on_read()
+                    }
                     Err(error) => {
                         tracing::debug!(addr = %self.addr, %error, "read failed");
                         Action::Close
@@ -122,6 +148,28 @@ impl Connection {
         }
         let _ = self.stream.shutdown().await;
         tracing::debug!(addr = %self.addr, peer = self.peer.remote().map(|r| r.origin_host.as_str()), "connection closed");
+    }
+
+    /// Tracks how long the socket has been backed up and what to shed for it.
+    fn queue_delay(&mut self, filled: bool) {
+        if !filled {
+            self.behind_since_ms = None;
+            self.shedding = Shedding::Nothing;
+            return;
+        }
+        let now = self.shared.now_ms();
+        let behind = now - *self.behind_since_ms.get_or_insert(now);
+        let shedding = if behind >= BEHIND_SHED_UPDATES_MS {
+            Shedding::AllButEnding
+        } else if behind >= BEHIND_SHED_NEW_WORK_MS {
+            Shedding::NewWork
+        } else {
+            Shedding::Nothing
+        };
+        if shedding > self.shedding {
+            tracing::warn!(addr = %self.addr, behind_ms = behind, shedding = ?shedding, "requests queue unread; shedding load with 3004");
+        }
+        self.shedding = shedding;
     }
 
     fn deadline(&self) -> tokio::time::Instant {
@@ -245,7 +293,12 @@ impl Connection {
         // refusing it strands usage that already happened.
         let total = self.shared.in_flight_total.load(Ordering::Relaxed);
         let overloaded = total >= self.shared.in_flight_total_max
-            || (total >= self.shared.shed_new_work_at && app.is_new_work(msg));
+            || (total >= self.shared.shed_new_work_at && app.is_new_work(msg))
+            || match self.shedding {
+                Shedding::Nothing => false,
+                Shedding::NewWork => app.is_new_work(msg),
+                Shedding::AllButEnding => !app.is_ending(msg),
+            };
         if overloaded {
             self.shared.shed.fetch_add(1, Ordering::Relaxed);
             error_answer(

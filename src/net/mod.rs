@@ -37,6 +37,12 @@ pub trait Application: Send + Sync + 'static {
         false
     }
 
+    /// Whether this request ends work (a session's last request): under overload it is shed
+    /// last, because it frees what the session holds.
+    fn is_ending(&self, _msg: &MessageRef<'_>) -> bool {
+        false
+    }
+
     /// Whether the application detects duplicate requests and replays its answers itself
     /// (RFC 6733 §5.5.4). If not, the connection layer does it by Origin-Host and End-to-End id.
     fn remembers_answers(&self) -> bool {
