@@ -268,14 +268,17 @@ impl<'a> AccountRef<'a> {
     /// Why the account is inconsistent, if it is. Runs after every mutation, so it is linear in
     /// the (bounded) reservations and bundles, never quadratic.
     pub(super) fn violation(self) -> Option<&'static str> {
-        self.violation_in(false)
+        self.violation_in(false, true)
     }
 
     /// `violation`; `recovering` leaves out the two limits that recovery may cross for a while,
     /// because it applies different sessions' records in journal order rather than in the order
     /// the ledger applied them: the reservation count and a bundle's held units against what it
     /// has left. `Ledger::end_recovery` checks everything again once all records are in.
-    pub(super) fn violation_in(self, recovering: bool) -> Option<&'static str> {
+    ///
+    /// Without `full`, only the O(1) and per-bundle checks run, not the walk of the hold list
+    /// (see `shard::FULL_CHECK_EVERY`).
+    pub(super) fn violation_in(self, recovering: bool, full: bool) -> Option<&'static str> {
         let account = self.account;
         if RESERVATIONS_PER_ACCOUNT_MAX < account.holds_len() && !recovering {
             return Some("more reservations than the limit");
@@ -287,6 +290,15 @@ impl<'a> AccountRef<'a> {
             return Some("credit limit out of range");
         }
         let bundles = self.bundles();
+        if !full {
+            if !(0..=AMOUNT_MAX_MINOR * RESERVATIONS_PER_ACCOUNT_MAX as i64).contains(&account.reserved) {
+                return Some("reserved money out of range");
+            }
+            if !recovering && bundles.iter().any(|bundle| bundle.remaining < bundle.reserved) {
+                return Some("a bundle holds more units than it has");
+            }
+            return None;
+        }
         // Walked here with every link checked (the other walks trust what this one checked).
         let (mut money, mut count, mut at) = (0i64, 0usize, account.holds);
         while at != NONE {
