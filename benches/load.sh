@@ -496,6 +496,23 @@ cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null ||
             "$(printf '%.0f/%.0f/%.0f' "$e50" "$e99" "$e999")" "$(printf '%.0f/%.0f/%.0f' "$g50" "$g99" "$g999")" \
             "$(problems "$row" echo)" "$(problems "$row" gyro)" "$target" "$result"
     done
+    # The journal's own figures from gyro's log at shutdown: what bounds a closed loop with
+    # fsync on is in-flight / (fsync + the rest of a round trip), since no answer leaves before
+    # its batch is synced.
+    echo
+    echo "gyro's journal (medians over the runs): records per batch, mean and max fdatasync"
+    for row in W1 W2 W3 W4-25 W4-50 W4-75 W2-off; do
+        base=${row%%-[0-9]*}
+        selected "$base" || continue
+        jfield() {
+            median $(for ((run = 1; run <= runs; run++)); do
+                sed 's/\x1b\[[0-9;]*[A-Za-z]//g' "$work/logs/$row-gyro-$run.log" 2>/dev/null |
+                    grep 'journal closed' | sed -n "s/.* $1=\([0-9.]*\).*/\1/p"
+            done)
+        }
+        printf '  %-7s %8s records/batch  fsync mean %6s us  max %8s us\n' "$row" \
+            "$(jfield mean_batch_records)" "$(jfield mean_sync_us)" "$(jfield max_sync_us)"
+    done
     if selected W5; then
         f=$work/reports/W5-gyro-1.json
         read -r w5_rss w5_hwm <"$work/reports/W5-gyro-1.mem" || true

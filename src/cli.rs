@@ -334,7 +334,15 @@ async fn serve_async(cfg: Config, dict: Arc<Dictionary>, defaults: bool) -> anyh
     if let Some(journal) = charging.journal() {
         // Every answer sent has its record on disk already; this flushes the sweep's last records.
         let stats = journal.stats();
-        tracing::info!(records = stats.records, batches = stats.batches, "journal closed");
+        tracing::info!(
+            records = stats.records,
+            batches = stats.batches,
+            mean_batch_records = %format!("{:.1}", stats.mean_batch_records()),
+            syncs = stats.syncs,
+            mean_sync_us = stats.mean_sync().as_micros() as u64,
+            max_sync_us = stats.sync_ns_max / 1000,
+            "journal closed"
+        );
     }
     tracing::info!("gyro stopped");
     Ok(())
