@@ -2,6 +2,9 @@
 //! replay after a restart, segment roll-over, crash damage at the tail (cut, then appends go
 //! on) and corruption before it (refused, naming file and offset), snapshots and pruning.
 //!
+//! The tests that cut a segment short do it in two layouts: the file ends with the torn bytes,
+//! or zeros follow them (a preallocated file).
+//!
 //! Every wait is bounded by `STEP`, so a bug fails a test instead of hanging it; nothing asserts
 //! on elapsed time.
 
@@ -20,6 +23,9 @@ type Done = Result<Lsn, JournalError>;
 type Replayed = Vec<(Lsn, Vec<u8>)>;
 
 const STEP: Duration = Duration::from_secs(10);
+
+/// The size the "preallocated" layout pads a segment to.
+const SEGMENT_BYTES: u64 = 64 << 10;
 
 fn config(dir: &Path) -> JournalConfig {
     JournalConfig::new(dir)
@@ -88,6 +94,33 @@ fn layout(dir: &Path) -> Vec<(Lsn, PathBuf, u64, u64)> {
     .unwrap();
     assert!(found.corruption.is_none() && found.tail.is_none());
     out
+}
+
+/// Where the records of the last segment end (its good data), from a scan.
+fn records_end(dir: &Path) -> u64 {
+    scan(dir, Lsn::ZERO, |_| Ok(())).unwrap().segments.last().unwrap().valid_bytes
+}
+
+/// The two ways a segment looks after a crash in the middle of a write: the file ends with the
+/// torn bytes (growing layout), or zeros follow them up to the preallocated size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Layout {
+    Growing,
+    Preallocated,
+}
+
+/// Writes `bytes` as the segment at `path`, in `layout`.
+fn write_segment(path: &Path, bytes: &[u8], layout: Layout) {
+    std::fs::write(path, bytes).unwrap();
+    if layout == Layout::Preallocated {
+        std::fs::OpenOptions::new().write(true).open(path).unwrap().set_len(SEGMENT_BYTES).unwrap();
+    }
+}
+
+/// Bytes `from..to` of `bytes` without the zeros they end with: how much of a cut record a
+/// torn tail reports (zeros are where the written data ends).
+fn non_zero_extent(bytes: &[u8], from: u64, to: u64) -> u64 {
+    bytes[from as usize..to as usize].iter().rposition(|&b| b != 0).map_or(0, |p| p as u64 + 1)
 }
 
 fn flip_bit(path: &Path, offset: u64, bit: u32) {
@@ -257,21 +290,26 @@ fn a_cut_anywhere_in_the_last_record_is_a_torn_tail() {
     let segment = segments(dir.path()).pop().unwrap();
     let original = std::fs::read(&segment).unwrap();
     let (_, _, last_offset, last_bytes) = layout(dir.path()).pop().unwrap();
-    for cut in last_offset..last_offset + last_bytes {
-        std::fs::write(&segment, &original[..cut as usize]).unwrap();
-        let (journal, seen, report) = open(config(dir.path())).unwrap();
-        assert_eq!(seen, expected(&payloads, 9), "cut at {cut}");
-        assert_eq!(report.tail_truncated_bytes(), cut - last_offset, "cut at {cut}");
-        assert_eq!(report.next_lsn, Lsn(10));
-        // Appends go on right after the last good record.
-        let (tx, rx) = channel();
-        assert_eq!(journal.append(b"after the cut", tx), Lsn(10));
-        rx.recv_timeout(STEP).unwrap().unwrap();
-        journal.close().unwrap();
-        let (seen, report) = replay(config(dir.path())).unwrap();
-        assert_eq!(seen.len(), 10);
-        assert_eq!(seen[9], (Lsn(10), b"after the cut".to_vec()));
-        assert_eq!(report.tail, None);
+    for layout in [Layout::Growing, Layout::Preallocated] {
+        for cut in last_offset..last_offset + last_bytes {
+            write_segment(&segment, &original[..cut as usize], layout);
+            let (journal, seen, report) = open(config(dir.path())).unwrap();
+            assert_eq!(seen, expected(&payloads, 9), "{layout:?}, cut at {cut}");
+            let torn = non_zero_extent(&original, last_offset, cut);
+            assert_eq!(report.tail_truncated_bytes(), torn, "{layout:?}, cut at {cut}");
+            assert_eq!(report.next_lsn, Lsn(10));
+            // Appends go on right after the last good record.
+            let (tx, rx) = channel();
+            assert_eq!(journal.append(b"after the cut", tx), Lsn(10));
+            rx.recv_timeout(STEP).unwrap().unwrap();
+            journal.close().unwrap();
+            // The record appended is shorter than the torn one: none of the torn bytes is left
+            // after it (they were zeroed), or this would be a torn tail again.
+            let (seen, report) = replay(config(dir.path())).unwrap();
+            assert_eq!(seen.len(), 10);
+            assert_eq!(seen[9], (Lsn(10), b"after the cut".to_vec()));
+            assert_eq!(report.tail, None, "{layout:?}, cut at {cut}");
+        }
     }
 }
 
@@ -282,17 +320,23 @@ fn random_cuts_keep_every_record_before_the_cut() {
     let segment = segments(dir.path()).pop().unwrap();
     let original = std::fs::read(&segment).unwrap();
     let records = layout(dir.path());
+    let end = records_end(dir.path());
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    for _ in 0..60 {
-        let cut =
-            SEGMENT_HEADER_BYTES as u64 + rng.below(original.len() as u64 - SEGMENT_HEADER_BYTES as u64);
-        std::fs::write(&segment, &original[..cut as usize]).unwrap();
+    for i in 0..60 {
+        let layout = if i % 2 == 0 { Layout::Growing } else { Layout::Preallocated };
+        let cut = SEGMENT_HEADER_BYTES as u64 + rng.below(end - SEGMENT_HEADER_BYTES as u64);
+        write_segment(&segment, &original[..cut as usize], layout);
+        let file_bytes = std::fs::metadata(&segment).unwrap().len();
         let whole = records.iter().filter(|r| r.2 + r.3 <= cut).count();
         let (seen, report) = replay(config(dir.path())).unwrap();
-        assert_eq!(seen, expected(&payloads, whole), "cut at {cut}");
+        assert_eq!(seen, expected(&payloads, whole), "{layout:?}, cut at {cut}");
         assert_eq!(report.next_lsn, Lsn(whole as u64 + 1));
-        let kept = records.get(whole).map_or(cut, |r| r.2);
-        assert_eq!(std::fs::metadata(&segment).unwrap().len(), kept);
+        // The records kept are untouched, the torn bytes after them zeroed, the size unchanged.
+        let kept = records.get(whole).map_or(cut, |r| r.2) as usize;
+        let after = std::fs::read(&segment).unwrap();
+        assert_eq!(after.len() as u64, file_bytes);
+        assert_eq!(after[..kept], original[..kept], "{layout:?}, cut at {cut}");
+        assert!(after[kept..].iter().all(|&b| b == 0), "{layout:?}, cut at {cut}");
     }
 }
 

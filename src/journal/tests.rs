@@ -146,44 +146,71 @@ fn handmade_segment(dir: &Path, batches: &[&[Vec<u8>]]) -> (PathBuf, Vec<usize>)
     (path, offsets)
 }
 
+/// Pads a segment with zeros to `bytes`, as if it had been preallocated.
+fn preallocated(path: &Path, bytes: u64) {
+    std::fs::OpenOptions::new().write(true).open(path).unwrap().set_len(bytes).unwrap();
+}
+
 #[test]
 fn a_batch_whose_later_pages_reached_the_disk_is_still_a_torn_tail() {
-    let dir = tempfile::tempdir().unwrap();
-    let acknowledged = vec![b"acknowledged".to_vec()];
-    let torn: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 1000]).collect();
-    let (path, offsets) = handmade_segment(dir.path(), &[&acknowledged, &torn]);
-    // A power failure while the second batch was written back: its second 4 KiB page never
-    // reached the disk (reads as zeros), the pages after it did.
-    let mut bytes = std::fs::read(&path).unwrap();
-    bytes[offsets[1] + 4096..offsets[1] + 8192].fill(0);
-    std::fs::write(&path, &bytes).unwrap();
-    let (journal, seen) = open(dir.path(), 1 << 20);
-    let first_lost = offsets.iter().position(|&o| o + 1016 > offsets[1] + 4096).unwrap();
-    assert_eq!(seen.len(), first_lost, "records before the hole are kept");
-    assert_eq!(seen[0], (Lsn(1), b"acknowledged".to_vec()));
-    assert_eq!(std::fs::metadata(&path).unwrap().len(), offsets[first_lost] as u64);
-    let (lsn, rx) = append(&journal, b"after");
-    assert_eq!(lsn, Lsn(first_lost as u64 + 1));
-    rx.recv_timeout(STEP).unwrap().unwrap();
+    // In both layouts: the file ends with the torn batch, or zeros follow it (preallocated).
+    for padded in [None, Some(1u64 << 16)] {
+        let dir = tempfile::tempdir().unwrap();
+        let acknowledged = vec![b"acknowledged".to_vec()];
+        let torn: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 1000]).collect();
+        let (path, offsets) = handmade_segment(dir.path(), &[&acknowledged, &torn]);
+        // A power failure while the second batch was written back: its second 4 KiB page never
+        // reached the disk (reads as zeros), the pages after it did.
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[offsets[1] + 4096..offsets[1] + 8192].fill(0);
+        std::fs::write(&path, &bytes).unwrap();
+        if let Some(size) = padded {
+            preallocated(&path, size);
+        }
+        let (journal, seen) = open(dir.path(), 1 << 20);
+        let first_lost = offsets.iter().position(|&o| o + 1016 > offsets[1] + 4096).unwrap();
+        assert_eq!(seen.len(), first_lost, "{padded:?}: records before the hole are kept");
+        assert_eq!(seen[0], (Lsn(1), b"acknowledged".to_vec()));
+        // The torn records after the hole are zeroed, not left behind the new end.
+        let after = std::fs::read(&path).unwrap();
+        assert_eq!(after[..offsets[first_lost]], bytes[..offsets[first_lost]], "{padded:?}");
+        assert!(after[offsets[first_lost]..].iter().all(|&b| b == 0), "{padded:?}");
+        let (lsn, rx) = append(&journal, b"after");
+        assert_eq!(lsn, Lsn(first_lost as u64 + 1));
+        rx.recv_timeout(STEP).unwrap().unwrap();
+        drop(journal);
+        // Exactly the records kept and the one appended: nothing of the torn batch comes back.
+        let (_, seen) = open(dir.path(), 1 << 20);
+        assert_eq!(seen.len(), first_lost + 1, "{padded:?}");
+        assert_eq!(seen.last().unwrap(), &(lsn, b"after".to_vec()));
+    }
 }
 
 #[test]
 fn damage_followed_by_a_later_batch_is_corruption() {
-    let dir = tempfile::tempdir().unwrap();
-    let first: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 100]).collect();
-    let second = vec![b"later batch".to_vec()];
-    let (path, offsets) = handmade_segment(dir.path(), &[&first, &second]);
-    let mut bytes = std::fs::read(&path).unwrap();
-    bytes[offsets[1] + 20] ^= 4;
-    std::fs::write(&path, &bytes).unwrap();
-    let mut cfg = JournalConfig::new(dir.path());
-    cfg.segment_bytes = 1 << 20;
-    let e = Journal::<Sender<Done>>::open(cfg, |_, _| Ok::<_, JournalError>(())).err().unwrap();
-    let JournalError::Corrupt(c) = e else { panic!("{e}") };
-    assert_eq!(
-        (c.offset, c.expected, c.valid_after),
-        (offsets[1] as u64, Lsn(2), Some((offsets[3] as u64, Lsn(4))))
-    );
+    for padded in [None, Some(1u64 << 16)] {
+        let dir = tempfile::tempdir().unwrap();
+        let first: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 100]).collect();
+        let second = vec![b"later batch".to_vec()];
+        let (path, offsets) = handmade_segment(dir.path(), &[&first, &second]);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[offsets[1] + 20] ^= 4;
+        std::fs::write(&path, &bytes).unwrap();
+        if let Some(size) = padded {
+            preallocated(&path, size);
+        }
+        let before = std::fs::read(&path).unwrap();
+        let mut cfg = JournalConfig::new(dir.path());
+        cfg.segment_bytes = 1 << 20;
+        let e = Journal::<Sender<Done>>::open(cfg, |_, _| Ok::<_, JournalError>(())).err().unwrap();
+        let JournalError::Corrupt(c) = e else { panic!("{e}") };
+        assert_eq!(
+            (c.offset, c.expected, c.valid_after),
+            (offsets[1] as u64, Lsn(2), Some((offsets[3] as u64, Lsn(4)))),
+            "{padded:?}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), before, "{padded:?}: a refused start-up changes nothing");
+    }
 }
 
 /// Every connection task appends: the journal must be Send + Sync for any waiter (the generic

@@ -5,7 +5,7 @@
 //! either while it writes, syncs or runs waiters.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -320,6 +320,7 @@ impl<W: Waiter> Writer<W> {
                 continue;
             }
             self.injected(IoOp::Write)?;
+            // At the end of the records (the file's cursor, see `Segment`).
             self.segment.file.write_all(&batch[pos..end]).map_err(Failure::of(IoOp::Write))?;
             self.segment.len += (end - pos) as u64;
             self.segment.has_records = true;
@@ -392,7 +393,12 @@ impl<W: Waiter> Writer<W> {
     }
 }
 
-/// The segment file being appended to.
+/// The segment file being written: records go at `len`, the end of the records, which is not the
+/// end of the file when the segment is preallocated.
+///
+/// The file is not opened with `O_APPEND`: the write position is the file's cursor, put at the
+/// end of the records when the segment is opened and moved by each `write_all` exactly as `len`
+/// is (after a failed write neither matters: the journal accepts nothing more).
 pub(crate) struct Segment {
     file: File,
     path: PathBuf,
@@ -401,40 +407,53 @@ pub(crate) struct Segment {
 }
 
 impl Segment {
-    /// Creates the segment whose first record will be `first`, durable with its name before any
-    /// record goes into it.
+    /// Creates the segment whose first record will be `first` in the growing layout (the file
+    /// ends where the records end), durable with its name before any record goes into it.
     pub(crate) fn create(dir: &Path, first: Lsn) -> Result<Self, JournalError> {
         let path = dir.join(format::segment_name(first));
         let err = |op| JournalError::io(op, &path);
         let mut file =
-            OpenOptions::new().append(true).create_new(true).open(&path).map_err(err(IoOp::Create))?;
+            OpenOptions::new().write(true).create_new(true).open(&path).map_err(err(IoOp::Create))?;
         file.write_all(&format::encode_segment_header(first)).map_err(err(IoOp::Write))?;
         file.sync_all().map_err(err(IoOp::Sync))?;
         sync_dir(dir)?;
         Ok(Self { file, path, len: SEGMENT_HEADER_BYTES as u64, has_records: false })
     }
 
-    /// Reopens the last segment for appending after the last good record.
+    /// Reopens the last segment to write after the last good record.
     pub(crate) fn resume(s: &SegmentSummary) -> Result<Self, JournalError> {
         let err = |op| JournalError::io(op, &s.path);
-        let file = OpenOptions::new().append(true).open(&s.path).map_err(err(IoOp::Open))?;
-        let len = file.metadata().map_err(err(IoOp::Read))?.len();
-        // Pair assertion with recovery: appends start exactly after the last good record.
-        assert_eq!(len, s.valid_bytes, "{}: length after recovery", s.path.display());
-        Ok(Self { file, path: s.path.clone(), len, has_records: s.records > 0 })
+        let mut file = OpenOptions::new().write(true).open(&s.path).map_err(err(IoOp::Open))?;
+        let file_len = file.metadata().map_err(err(IoOp::Read))?.len();
+        // Pair assertion with recovery: the records end inside the file, and only zeros follow
+        // them (a torn tail has been zeroed).
+        assert!(file_len >= s.valid_bytes, "{}: length after recovery", s.path.display());
+        file.seek(SeekFrom::Start(s.valid_bytes)).map_err(err(IoOp::Open))?;
+        Ok(Self { file, path: s.path.clone(), len: s.valid_bytes, has_records: s.records > 0 })
     }
 }
 
-/// Cuts a torn tail off the last segment (rewriting its header when that was unfinished) and
-/// makes the new length durable.
+/// Repairs a torn tail of the last segment: writes zeros over the torn bytes (rewriting the
+/// header when that was unfinished) and syncs them.
+///
+/// Zeroing rather than truncating, because a preallocated segment must keep its blocks (that is
+/// the point of preallocating it) and its end is where the zeros begin. The torn bytes must not
+/// stay behind the new end either: a later, shorter batch written over their start would leave
+/// the rest of them after it, where a record of the torn batch could sit exactly where the next
+/// record is expected, with the LSN it expects, and be replayed although it was never
+/// acknowledged.
 pub(crate) fn cut_tail(tail: &TornTail, first: Lsn) -> Result<(), JournalError> {
     let err = |op| JournalError::io(op, &tail.segment);
     let mut file = OpenOptions::new().write(true).open(&tail.segment).map_err(err(IoOp::Open))?;
-    if tail.offset < SEGMENT_HEADER_BYTES as u64 {
-        file.set_len(0).map_err(err(IoOp::Truncate))?;
+    let (start, end) = (tail.offset, tail.offset + tail.bytes);
+    if start < SEGMENT_HEADER_BYTES as u64 {
+        // An unfinished header (only zeros after it): a new one, for the LSN the name gives.
         file.write_all(&format::encode_segment_header(first)).map_err(err(IoOp::Write))?;
-    } else {
-        file.set_len(tail.offset).map_err(err(IoOp::Truncate))?;
+    }
+    let from = start.max(SEGMENT_HEADER_BYTES as u64);
+    if from < end {
+        file.seek(SeekFrom::Start(from)).map_err(err(IoOp::Write))?;
+        io::copy(&mut io::repeat(0).take(end - from), &mut file).map_err(err(IoOp::Write))?;
     }
     file.sync_all().map_err(err(IoOp::Sync))
 }

@@ -180,10 +180,21 @@ fn print_segments(found: &Scan, out: &mut dyn Write) -> io::Result<()> {
             1 => format!("LSN {} (1 record)", s.first_lsn),
             n => format!("LSN {}..={} ({n} records)", s.first_lsn, s.first_lsn.0 + n - 1),
         };
-        if s.valid_bytes == s.file_bytes {
-            writeln!(out, "  segment {name}: {lsns}, {} bytes", s.file_bytes)?;
+        // The records' extent is what matters; a preallocated file is larger, with only zeros
+        // after the data.
+        let preallocated = if s.file_bytes > s.data_bytes {
+            format!(" (a file of {} bytes, zeros after the data)", s.file_bytes)
         } else {
-            writeln!(out, "  segment {name}: {lsns}, {} of {} bytes good", s.valid_bytes, s.file_bytes)?;
+            String::new()
+        };
+        if s.valid_bytes == s.data_bytes {
+            writeln!(out, "  segment {name}: {lsns}, {} bytes{preallocated}", s.valid_bytes)?;
+        } else {
+            writeln!(
+                out,
+                "  segment {name}: {lsns}, {} of {} bytes good{preallocated}",
+                s.valid_bytes, s.data_bytes
+            )?;
         }
     }
     Ok(())
