@@ -2,8 +2,9 @@
 //! replay after a restart, segment roll-over, crash damage at the tail (cut, then appends go
 //! on) and corruption before it (refused, naming file and offset), snapshots and pruning.
 //!
-//! The tests that cut a segment short do it in two layouts: the file ends with the torn bytes,
-//! or zeros follow them (a preallocated file).
+//! Segments are preallocated (zero-filled to `segment_bytes`); the tests that cut a segment short
+//! also exercise the growing layout, in which the file ends with the records (what a journal
+//! written without preallocation looks like).
 //!
 //! Every wait is bounded by `STEP`, so a bug fails a test instead of hanging it; nothing asserts
 //! on elapsed time.
@@ -24,11 +25,12 @@ type Replayed = Vec<(Lsn, Vec<u8>)>;
 
 const STEP: Duration = Duration::from_secs(10);
 
-/// The size the "preallocated" layout pads a segment to.
+/// Segments of 64 KiB rather than the default 64 MiB: every open zero-fills one (the first
+/// segment, or the spare), and some tests rewrite a whole segment hundreds of times.
 const SEGMENT_BYTES: u64 = 64 << 10;
 
 fn config(dir: &Path) -> JournalConfig {
-    JournalConfig::new(dir)
+    JournalConfig { segment_bytes: SEGMENT_BYTES, ..JournalConfig::new(dir) }
 }
 
 fn small_segments(dir: &Path, segment_bytes: u64) -> JournalConfig {
@@ -187,19 +189,29 @@ fn appends_from_many_threads_come_back_in_lsn_order() {
     assert_eq!((report.records_replayed, report.next_lsn, report.tail), (1000, Lsn(1001), None));
 }
 
-/// Stats the segment when its record is acknowledged: the record must already be in the file.
+/// The byte a record's payload is made of in `waiters_run_only_once_their_record_is_in_the_file`:
+/// never zero, which is what a preallocated file holds.
+fn filler(lsn: Lsn) -> u8 {
+    (lsn.0 % 255) as u8 + 1
+}
+
+/// Reads the segment when its record is acknowledged: the record must already be in the file
+/// (the file's size says nothing, a preallocated segment is full-size from the start).
 struct OnDisk {
     segment: PathBuf,
     record_bytes: u64,
-    tx: Sender<(Lsn, u64, u64)>,
+    tx: Sender<(Lsn, bool)>,
 }
 
 impl Waiter for OnDisk {
     fn durable(self, result: Result<Lsn, JournalError>) {
         let lsn = result.unwrap();
-        let file_bytes = std::fs::metadata(&self.segment).unwrap().len();
-        let record_end = SEGMENT_HEADER_BYTES as u64 + lsn.0 * self.record_bytes;
-        self.tx.send((lsn, file_bytes, record_end)).unwrap();
+        let bytes = std::fs::read(&self.segment).unwrap();
+        let payload_end = (SEGMENT_HEADER_BYTES as u64 + lsn.0 * self.record_bytes) as usize;
+        let payload_start = payload_end - (self.record_bytes as usize - RECORD_HEADER_BYTES);
+        let in_file =
+            bytes.get(payload_start..payload_end).is_some_and(|p| p.iter().all(|&b| b == filler(lsn)));
+        self.tx.send((lsn, in_file)).unwrap();
     }
 }
 
@@ -211,21 +223,18 @@ fn waiters_run_only_once_their_record_is_in_the_file() {
         let (journal, _) = Journal::open(cfg, |_, _| Ok::<_, JournalError>(())).unwrap();
         let segment = segments(dir.path()).pop().unwrap();
         let (tx, rx) = channel();
-        for i in 0..300u64 {
+        for lsn in (1..=300).map(Lsn) {
             let waiter = OnDisk {
                 segment: segment.clone(),
                 record_bytes: (RECORD_HEADER_BYTES + 32) as u64,
                 tx: tx.clone(),
             };
-            journal.append(&[i as u8; 32], waiter);
+            assert_eq!(journal.append(&[filler(lsn); 32], waiter), lsn);
         }
         for expected in 1..=300 {
-            let (lsn, file_bytes, record_end) = rx.recv_timeout(STEP).unwrap();
+            let (lsn, in_file) = rx.recv_timeout(STEP).unwrap();
             assert_eq!(lsn, Lsn(expected), "waiters run in LSN order");
-            assert!(
-                record_end <= file_bytes,
-                "{fsync:?}: LSN {lsn} acknowledged at file length {file_bytes}"
-            );
+            assert!(in_file, "{fsync:?}: LSN {lsn} acknowledged before it was in the file");
         }
         let stats = journal.close().unwrap();
         assert_eq!(stats.syncs == 0, fsync == Fsync::Off);
@@ -321,6 +330,7 @@ fn random_cuts_keep_every_record_before_the_cut() {
     let original = std::fs::read(&segment).unwrap();
     let records = layout(dir.path());
     let end = records_end(dir.path());
+    assert_eq!(original.len() as u64, SEGMENT_BYTES, "the segment is preallocated");
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     for i in 0..60 {
         let layout = if i % 2 == 0 { Layout::Growing } else { Layout::Preallocated };
@@ -365,6 +375,7 @@ fn a_bit_flip_before_valid_records_stops_start_up() {
     write(config(dir.path()), 10);
     let segment = segments(dir.path()).pop().unwrap();
     let original = std::fs::read(&segment).unwrap();
+    assert_eq!(original.len() as u64, SEGMENT_BYTES, "zeros follow the records");
     let records = layout(dir.path());
     let (_, _, third, third_bytes) = records[2].clone();
     // Each record was its own write batch, so record 4 proves record 3 had been acknowledged.

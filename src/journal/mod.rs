@@ -85,6 +85,7 @@
 mod format;
 mod scan;
 pub mod snapshot;
+mod spare;
 #[cfg(test)]
 mod tests;
 mod writer;
@@ -105,7 +106,9 @@ use crate::limits::{JOURNAL_BUFFER_MAX_BYTES, JOURNAL_RECORD_MAX_BYTES, JOURNAL_
 
 pub use format::{RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES};
 pub use scan::{list_segments, scan, Corruption, RecordRef, Scan, SegmentSummary, TornTail};
+pub use spare::SPARE_NAME;
 
+use spare::Spares;
 use writer::{Segment, Shared, Writer};
 
 /// Log sequence number: a record's position in the journal, consecutive from 1. `Lsn(0)` stands
@@ -146,6 +149,11 @@ pub struct JournalConfig {
     pub fsync: Fsync,
     /// A new segment starts when the current one would grow past this.
     pub segment_bytes: u64,
+    /// Segments are created full-size and zero-filled, the next one ahead of time on a thread of
+    /// its own, so a batch's `fdatasync` has no file growth to commit (see "Files"). Off, they
+    /// grow as they are written: for file systems where writing zeros first buys nothing
+    /// (copy-on-write ones such as btrfs or ZFS, as PostgreSQL's `wal_init_zero = off`).
+    pub preallocate: bool,
     /// Appended bytes waiting for the writer before `append` blocks. One group always fits an
     /// empty buffer, whatever its size.
     pub buffer_bytes_max: usize,
@@ -155,12 +163,13 @@ pub struct JournalConfig {
 }
 
 impl JournalConfig {
-    /// Batch fsync, 64 MiB segments, the default buffer bound, replay from the start.
+    /// Batch fsync, 64 MiB preallocated segments, the default buffer bound, replay from the start.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self {
             dir: dir.into(),
             fsync: Fsync::Batch,
             segment_bytes: JOURNAL_SEGMENT_BYTES_DEFAULT,
+            preallocate: true,
             buffer_bytes_max: JOURNAL_BUFFER_MAX_BYTES,
             start_after: Lsn::ZERO,
         }
@@ -316,7 +325,10 @@ pub struct JournalStats {
     pub syncs: u64,
     pub sync_ns_sum: u64,
     pub sync_ns_max: u64,
+    /// New segments (roll-overs), and those of them that were a preallocated spare (the others
+    /// grew as they were written: no spare was ready, or preallocation is off).
     pub segments_created: u64,
+    pub segments_from_spare: u64,
     /// The most bytes ever waiting for the writer (bounded by `buffer_bytes_max`, or one group).
     pub buffered_bytes_high_water: u64,
     /// Every record up to this one is durable.
@@ -342,6 +354,8 @@ pub struct Journal<W: Waiter> {
     shared: Arc<Shared<W>>,
     writer: Option<JoinHandle<()>>,
     dir: PathBuf,
+    #[cfg(test)]
+    spares: Option<Arc<spare::Shared>>,
 }
 
 impl<W: Waiter> Journal<W> {
@@ -390,7 +404,18 @@ impl<W: Waiter> Journal<W> {
         if cfg.start_after > last {
             return Err(JournalError::SnapshotAhead { dir: cfg.dir, snapshot: cfg.start_after, last });
         }
-        let segment = resume(&cfg.dir, &found)?;
+        let mut spares = if cfg.preallocate {
+            Some(Spares::new(&cfg.dir, cfg.segment_bytes))
+        } else {
+            spare::remove_leftovers(&cfg.dir);
+            None
+        };
+        let segment = resume(&cfg.dir, &found, spares.as_ref())?;
+        if let Some(s) = &mut spares {
+            s.start();
+        }
+        #[cfg(test)]
+        let spares_shared = spares.as_ref().map(Spares::shared);
         let report = RecoveryReport {
             segments: found.segments.len().max(1),
             records_replayed: replayed,
@@ -410,12 +435,19 @@ impl<W: Waiter> Journal<W> {
             "journal recovered"
         );
         let shared = Arc::new(Shared::new(found.next_lsn, cfg.buffer_bytes_max));
-        let writer = Writer::new(Arc::clone(&shared), segment, &cfg, found.next_lsn);
+        let writer = Writer::new(Arc::clone(&shared), segment, spares, &cfg, found.next_lsn);
         let handle =
             std::thread::Builder::new().name("gyro-journal".to_owned()).spawn(move || writer.run()).map_err(
                 |source| JournalError::Io { op: IoOp::StartWriterThread, path: cfg.dir.clone(), source },
             )?;
-        Ok((Self { shared, writer: Some(handle), dir: cfg.dir }, report))
+        let journal = Self {
+            shared,
+            writer: Some(handle),
+            dir: cfg.dir,
+            #[cfg(test)]
+            spares: spares_shared,
+        };
+        Ok((journal, report))
     }
 
     /// Appends one record and returns its LSN at once; `waiter` is told when it is durable.
@@ -517,6 +549,11 @@ impl<W: Waiter> Journal<W> {
     pub(crate) fn inject_fault(&self, op: Option<IoOp>) {
         self.shared.inject_fault(op);
     }
+
+    /// The spare thread's state (`None`: preallocation is off).
+    pub(crate) fn spares(&self) -> Option<&spare::Shared> {
+        self.spares.as_deref()
+    }
 }
 
 /// Creates the directory if missing; a new directory's own entry is made durable too.
@@ -545,9 +582,15 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), JournalError> {
 }
 
 /// The segment appends go to after recovery: the last one with its torn tail cut off, or a new
-/// first segment.
-fn resume(dir: &Path, found: &Scan) -> Result<Segment, JournalError> {
+/// first segment (preallocated, filled now if no spare is left from an earlier run, when
+/// `spares` is given).
+fn resume(dir: &Path, found: &Scan, spares: Option<&Spares>) -> Result<Segment, JournalError> {
     let Some(last) = found.segments.last() else {
+        if let Some(spares) = spares {
+            if let Some(segment) = Segment::from_spare(dir, spares, found.next_lsn, true)? {
+                return Ok(segment);
+            }
+        }
         return Segment::create(dir, found.next_lsn);
     };
     if let Some(tail) = &found.tail {

@@ -213,6 +213,73 @@ fn damage_followed_by_a_later_batch_is_corruption() {
     }
 }
 
+/// Waits (bounded) until the journal's spare thread has a spare ready.
+fn spare_ready(journal: &Journal<Sender<Done>>) {
+    let spares = journal.spares().expect("preallocation is on");
+    let deadline = Instant::now() + STEP;
+    while !spares.ready() {
+        assert!(Instant::now() < deadline, "no spare segment within {STEP:?}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn segment_files(dir: &Path) -> Vec<(PathBuf, u64)> {
+    list_segments(dir)
+        .unwrap()
+        .into_iter()
+        .map(|(_, p)| {
+            let len = std::fs::metadata(&p).unwrap().len();
+            (p, len)
+        })
+        .collect()
+}
+
+#[test]
+fn roll_over_takes_the_spare_or_grows_a_segment_when_none_is_ready() {
+    const SEGMENT: u64 = 4096;
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, _) = open(dir.path(), SEGMENT);
+    // The first segment of a new journal is preallocated at once.
+    assert_eq!(segment_files(dir.path()).iter().map(|s| s.1).collect::<Vec<_>>(), [SEGMENT]);
+    let mut written = Vec::new();
+    fn write(journal: &Journal<Sender<Done>>, written: &mut Replayed, n: u8) {
+        for _ in 0..n {
+            let payload = vec![written.len() as u8 + 1; 1500];
+            let (lsn, rx) = append(journal, &payload);
+            assert_eq!(rx.recv_timeout(STEP).unwrap().unwrap(), lsn);
+            written.push((lsn, payload));
+        }
+    }
+    // Two 1516-byte records per segment: the third starts the second segment, from the spare,
+    // which is full-size before any record is in it.
+    spare_ready(&journal);
+    journal.spares().unwrap().hold(true);
+    write(&journal, &mut written, 3);
+    let files = segment_files(dir.path());
+    assert_eq!(files.iter().map(|s| s.1).collect::<Vec<_>>(), [SEGMENT, SEGMENT]);
+    assert_eq!((journal.stats().segments_created, journal.stats().segments_from_spare), (1, 1));
+    // No spare is ready now (none may start): the third segment grows as it is written.
+    write(&journal, &mut written, 2);
+    let files = segment_files(dir.path());
+    let data = (SEGMENT_HEADER_BYTES + RECORD_HEADER_BYTES + 1500) as u64;
+    assert_eq!(files.iter().map(|s| s.1).collect::<Vec<_>>(), [SEGMENT, SEGMENT, data]);
+    assert_eq!((journal.stats().segments_created, journal.stats().segments_from_spare), (2, 1));
+    // Once a spare is ready again, the next segment is preallocated again.
+    journal.spares().unwrap().hold(false);
+    spare_ready(&journal);
+    write(&journal, &mut written, 2);
+    let files = segment_files(dir.path());
+    assert_eq!(files.iter().map(|s| s.1).collect::<Vec<_>>(), [SEGMENT, SEGMENT, 2 * data - 24, SEGMENT]);
+    assert_eq!((journal.stats().segments_created, journal.stats().segments_from_spare), (3, 2));
+    journal.close().unwrap();
+    // Both layouts side by side recover into the same records.
+    let (journal, seen) = open(dir.path(), SEGMENT);
+    assert_eq!(seen, written);
+    write(&journal, &mut written, 1);
+    drop(journal);
+    assert_eq!(open(dir.path(), SEGMENT).1, written);
+}
+
 /// Every connection task appends: the journal must be Send + Sync for any waiter (the generic
 /// body is checked for all of them at compile time).
 #[test]
