@@ -49,9 +49,15 @@ fn verify_a_healthy_journal() {
     let dir = tempfile::tempdir().unwrap();
     journal(dir.path(), 30, 256);
     snapshot::write(dir.path(), Lsn(12), |w| w.write_all(b"ledger at 12")).unwrap();
+    // A spare (the next segment, preallocated) and an unfinished one are not segments.
+    std::fs::write(dir.path().join("next.spare"), vec![0u8; 256]).unwrap();
+    std::fs::write(dir.path().join("next.spare.tmp"), b"garbage").unwrap();
     let (ok, text) = gyro(&["journal", "verify", dir.path().to_str().unwrap()]);
     assert!(ok, "{text}");
     assert!(text.contains("segment 00000000000000000001.journal: LSN 1..="), "{text}");
+    assert!(text.contains("bytes (a file of 256 bytes, zeros after the data)"), "{text}");
+    assert!(text.contains("spare next.spare: 256 bytes of zeros"), "{text}");
+    assert!(!text.contains("next.spare.tmp"), "{text}");
     assert!(
         text.contains("snapshot snapshot-00000000000000000012.snap: LSN 12, 12 body bytes, valid"),
         "{text}"

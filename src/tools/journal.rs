@@ -90,6 +90,14 @@ pub fn verify(dir: &Path, out: &mut dyn Write) -> Result<Verdict, ToolError> {
     let start_after = newest_valid.unwrap_or(Lsn::ZERO);
     let found = journal::scan(dir, start_after, |_| Ok(()))?;
     print_segments(&found, out)?;
+    if let Ok(m) = std::fs::metadata(dir.join(journal::SPARE_NAME)) {
+        writeln!(
+            out,
+            "  spare {}: {} bytes of zeros, the next segment prepared ahead of time (not part of the journal)",
+            journal::SPARE_NAME,
+            m.len()
+        )?;
+    }
     // The scan stops at the first problem; the segments after it show how far the damage may
     // reach (a later segment with a valid header still has its records).
     for (_, path) in journal::list_segments(dir)?.iter().skip(found.segments.len()) {
