@@ -4,7 +4,9 @@
 //! an edge of the program: it reads files and prints.
 //! Must not touch: the files. Both commands only read, so they are safe on the directory of a
 //! running gyro, and on a damaged one before anything is restored or cut. Start-up applies the
-//! same checks (`Journal::open`) and is the only place that repairs a torn tail.
+//! same checks (`Journal::open`) and is the only place that repairs a torn tail. On a running
+//! gyro the end of the last segment is being written: a problem reported there may be the writer
+//! at work (see the journal's module doc, "Recovery"); stop gyro, or run the command again.
 //!
 //! Payloads are opaque here as in the journal; [`Describe`] is the hook through which the code
 //! that defines them can print them decoded, with [`Preview`] (escaped text or hex) as the
