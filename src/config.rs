@@ -56,6 +56,9 @@ pub struct JournalSettings {
     pub fsync: Fsync,
     /// Size of a segment file before the next one starts.
     pub segment_mib: u64,
+    /// Segments created full-size and zero-filled ahead of time, so an fsync does not also
+    /// commit the file's growth; `false` for copy-on-write file systems (btrfs, ZFS).
+    pub preallocate: bool,
     /// How often the ledger is snapshotted, so start-up replays little and old segments go.
     pub snapshot_interval_s: u64,
     /// Snapshots kept; segments are kept back to the oldest of them.
@@ -64,7 +67,14 @@ pub struct JournalSettings {
 
 impl Default for JournalSettings {
     fn default() -> Self {
-        Self { dir: None, fsync: Fsync::Batch, segment_mib: 64, snapshot_interval_s: 300, snapshots_kept: 2 }
+        Self {
+            dir: None,
+            fsync: Fsync::Batch,
+            segment_mib: 64,
+            preallocate: true,
+            snapshot_interval_s: 300,
+            snapshots_kept: 2,
+        }
     }
 }
 
@@ -75,6 +85,7 @@ impl JournalSettings {
         Some(JournalConfig {
             fsync: self.fsync,
             segment_bytes: self.segment_mib * 1024 * 1024,
+            preallocate: self.preallocate,
             ..JournalConfig::new(dir)
         })
     }
@@ -364,6 +375,9 @@ mod tests {
         let j = c.journal.journal_config().unwrap();
         assert_eq!((j.dir.to_str(), j.fsync, j.segment_bytes), (Some("/var/lib/gyro"), Fsync::Off, 8 << 20));
         assert_eq!((c.journal.snapshot_interval_s, c.journal.snapshots_kept), (300, 2));
+        assert!(j.preallocate);
+        let c = Config::parse("g.toml", "[journal]\ndir = \"/d\"\npreallocate = false\n").unwrap();
+        assert!(!c.journal.journal_config().unwrap().preallocate);
     }
 
     #[test]

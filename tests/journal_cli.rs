@@ -49,9 +49,15 @@ fn verify_a_healthy_journal() {
     let dir = tempfile::tempdir().unwrap();
     journal(dir.path(), 30, 256);
     snapshot::write(dir.path(), Lsn(12), |w| w.write_all(b"ledger at 12")).unwrap();
+    // A spare (the next segment, preallocated) and an unfinished one are not segments.
+    std::fs::write(dir.path().join("next.spare"), vec![0u8; 256]).unwrap();
+    std::fs::write(dir.path().join("next.spare.tmp"), b"garbage").unwrap();
     let (ok, text) = gyro(&["journal", "verify", dir.path().to_str().unwrap()]);
     assert!(ok, "{text}");
     assert!(text.contains("segment 00000000000000000001.journal: LSN 1..="), "{text}");
+    assert!(text.contains("bytes (a file of 256 bytes, zeros after the data)"), "{text}");
+    assert!(text.contains("spare next.spare: 256 bytes of zeros"), "{text}");
+    assert!(!text.contains("next.spare.tmp"), "{text}");
     assert!(
         text.contains("snapshot snapshot-00000000000000000012.snap: LSN 12, 12 body bytes, valid"),
         "{text}"
@@ -65,8 +71,11 @@ fn verify_reports_a_torn_tail_without_cutting_it() {
     let dir = tempfile::tempdir().unwrap();
     journal(dir.path(), 5, 1 << 20);
     let segment = segments(dir.path()).pop().unwrap();
-    let len = std::fs::metadata(&segment).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&segment).unwrap().set_len(len - 3).unwrap();
+    // The segment is preallocated: its records end well before the file does.
+    let found = gyro::journal::scan(dir.path(), Lsn::ZERO, |_| Ok(())).unwrap();
+    let end = found.segments[0].valid_bytes;
+    assert!(end < std::fs::metadata(&segment).unwrap().len());
+    std::fs::OpenOptions::new().write(true).open(&segment).unwrap().set_len(end - 3).unwrap();
     let before = contents(dir.path());
     let (ok, text) = gyro(&["journal", "verify", dir.path().to_str().unwrap()]);
     assert!(ok, "{text}");

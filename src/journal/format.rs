@@ -185,11 +185,32 @@ pub(crate) fn mark_batch_start(batch: &mut [u8], lsn: Lsn) {
     batch[4..8].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// Where the data written to a segment ends: one past its last non-zero byte, and at least
+/// `from`. Everything after it is zeros: the unused part of a preallocated segment (nothing after
+/// it for a segment in the growing layout). No record can start at or after it, since a record
+/// header always holds a non-zero byte (LSNs start at 1); a record may still end after it, when
+/// its payload ends in zeros.
+pub(crate) fn data_end(bytes: &[u8], from: usize) -> usize {
+    // Whole blocks first, compared with a block of zeros (a `memcmp`, fast in any build): this
+    // runs over the tens of MiB of zeros at the end of the last segment at every start-up.
+    const BLOCK: usize = 4096;
+    static ZEROS: [u8; BLOCK] = [0; BLOCK];
+    let mut end = bytes.len();
+    while end >= from + BLOCK && bytes[end - BLOCK..end] == ZEROS[..] {
+        end -= BLOCK;
+    }
+    while end > from && bytes[end - 1] == 0 {
+        end -= 1;
+    }
+    end.max(from)
+}
+
 /// After a bad record at `bad` that should have carried LSN `bad_lsn`, the first valid record
 /// that starts a later write batch, if any: proof that the bad record's batch was complete and
 /// synced (the writer writes a batch only after the previous one's fsync returned), so it was
 /// acknowledged and its damage is corruption, not a torn tail. Records before `group_lsn` (the
-/// start of the bad record's group) are not considered.
+/// start of the bad record's group) are not considered, nor records starting at or after `end`
+/// (the segment's [`data_end`]: only zeros follow).
 ///
 /// Valid records that do not start a batch prove nothing: a power failure while a batch was
 /// being written back can leave later pages of it on disk and not earlier ones, since neither
@@ -197,15 +218,16 @@ pub(crate) fn mark_batch_start(batch: &mut [u8], lsn: Lsn) {
 /// acknowledged.
 pub(crate) fn valid_batch_after(
     bytes: &[u8],
+    end: usize,
     bad: usize,
     bad_lsn: Lsn,
     group_lsn: Lsn,
 ) -> Option<(usize, Lsn)> {
-    // Every record takes at least a header, so a record that follows within the bytes left can
+    // Every record takes at least a header, so a record that starts within the data left can
     // carry at most this LSN; the bound makes garbage cheap to skip.
-    let lsn_max = Lsn(bad_lsn.0.saturating_add((bytes.len() - bad) as u64 / RECORD_HEADER_BYTES as u64));
+    let lsn_max = Lsn(bad_lsn.0.saturating_add(end.saturating_sub(bad) as u64 / RECORD_HEADER_BYTES as u64));
     let mut off = bad + 1;
-    while let Some(found) = next_valid_record(bytes, off, group_lsn, lsn_max) {
+    while let Some(found) = next_valid_record(bytes, off, end, group_lsn, lsn_max) {
         let header = RecordHeader::at(bytes, found).expect("a valid record has a header");
         if header.batch_start {
             return Some((found, header.lsn));
@@ -215,16 +237,17 @@ pub(crate) fn valid_batch_after(
     None
 }
 
-/// The first offset at or after `from` where a whole record with a right checksum and an LSN
-/// in `lsn_min..=lsn_max` starts, if any.
+/// The first offset in `from..end` where a whole record with a right checksum and an LSN in
+/// `lsn_min..=lsn_max` starts, if any.
 ///
 /// Every offset is tried, since a corrupt length tells nothing about where the next record
 /// starts. Cheap filters come first so a long stretch of garbage costs little: the length must
 /// be within the limit and fit the file, and the LSN within the bounds; only then is the
 /// checksum computed.
-fn next_valid_record(bytes: &[u8], from: usize, lsn_min: Lsn, lsn_max: Lsn) -> Option<usize> {
+fn next_valid_record(bytes: &[u8], from: usize, end: usize, lsn_min: Lsn, lsn_max: Lsn) -> Option<usize> {
     let mut off = from;
-    while let Some(h) = RecordHeader::at(bytes, off) {
+    while off < end {
+        let h = RecordHeader::at(bytes, off)?;
         let plausible = h.payload_len <= JOURNAL_RECORD_MAX_BYTES
             && off + h.size() <= bytes.len()
             && lsn_min <= h.lsn
@@ -338,10 +361,28 @@ mod tests {
         damaged[second + 3] ^= 0x10; // the length word of record 2
         assert!(read_record(&damaged, second, Lsn(2)).is_err());
         let third = second + record_bytes(6);
-        assert_eq!(next_valid_record(&damaged, second + 1, Lsn(2), Lsn(9)), Some(third));
-        assert_eq!(next_valid_record(&damaged, second + 1, Lsn(2), Lsn(2)), None);
-        assert_eq!(next_valid_record(&damaged, third + 1, Lsn(2), Lsn(9)), None);
-        assert_eq!(next_valid_record(&[0u8; 4096], 0, Lsn(1), Lsn(999)), None);
+        let end = damaged.len();
+        assert_eq!(next_valid_record(&damaged, second + 1, end, Lsn(2), Lsn(9)), Some(third));
+        assert_eq!(next_valid_record(&damaged, second + 1, end, Lsn(2), Lsn(2)), None);
+        assert_eq!(next_valid_record(&damaged, second + 1, third, Lsn(2), Lsn(9)), None);
+        assert_eq!(next_valid_record(&damaged, third + 1, end, Lsn(2), Lsn(9)), None);
+        assert_eq!(next_valid_record(&[0u8; 4096], 0, 4096, Lsn(1), Lsn(999)), None);
+    }
+
+    #[test]
+    fn data_ends_at_the_last_non_zero_byte() {
+        assert_eq!(data_end(&[], 0), 0);
+        assert_eq!(data_end(&[0; 300], 24), 24);
+        let mut b = vec![0u8; 10_000];
+        for at in [0usize, 23, 24, 63, 64, 65, 500, 4095, 4096, 5904, 5905, 9999] {
+            b.fill(0);
+            b[at] = 9;
+            assert_eq!(data_end(&b, 0), at + 1, "at {at}");
+            assert_eq!(data_end(&b, 24), (at + 1).max(24), "at {at}");
+        }
+        // A record whose payload ends in zeros: the data ends inside it.
+        let bytes = framed(&[(1, &[5, 0, 0], false)]);
+        assert_eq!(data_end(&bytes, 0), RECORD_HEADER_BYTES + 1);
     }
 
     #[test]
@@ -351,11 +392,19 @@ mod tests {
         mark_batch_start(&mut one, Lsn(1));
         assert!(RecordHeader::at(&one, 0).unwrap().batch_start);
         one[RECORD_HEADER_BYTES] ^= 1;
-        assert_eq!(next_valid_record(&one, 1, Lsn(1), Lsn(3)), Some(record_bytes(1)));
-        assert_eq!(valid_batch_after(&one, 0, Lsn(1), Lsn(1)), None);
+        assert_eq!(next_valid_record(&one, 1, one.len(), Lsn(1), Lsn(3)), Some(record_bytes(1)));
+        assert_eq!(valid_batch_after(&one, one.len(), 0, Lsn(1), Lsn(1)), None);
         // Three batches: damage in the first, the second starts a later batch.
         let mut three = batches(&[b"a", b"b", b"c"]);
         three[RECORD_HEADER_BYTES] ^= 1;
-        assert_eq!(valid_batch_after(&three, 0, Lsn(1), Lsn(1)), Some((record_bytes(1), Lsn(2))));
+        assert_eq!(
+            valid_batch_after(&three, three.len(), 0, Lsn(1), Lsn(1)),
+            Some((record_bytes(1), Lsn(2)))
+        );
+        // The same in a preallocated segment: zeros after the records change nothing.
+        three.resize(three.len() + 4096, 0);
+        let end = data_end(&three, 0);
+        assert_eq!(end, 3 * record_bytes(1));
+        assert_eq!(valid_batch_after(&three, end, 0, Lsn(1), Lsn(1)), Some((record_bytes(1), Lsn(2))));
     }
 }

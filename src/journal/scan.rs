@@ -50,8 +50,14 @@ pub struct SegmentSummary {
     pub path: PathBuf,
     pub first_lsn: Lsn,
     pub records: u64,
-    /// Bytes up to the end of the last good record (or the header, once a torn tail is cut).
+    /// Bytes up to the end of the last good record (or the header, once a torn tail is cut):
+    /// where the next record goes.
     pub valid_bytes: u64,
+    /// Bytes up to the last non-zero byte, and at least `valid_bytes`: more than `valid_bytes`
+    /// when something other than zeros follows the good records (a torn tail, or damage).
+    pub data_bytes: u64,
+    /// The size of the file: `segment_bytes` (or more) for a preallocated segment, whose bytes
+    /// after the records are zeros; `data_bytes` for one in the growing layout.
     pub file_bytes: u64,
 }
 
@@ -62,6 +68,8 @@ pub struct TornTail {
     pub segment: PathBuf,
     /// Where the good data ends (0: the segment header itself is unfinished).
     pub offset: u64,
+    /// The torn bytes from `offset` to the last non-zero byte; only zeros follow them (the rest
+    /// of a preallocated segment), or the end of the file.
     pub bytes: u64,
     pub problem: Problem,
 }
@@ -125,19 +133,25 @@ pub fn scan(
             path: path.clone(),
             source,
         })?;
+        // The zeros after the data are the unused end of a preallocated segment: the records end
+        // where they begin.
+        let end = format::data_end(&bytes, 0);
         let mut segment = SegmentReader {
             summary: SegmentSummary {
                 path,
                 first_lsn: first,
                 records: 0,
                 valid_bytes: 0,
+                data_bytes: end as u64,
                 file_bytes: bytes.len() as u64,
             },
             bytes: &bytes,
+            end,
             last: i + 1 == count,
             pending: &mut pending,
         };
         segment.read(&mut scan, i == 0, &mut visit)?;
+        segment.summary.data_bytes = segment.summary.data_bytes.max(segment.summary.valid_bytes);
         scan.bytes += segment.summary.valid_bytes;
         scan.segments.push(segment.summary);
         if scan.tail.is_some() || scan.corruption.is_some() {
@@ -179,6 +193,8 @@ struct Held {
 struct SegmentReader<'a> {
     summary: SegmentSummary,
     bytes: &'a [u8],
+    /// [`format::data_end`] of `bytes`: only zeros after it.
+    end: usize,
     last: bool,
     pending: &'a mut Vec<Held>,
 }
@@ -204,8 +220,9 @@ impl SegmentReader<'_> {
         }
         scan.next_lsn = first;
         match format::decode_segment_header(self.bytes) {
-            // A crash while a new segment was being created; it holds no record yet.
-            Err(problem) if self.last && self.bytes.len() <= SEGMENT_HEADER_BYTES => {
+            // A crash while a new segment was being created; it holds no record yet (nothing but
+            // zeros after the unfinished header, if the file is preallocated).
+            Err(problem) if self.last && self.end <= SEGMENT_HEADER_BYTES => {
                 self.summary.valid_bytes = SEGMENT_HEADER_BYTES as u64;
                 scan.tail = Some(self.torn(0, problem));
                 return Ok(());
@@ -233,7 +250,9 @@ impl SegmentReader<'_> {
         // Start of the group being read: where a torn tail would begin.
         let mut group_start = off;
         let mut expected = scan.next_lsn;
-        while off < self.bytes.len() {
+        // Every record header holds a non-zero byte (its LSN), so the records end before `end`:
+        // zeros there are the normal end of the segment, not a record that fails its checks.
+        while off < self.end {
             let record = match format::read_record(self.bytes, off, expected) {
                 Ok(r) => r,
                 Err(problem) => {
@@ -294,7 +313,7 @@ impl SegmentReader<'_> {
         problem: Problem,
     ) {
         self.summary.valid_bytes = group_start as u64;
-        let valid_after = format::valid_batch_after(self.bytes, off, expected, scan.next_lsn);
+        let valid_after = format::valid_batch_after(self.bytes, self.end, off, expected, scan.next_lsn);
         if self.last && valid_after.is_none() {
             scan.tail = Some(self.torn(group_start, problem));
         } else {
@@ -307,7 +326,7 @@ impl SegmentReader<'_> {
         TornTail {
             segment: self.summary.path.clone(),
             offset: offset as u64,
-            bytes: self.summary.file_bytes - offset as u64,
+            bytes: self.end.saturating_sub(offset) as u64,
             problem,
         }
     }

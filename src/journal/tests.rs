@@ -146,44 +146,138 @@ fn handmade_segment(dir: &Path, batches: &[&[Vec<u8>]]) -> (PathBuf, Vec<usize>)
     (path, offsets)
 }
 
+/// Pads a segment with zeros to `bytes`, as if it had been preallocated.
+fn preallocated(path: &Path, bytes: u64) {
+    std::fs::OpenOptions::new().write(true).open(path).unwrap().set_len(bytes).unwrap();
+}
+
 #[test]
 fn a_batch_whose_later_pages_reached_the_disk_is_still_a_torn_tail() {
-    let dir = tempfile::tempdir().unwrap();
-    let acknowledged = vec![b"acknowledged".to_vec()];
-    let torn: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 1000]).collect();
-    let (path, offsets) = handmade_segment(dir.path(), &[&acknowledged, &torn]);
-    // A power failure while the second batch was written back: its second 4 KiB page never
-    // reached the disk (reads as zeros), the pages after it did.
-    let mut bytes = std::fs::read(&path).unwrap();
-    bytes[offsets[1] + 4096..offsets[1] + 8192].fill(0);
-    std::fs::write(&path, &bytes).unwrap();
-    let (journal, seen) = open(dir.path(), 1 << 20);
-    let first_lost = offsets.iter().position(|&o| o + 1016 > offsets[1] + 4096).unwrap();
-    assert_eq!(seen.len(), first_lost, "records before the hole are kept");
-    assert_eq!(seen[0], (Lsn(1), b"acknowledged".to_vec()));
-    assert_eq!(std::fs::metadata(&path).unwrap().len(), offsets[first_lost] as u64);
-    let (lsn, rx) = append(&journal, b"after");
-    assert_eq!(lsn, Lsn(first_lost as u64 + 1));
-    rx.recv_timeout(STEP).unwrap().unwrap();
+    // In both layouts: the file ends with the torn batch, or zeros follow it (preallocated).
+    for padded in [None, Some(1u64 << 16)] {
+        let dir = tempfile::tempdir().unwrap();
+        let acknowledged = vec![b"acknowledged".to_vec()];
+        let torn: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 1000]).collect();
+        let (path, offsets) = handmade_segment(dir.path(), &[&acknowledged, &torn]);
+        // A power failure while the second batch was written back: its second 4 KiB page never
+        // reached the disk (reads as zeros), the pages after it did.
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[offsets[1] + 4096..offsets[1] + 8192].fill(0);
+        std::fs::write(&path, &bytes).unwrap();
+        if let Some(size) = padded {
+            preallocated(&path, size);
+        }
+        let (journal, seen) = open(dir.path(), 1 << 20);
+        let first_lost = offsets.iter().position(|&o| o + 1016 > offsets[1] + 4096).unwrap();
+        assert_eq!(seen.len(), first_lost, "{padded:?}: records before the hole are kept");
+        assert_eq!(seen[0], (Lsn(1), b"acknowledged".to_vec()));
+        // The torn records after the hole are zeroed, not left behind the new end.
+        let after = std::fs::read(&path).unwrap();
+        assert_eq!(after[..offsets[first_lost]], bytes[..offsets[first_lost]], "{padded:?}");
+        assert!(after[offsets[first_lost]..].iter().all(|&b| b == 0), "{padded:?}");
+        let (lsn, rx) = append(&journal, b"after");
+        assert_eq!(lsn, Lsn(first_lost as u64 + 1));
+        rx.recv_timeout(STEP).unwrap().unwrap();
+        drop(journal);
+        // Exactly the records kept and the one appended: nothing of the torn batch comes back.
+        let (_, seen) = open(dir.path(), 1 << 20);
+        assert_eq!(seen.len(), first_lost + 1, "{padded:?}");
+        assert_eq!(seen.last().unwrap(), &(lsn, b"after".to_vec()));
+    }
 }
 
 #[test]
 fn damage_followed_by_a_later_batch_is_corruption() {
+    for padded in [None, Some(1u64 << 16)] {
+        let dir = tempfile::tempdir().unwrap();
+        let first: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 100]).collect();
+        let second = vec![b"later batch".to_vec()];
+        let (path, offsets) = handmade_segment(dir.path(), &[&first, &second]);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[offsets[1] + 20] ^= 4;
+        std::fs::write(&path, &bytes).unwrap();
+        if let Some(size) = padded {
+            preallocated(&path, size);
+        }
+        let before = std::fs::read(&path).unwrap();
+        let mut cfg = JournalConfig::new(dir.path());
+        cfg.segment_bytes = 1 << 20;
+        let e = Journal::<Sender<Done>>::open(cfg, |_, _| Ok::<_, JournalError>(())).err().unwrap();
+        let JournalError::Corrupt(c) = e else { panic!("{e}") };
+        assert_eq!(
+            (c.offset, c.expected, c.valid_after),
+            (offsets[1] as u64, Lsn(2), Some((offsets[3] as u64, Lsn(4)))),
+            "{padded:?}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), before, "{padded:?}: a refused start-up changes nothing");
+    }
+}
+
+/// Waits (bounded) until the journal's spare thread has a spare ready.
+fn spare_ready(journal: &Journal<Sender<Done>>) {
+    let spares = journal.spares().expect("preallocation is on");
+    let deadline = Instant::now() + STEP;
+    while !spares.ready() {
+        assert!(Instant::now() < deadline, "no spare segment within {STEP:?}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn segment_files(dir: &Path) -> Vec<(PathBuf, u64)> {
+    list_segments(dir)
+        .unwrap()
+        .into_iter()
+        .map(|(_, p)| {
+            let len = std::fs::metadata(&p).unwrap().len();
+            (p, len)
+        })
+        .collect()
+}
+
+#[test]
+fn roll_over_takes_the_spare_or_grows_a_segment_when_none_is_ready() {
+    const SEGMENT: u64 = 4096;
     let dir = tempfile::tempdir().unwrap();
-    let first: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 100]).collect();
-    let second = vec![b"later batch".to_vec()];
-    let (path, offsets) = handmade_segment(dir.path(), &[&first, &second]);
-    let mut bytes = std::fs::read(&path).unwrap();
-    bytes[offsets[1] + 20] ^= 4;
-    std::fs::write(&path, &bytes).unwrap();
-    let mut cfg = JournalConfig::new(dir.path());
-    cfg.segment_bytes = 1 << 20;
-    let e = Journal::<Sender<Done>>::open(cfg, |_, _| Ok::<_, JournalError>(())).err().unwrap();
-    let JournalError::Corrupt(c) = e else { panic!("{e}") };
-    assert_eq!(
-        (c.offset, c.expected, c.valid_after),
-        (offsets[1] as u64, Lsn(2), Some((offsets[3] as u64, Lsn(4))))
-    );
+    let (journal, _) = open(dir.path(), SEGMENT);
+    // The first segment of a new journal is preallocated at once.
+    assert_eq!(segment_files(dir.path()).iter().map(|s| s.1).collect::<Vec<_>>(), [SEGMENT]);
+    let mut written = Vec::new();
+    fn write(journal: &Journal<Sender<Done>>, written: &mut Replayed, n: u8) {
+        for _ in 0..n {
+            let payload = vec![written.len() as u8 + 1; 1500];
+            let (lsn, rx) = append(journal, &payload);
+            assert_eq!(rx.recv_timeout(STEP).unwrap().unwrap(), lsn);
+            written.push((lsn, payload));
+        }
+    }
+    // Two 1516-byte records per segment: the third starts the second segment, from the spare,
+    // which is full-size before any record is in it.
+    spare_ready(&journal);
+    journal.spares().unwrap().hold(true);
+    write(&journal, &mut written, 3);
+    let files = segment_files(dir.path());
+    assert_eq!(files.iter().map(|s| s.1).collect::<Vec<_>>(), [SEGMENT, SEGMENT]);
+    assert_eq!((journal.stats().segments_created, journal.stats().segments_from_spare), (1, 1));
+    // No spare is ready now (none may start): the third segment grows as it is written.
+    write(&journal, &mut written, 2);
+    let files = segment_files(dir.path());
+    let data = (SEGMENT_HEADER_BYTES + RECORD_HEADER_BYTES + 1500) as u64;
+    assert_eq!(files.iter().map(|s| s.1).collect::<Vec<_>>(), [SEGMENT, SEGMENT, data]);
+    assert_eq!((journal.stats().segments_created, journal.stats().segments_from_spare), (2, 1));
+    // Once a spare is ready again, the next segment is preallocated again.
+    journal.spares().unwrap().hold(false);
+    spare_ready(&journal);
+    write(&journal, &mut written, 2);
+    let files = segment_files(dir.path());
+    assert_eq!(files.iter().map(|s| s.1).collect::<Vec<_>>(), [SEGMENT, SEGMENT, 2 * data - 24, SEGMENT]);
+    assert_eq!((journal.stats().segments_created, journal.stats().segments_from_spare), (3, 2));
+    journal.close().unwrap();
+    // Both layouts side by side recover into the same records.
+    let (journal, seen) = open(dir.path(), SEGMENT);
+    assert_eq!(seen, written);
+    write(&journal, &mut written, 1);
+    drop(journal);
+    assert_eq!(open(dir.path(), SEGMENT).1, written);
 }
 
 /// Every connection task appends: the journal must be Send + Sync for any waiter (the generic

@@ -5,7 +5,7 @@
 //! either while it writes, syncs or runs waiters.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use super::format::{self, RecordHeader, SEGMENT_HEADER_BYTES};
 use super::scan::{SegmentSummary, TornTail};
+use super::spare::Spares;
 use super::{sync_dir, Fsync, IoOp, JournalConfig, JournalError, JournalStats, Lsn, Waiter};
 
 // Nothing panics while holding these locks (framing is checked before, waiters run outside), so
@@ -208,6 +209,7 @@ impl<W: Waiter> Shared<W> {
         s.last_batch_records = done.records;
         s.last_batch_bytes = done.bytes;
         s.segments_created += done.segments_created;
+        s.segments_from_spare += done.segments_from_spare;
         s.buffered_bytes_high_water = high_water as u64;
         if let Some(ns) = done.sync_ns {
             s.syncs += 1;
@@ -238,12 +240,16 @@ struct Written {
     last_lsn: Lsn,
     sync_ns: Option<u64>,
     segments_created: u64,
+    segments_from_spare: u64,
 }
 
 /// The writer thread's state: the open segment and where the next record goes.
 pub(crate) struct Writer<W> {
     shared: Arc<Shared<W>>,
     segment: Segment,
+    /// The preallocated next segment (`None`: segments grow as they are written). Dropped, and
+    /// its thread stopped, when the writer stops.
+    spares: Option<Spares>,
     dir: PathBuf,
     fsync: Fsync,
     segment_bytes: u64,
@@ -251,10 +257,17 @@ pub(crate) struct Writer<W> {
 }
 
 impl<W: Waiter> Writer<W> {
-    pub(crate) fn new(shared: Arc<Shared<W>>, segment: Segment, cfg: &JournalConfig, next_lsn: Lsn) -> Self {
+    pub(crate) fn new(
+        shared: Arc<Shared<W>>,
+        segment: Segment,
+        spares: Option<Spares>,
+        cfg: &JournalConfig,
+        next_lsn: Lsn,
+    ) -> Self {
         Self {
             shared,
             segment,
+            spares,
             dir: cfg.dir.clone(),
             fsync: cfg.fsync,
             segment_bytes: cfg.segment_bytes,
@@ -309,17 +322,20 @@ impl<W: Waiter> Writer<W> {
     fn write_batch(&mut self, batch: &mut [u8]) -> Result<Written, Failure> {
         let first_lsn = self.next_lsn;
         format::mark_batch_start(batch, first_lsn);
-        let mut segments_created = 0;
+        let (mut segments_created, mut segments_from_spare) = (0, 0);
         let mut pos = 0;
         while pos < batch.len() {
             let end = self.fitting(batch, pos);
             if end == pos {
                 let first = RecordHeader::at(batch, pos).expect("a batch holds whole records").lsn;
-                self.roll_over(first)?;
+                if self.roll_over(first)? {
+                    segments_from_spare += 1;
+                }
                 segments_created += 1;
                 continue;
             }
             self.injected(IoOp::Write)?;
+            // At the end of the records (the file's cursor, see `Segment`).
             self.segment.file.write_all(&batch[pos..end]).map_err(Failure::of(IoOp::Write))?;
             self.segment.len += (end - pos) as u64;
             self.segment.has_records = true;
@@ -340,6 +356,7 @@ impl<W: Waiter> Writer<W> {
             last_lsn: Lsn(self.next_lsn.0 - 1),
             sync_ns,
             segments_created,
+            segments_from_spare,
         })
     }
 
@@ -367,15 +384,28 @@ impl<W: Waiter> Writer<W> {
         end
     }
 
-    /// Starts a new segment for the record with LSN `first`. The old segment is synced first,
-    /// in either fsync mode: recovery reads damage in any but the last segment as corruption,
-    /// so a segment must be complete on disk before a newer one exists.
-    fn roll_over(&mut self, first: Lsn) -> Result<(), Failure> {
+    /// Starts a new segment for the record with LSN `first`, from the spare when one is ready
+    /// (true), else growing as it is written. The old segment is synced first, in either fsync
+    /// mode: recovery reads damage in any but the last segment as corruption, so a segment must
+    /// be complete on disk before a newer one exists.
+    fn roll_over(&mut self, first: Lsn) -> Result<bool, Failure> {
         self.injected(IoOp::Sync)?;
         self.segment.file.sync_data().map_err(Failure::of(IoOp::Sync))?;
         self.injected(IoOp::Create)?;
-        self.segment = Segment::create(&self.dir, first).map_err(Failure::from_journal)?;
-        Ok(())
+        let spare = match &self.spares {
+            Some(spares) => {
+                Segment::from_spare(&self.dir, spares, first, false).map_err(Failure::from_journal)?
+            }
+            None => None,
+        };
+        let from_spare = spare.is_some();
+        self.segment = match spare {
+            Some(segment) => segment,
+            // No spare ready (the disk is slower than the load, or preallocation is off): this
+            // segment costs what every segment cost before preallocation, and nothing fails.
+            None => Segment::create(&self.dir, first).map_err(Failure::from_journal)?,
+        };
+        Ok(from_spare)
     }
 
     #[cfg(test)]
@@ -392,7 +422,12 @@ impl<W: Waiter> Writer<W> {
     }
 }
 
-/// The segment file being appended to.
+/// The segment file being written: records go at `len`, the end of the records, which is not the
+/// end of the file when the segment is preallocated.
+///
+/// The file is not opened with `O_APPEND`: the write position is the file's cursor, put at the
+/// end of the records when the segment is opened and moved by each `write_all` exactly as `len`
+/// is (after a failed write neither matters: the journal accepts nothing more).
 pub(crate) struct Segment {
     file: File,
     path: PathBuf,
@@ -401,40 +436,94 @@ pub(crate) struct Segment {
 }
 
 impl Segment {
-    /// Creates the segment whose first record will be `first`, durable with its name before any
-    /// record goes into it.
+    /// Creates the segment whose first record will be `first` in the growing layout (the file
+    /// ends where the records end), durable with its name before any record goes into it.
     pub(crate) fn create(dir: &Path, first: Lsn) -> Result<Self, JournalError> {
         let path = dir.join(format::segment_name(first));
         let err = |op| JournalError::io(op, &path);
         let mut file =
-            OpenOptions::new().append(true).create_new(true).open(&path).map_err(err(IoOp::Create))?;
+            OpenOptions::new().write(true).create_new(true).open(&path).map_err(err(IoOp::Create))?;
         file.write_all(&format::encode_segment_header(first)).map_err(err(IoOp::Write))?;
         file.sync_all().map_err(err(IoOp::Sync))?;
         sync_dir(dir)?;
         Ok(Self { file, path, len: SEGMENT_HEADER_BYTES as u64, has_records: false })
     }
 
-    /// Reopens the last segment for appending after the last good record.
+    /// Turns the ready spare, if there is one, into the segment whose first record will be
+    /// `first`: its header is written and synced, then the spare is renamed to the segment's name
+    /// and the directory synced, so the segment is durable with its name, and complete, before
+    /// any record goes into it (a crash before the rename leaves a spare, never a segment without
+    /// a header). With `fill_now` (start-up, before the spare thread runs) a spare is filled on
+    /// the spot if none is ready. `Ok(None)`: no spare ready, or it could not be used (a warning
+    /// says why); the caller creates a growing segment instead.
+    pub(crate) fn from_spare(
+        dir: &Path,
+        spares: &Spares,
+        first: Lsn,
+        fill_now: bool,
+    ) -> Result<Option<Self>, JournalError> {
+        let spare = if fill_now { spares.take_or_fill() } else { spares.take() };
+        let Some(spare) = spare else { return Ok(None) };
+        let path = dir.join(format::segment_name(first));
+        let renamed = (|| {
+            let mut file = OpenOptions::new().write(true).open(&spare)?;
+            file.write_all(&format::encode_segment_header(first))?;
+            // Overwrites a block written and synced before: no metadata for fdatasync to commit.
+            file.sync_data()?;
+            std::fs::rename(&spare, &path)?;
+            Ok::<_, io::Error>(file)
+        })();
+        spares.release();
+        let file = match renamed {
+            Ok(file) => file,
+            Err(error) => {
+                tracing::warn!(
+                    spare = %spare.display(),
+                    %error,
+                    "journal: cannot use the preallocated spare; the new segment grows as it is written"
+                );
+                return Ok(None);
+            }
+        };
+        sync_dir(dir)?;
+        // The cursor is after the header: the records go there.
+        Ok(Some(Self { file, path, len: SEGMENT_HEADER_BYTES as u64, has_records: false }))
+    }
+
+    /// Reopens the last segment to write after the last good record.
     pub(crate) fn resume(s: &SegmentSummary) -> Result<Self, JournalError> {
         let err = |op| JournalError::io(op, &s.path);
-        let file = OpenOptions::new().append(true).open(&s.path).map_err(err(IoOp::Open))?;
-        let len = file.metadata().map_err(err(IoOp::Read))?.len();
-        // Pair assertion with recovery: appends start exactly after the last good record.
-        assert_eq!(len, s.valid_bytes, "{}: length after recovery", s.path.display());
-        Ok(Self { file, path: s.path.clone(), len, has_records: s.records > 0 })
+        let mut file = OpenOptions::new().write(true).open(&s.path).map_err(err(IoOp::Open))?;
+        let file_len = file.metadata().map_err(err(IoOp::Read))?.len();
+        // Pair assertion with recovery: the records end inside the file, and only zeros follow
+        // them (a torn tail has been zeroed).
+        assert!(file_len >= s.valid_bytes, "{}: length after recovery", s.path.display());
+        file.seek(SeekFrom::Start(s.valid_bytes)).map_err(err(IoOp::Open))?;
+        Ok(Self { file, path: s.path.clone(), len: s.valid_bytes, has_records: s.records > 0 })
     }
 }
 
-/// Cuts a torn tail off the last segment (rewriting its header when that was unfinished) and
-/// makes the new length durable.
+/// Repairs a torn tail of the last segment: writes zeros over the torn bytes (rewriting the
+/// header when that was unfinished) and syncs them.
+///
+/// Zeroing rather than truncating, because a preallocated segment must keep its blocks (that is
+/// the point of preallocating it) and its end is where the zeros begin. The torn bytes must not
+/// stay behind the new end either: a later, shorter batch written over their start would leave
+/// the rest of them after it, where a record of the torn batch could sit exactly where the next
+/// record is expected, with the LSN it expects, and be replayed although it was never
+/// acknowledged.
 pub(crate) fn cut_tail(tail: &TornTail, first: Lsn) -> Result<(), JournalError> {
     let err = |op| JournalError::io(op, &tail.segment);
     let mut file = OpenOptions::new().write(true).open(&tail.segment).map_err(err(IoOp::Open))?;
-    if tail.offset < SEGMENT_HEADER_BYTES as u64 {
-        file.set_len(0).map_err(err(IoOp::Truncate))?;
+    let (start, end) = (tail.offset, tail.offset + tail.bytes);
+    if start < SEGMENT_HEADER_BYTES as u64 {
+        // An unfinished header (only zeros after it): a new one, for the LSN the name gives.
         file.write_all(&format::encode_segment_header(first)).map_err(err(IoOp::Write))?;
-    } else {
-        file.set_len(tail.offset).map_err(err(IoOp::Truncate))?;
+    }
+    let from = start.max(SEGMENT_HEADER_BYTES as u64);
+    if from < end {
+        file.seek(SeekFrom::Start(from)).map_err(err(IoOp::Write))?;
+        io::copy(&mut io::repeat(0).take(end - from), &mut file).map_err(err(IoOp::Write))?;
     }
     file.sync_all().map_err(err(IoOp::Sync))
 }

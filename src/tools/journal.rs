@@ -4,7 +4,9 @@
 //! an edge of the program: it reads files and prints.
 //! Must not touch: the files. Both commands only read, so they are safe on the directory of a
 //! running gyro, and on a damaged one before anything is restored or cut. Start-up applies the
-//! same checks (`Journal::open`) and is the only place that repairs a torn tail.
+//! same checks (`Journal::open`) and is the only place that repairs a torn tail. On a running
+//! gyro the end of the last segment is being written: a problem reported there may be the writer
+//! at work (see the journal's module doc, "Recovery"); stop gyro, or run the command again.
 //!
 //! Payloads are opaque here as in the journal; [`Describe`] is the hook through which the code
 //! that defines them can print them decoded, with [`Preview`] (escaped text or hex) as the
@@ -90,6 +92,14 @@ pub fn verify(dir: &Path, out: &mut dyn Write) -> Result<Verdict, ToolError> {
     let start_after = newest_valid.unwrap_or(Lsn::ZERO);
     let found = journal::scan(dir, start_after, |_| Ok(()))?;
     print_segments(&found, out)?;
+    if let Ok(m) = std::fs::metadata(dir.join(journal::SPARE_NAME)) {
+        writeln!(
+            out,
+            "  spare {}: {} bytes of zeros, the next segment prepared ahead of time (not part of the journal)",
+            journal::SPARE_NAME,
+            m.len()
+        )?;
+    }
     // The scan stops at the first problem; the segments after it show how far the damage may
     // reach (a later segment with a valid header still has its records).
     for (_, path) in journal::list_segments(dir)?.iter().skip(found.segments.len()) {
@@ -180,10 +190,21 @@ fn print_segments(found: &Scan, out: &mut dyn Write) -> io::Result<()> {
             1 => format!("LSN {} (1 record)", s.first_lsn),
             n => format!("LSN {}..={} ({n} records)", s.first_lsn, s.first_lsn.0 + n - 1),
         };
-        if s.valid_bytes == s.file_bytes {
-            writeln!(out, "  segment {name}: {lsns}, {} bytes", s.file_bytes)?;
+        // The records' extent is what matters; a preallocated file is larger, with only zeros
+        // after the data.
+        let preallocated = if s.file_bytes > s.data_bytes {
+            format!(" (a file of {} bytes, zeros after the data)", s.file_bytes)
         } else {
-            writeln!(out, "  segment {name}: {lsns}, {} of {} bytes good", s.valid_bytes, s.file_bytes)?;
+            String::new()
+        };
+        if s.valid_bytes == s.data_bytes {
+            writeln!(out, "  segment {name}: {lsns}, {} bytes{preallocated}", s.valid_bytes)?;
+        } else {
+            writeln!(
+                out,
+                "  segment {name}: {lsns}, {} of {} bytes good{preallocated}",
+                s.valid_bytes, s.data_bytes
+            )?;
         }
     }
     Ok(())
