@@ -8,6 +8,7 @@
 //! - [`replay`]: remembered answers for duplicate requests (transport and CCR-E).
 //! - [`journal`]: the write-ahead journal: group commit, recovery, snapshots (opaque payloads).
 //! - [`durable`]: the engine's records through the journal; answers wait for durability.
+//! - [`settlement`]: invoices (EN 16931, UBL 2.1), numbering, payment adapters, e-mails.
 //! - [`net`]: sockets and tasks; the only module with I/O.
 //! - [`config`]: the TOML configuration, validated into per-module options.
 //! - [`cli`]: the `gyro` command line.
@@ -27,4 +28,5 @@ pub mod net;
 pub mod peer;
 pub mod rating;
 pub mod replay;
+pub mod settlement;
 pub mod tools;

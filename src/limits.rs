@@ -144,3 +144,10 @@ const _: () =
     assert!(JOURNAL_BUFFER_MAX_BYTES >= crate::journal::RECORD_HEADER_BYTES + JOURNAL_RECORD_MAX_BYTES);
 const _: () = assert!(JOURNAL_RECORD_MAX_BYTES < (1 << 30));
 const _: () = assert!(JOURNAL_SEGMENT_BYTES_DEFAULT <= JOURNAL_SEGMENT_MIB_MAX * 1024 * 1024);
+
+/// Most lines one invoice may have: one per rating group of a session, and a session's rating
+/// groups are bounded by the MSCCs its requests may carry.
+pub const INVOICE_LINES_MAX: usize = MSCC_PER_REQUEST_MAX;
+
+/// Most attempts a payment may make before it is dead-lettered (`settlement.retry`).
+pub const PAYMENT_ATTEMPTS_MAX: u32 = 64;

@@ -1,0 +1,77 @@
+//! Settlement: what happens to money after a session ends — the invoice, its number, the
+//! charge, and the e-mails (issue 6).
+//!
+//! # What this module owns
+//! - [`invoice`]: the EN 16931 invoice model — seller from `[settlement.seller]`, buyer from
+//!   the catalog's customer, one line per rated service, VAT per plan with a breakdown per
+//!   category, totals exact to the minor unit under one documented rounding rule per step, and
+//!   the calculation rules (BR-CO-10..16, BR-S-08/09) checked on every invoice built.
+//! - [`numbering`]: gapless numbers per series, as a pure state machine whose allocations are
+//!   journal records, recovered by replay.
+//! - [`render`]: JSON, UBL 2.1 XML (Peppol BIS Billing 3.0), and the e-mail's HTML and text.
+//! - [`payment`]: the [`payment::PaymentAdapter`] trait (async, idempotent on a key, with
+//!   `lookup` for unknown outcomes), the deterministic `sandbox` gateway with documented test
+//!   cards and IBANs, and the retry policy (exponential backoff, full jitter, dead letter).
+//! - [`email`]: RFC 5322 messages (lettre's builder) with stable Message-IDs, and the `.eml`
+//!   directory that is the embedded run's mail transport.
+//!
+//! # What it must not touch
+//! No `diameter`, no `cc`, no sockets and no clock: time comes in as Unix seconds, the caller
+//! decides when to retry, and the only I/O is [`email::EmlDir`]'s files. It reads the catalog's
+//! `Customer` and `rating`'s money types. The settlement worker (next step) will sit between
+//! the journal's outbox records and these pieces; it is the part that owns order, retries and
+//! the exactly-once bookkeeping (invariant 6: one number, at most one successful charge, one
+//! confirmation per settled session).
+//!
+//! # Not yet here
+//! The outbox record written with the CCR-T debit, the worker and its journal records, the
+//! `stripe` and `webhook` adapters, SMTP, the PostgreSQL billing sink, per-period aggregation
+//! and the admin endpoints. See ARCHITECTURE.md, "Settlement".
+
+pub mod email;
+pub mod invoice;
+pub mod numbering;
+pub mod payment;
+pub mod render;
+
+use serde::Deserialize;
+
+pub use invoice::{Invoice, InvoiceDraft, InvoiceError, PriceBasis, SellerConfig};
+pub use numbering::{Sequences, SeriesConfig};
+pub use payment::{PaymentAdapter, RetryPolicy, Sandbox};
+
+/// `[settlement]` in the configuration file. Every field has a default, so the embedded run
+/// settles with no configuration at all (demo seller, `GYR-YYYY-NNNNNN` numbers, gross
+/// prices, the sandbox, `.eml` files).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SettlementConfig {
+    pub seller: SellerConfig,
+    pub numbering: SeriesConfig,
+    pub retry: RetryPolicy,
+    /// Whether catalog prices include VAT (`gross`, the default) or not (`net`).
+    pub price_basis: PriceBasis,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_need_no_configuration_and_keys_are_checked() {
+        let config: SettlementConfig = toml::from_str("").expect("empty settlement table");
+        assert_eq!(config, SettlementConfig::default());
+        assert_eq!(config.numbering.validate(), Ok(()));
+        assert_eq!(config.retry.validate(), Ok(()));
+        let custom: SettlementConfig = toml::from_str(
+            "price_basis = \"net\"\n[seller]\nname = \"Op AG\"\nvat_id = \"ATU12345678\"\ncountry_code = \"AT\"\n\
+             [numbering]\nprefix = \"OP\"\n[retry]\nattempts_max = 3\n",
+        )
+        .expect("custom settlement table");
+        assert_eq!(custom.price_basis, PriceBasis::Net);
+        assert_eq!((custom.seller.name.as_str(), custom.seller.city.as_str()), ("Op AG", "Berlin"));
+        assert_eq!((custom.numbering.prefix.as_str(), custom.numbering.digits), ("OP", 6));
+        assert_eq!(custom.retry.attempts_max, 3);
+        assert!(toml::from_str::<SettlementConfig>("[seller]\nnmae = \"typo\"\n").is_err());
+    }
+}
