@@ -18,7 +18,8 @@
 #   W2      data CCR-U only, 4 connections x 16 in flight              target gyro/echo >= 0.70
 #   W3      data sessions CCR-I/U/T 1:8:1, 4 x 16, 1 000 000 subscribers, 100 000 sessions
 #                                                                      target gyro/echo >= 0.50
-#   W4-25/50/75  open loop at 25/50/75 % of echo's median W2 rate, 4 connections
+#   W4-25/50/75  open loop at 25/50/75 % of echo's median W2 rate, 4 connections, 100 000
+#           sessions over 100 000 subscribers (one each)
 #           target p99 gyro <= 2 x echo at 25 % and 50 %; at 50 % also p99 <= 5 ms, p99.9 <= 10 ms
 #   W2-off  W2 with the journal's fsync off (gyro), for the cost of the fsync
 #   W5      (--overload) 150 % of gyro's best W2 rate for 60 s: answers, 3004s, timeouts, and
@@ -65,8 +66,11 @@ readonly SUBSCRIBERS_SMALL=10000
 readonly SUBSCRIBERS_W3=1000000
 readonly SESSIONS_W3=100000
 # Open loop (W4, W5): a session has one request outstanding at a time, so the generator needs
-# rate x latency sessions to keep its schedule; 100 000 cover 200 k/s at 500 ms.
+# rate x latency sessions to keep its schedule; 100 000 cover 200 k/s at 500 ms. As many
+# subscribers, one session each, as on a real network (a subscriber rarely has more than a
+# couple of data sessions; ten per account would make every ledger operation walk ten holds).
 readonly SESSIONS_OPEN_LOOP=100000
+readonly SUBSCRIBERS_OPEN_LOOP=100000
 # Longest wait for a server to listen (a 1 M-account catalog takes seconds to load) and to stop.
 readonly START_TIMEOUT_S=300
 readonly STOP_TIMEOUT_S=30
@@ -259,6 +263,11 @@ echo "load.sh: provisioning catalogs in $work"
 "${load_cmd[@]}" provision --subscribers "$SUBSCRIBERS_SMALL" --out "$work/catalog-small.toml" \
     >"$work/logs/provision-small.log" 2>&1 || die "gyro load provision --subscribers $SUBSCRIBERS_SMALL failed:
 $(tail -5 "$work/logs/provision-small.log")"
+if selected W4 || selected W5; then
+    "${load_cmd[@]}" provision --subscribers "$SUBSCRIBERS_OPEN_LOOP" --out "$work/catalog-open.toml" \
+        >"$work/logs/provision-open.log" 2>&1 || die "gyro load provision --subscribers $SUBSCRIBERS_OPEN_LOOP failed:
+$(tail -5 "$work/logs/provision-open.log")"
+fi
 if selected W3; then
     "${load_cmd[@]}" provision --subscribers "$SUBSCRIBERS_W3" --out "$work/catalog-w3.toml" \
         >"$work/logs/provision-w3.log" 2>&1 || die "gyro load provision --subscribers $SUBSCRIBERS_W3 failed:
@@ -284,6 +293,7 @@ EOF
 }
 write_config "$work/gyro-small.toml" "$work/catalog-small.toml" batch
 write_config "$work/gyro-small-off.toml" "$work/catalog-small.toml" off
+{ selected W4 || selected W5; } && write_config "$work/gyro-open.toml" "$work/catalog-open.toml" batch
 selected W3 && write_config "$work/gyro-w3.toml" "$work/catalog-w3.toml" batch
 # Echo gets the same [diameter] settings (identity, limits); it ignores [charging] and [journal].
 echo_config=$work/gyro-small.toml
@@ -421,6 +431,7 @@ problems() {
 
 small=(--subscribers "$SUBSCRIBERS_SMALL")
 updates=(--scenario data --only-updates "${small[@]}")
+open_loop=(--scenario data --only-updates --subscribers "$SUBSCRIBERS_OPEN_LOOP")
 
 selected W1 && run_row W1 "$work/gyro-small.toml" "${updates[@]}" --connections 16 --in-flight 1
 selected W2 && run_row W2 "$work/gyro-small.toml" "${updates[@]}" --connections 4 --in-flight 16
@@ -431,7 +442,7 @@ if selected W4; then
     for pct in 25 50 75; do
         rate=$(awk -v r="$echo_w2" -v p="$pct" 'BEGIN { printf "%d", r * p / 100 }')
         ((rate > 0)) || die "W4: echo's W2 rate ($echo_w2) gives no rate at $pct %"
-        run_row "W4-$pct" "$work/gyro-small.toml" "${updates[@]}" --sessions "$SESSIONS_OPEN_LOOP" \
+        run_row "W4-$pct" "$work/gyro-open.toml" "${open_loop[@]}" --sessions "$SESSIONS_OPEN_LOOP" \
             --connections 4 --rate "$rate"
     done
 fi
@@ -442,7 +453,7 @@ if selected W5; then
     echo "load.sh: W5 offers $w5_rate/s ($OVERLOAD_PERCENT % of gyro's best W2 rate, $gyro_w2_max/s) for ${overload_duration}s"
     saved_runs=$runs
     runs=1
-    run_one W5 gyro "$work/gyro-small.toml" 1 "$overload_duration" "${updates[@]}" \
+    run_one W5 gyro "$work/gyro-open.toml" 1 "$overload_duration" "${open_loop[@]}" \
         --sessions "$SESSIONS_OPEN_LOOP" --connections 4 --rate "$w5_rate"
     runs=$saved_runs
 fi
