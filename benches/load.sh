@@ -22,7 +22,8 @@
 #           sessions over 100 000 subscribers (one each)
 #           target p99 gyro <= 2 x echo at 25 % and 50 %; at 50 % also p99 <= 5 ms, p99.9 <= 10 ms
 #   W2-off  W2 with the journal's fsync off (gyro), for the cost of the fsync
-#   W5      (--overload) 150 % of gyro's best W2 rate for 60 s: answers, 3004s, timeouts, and
+#   W5      (--overload) 150 % of gyro's maximum (its best W2 rate, or W4's 2001 answers a second
+#           if higher) for 60 s: answers, 3004s, timeouts, and
 #           gyro's peak RSS (VmHWM) against its steady-state VmRSS at the end of the W4-75 runs
 #           (the same number of sessions; the W2 runs without W4)
 #
@@ -448,9 +449,23 @@ if selected W4; then
 fi
 selected W2-off && run_row W2-off "$work/gyro-small-off.toml" "${updates[@]}" --connections 4 --in-flight 16
 if selected W5; then
-    gyro_w2_max=$(values W2 gyro rate | sort -g | tail -1)
-    w5_rate=$(awk -v r="$gyro_w2_max" -v p="$OVERLOAD_PERCENT" 'BEGIN { printf "%d", r * p / 100 }')
-    echo "load.sh: W5 offers $w5_rate/s ($OVERLOAD_PERCENT % of gyro's best W2 rate, $gyro_w2_max/s) for ${overload_duration}s"
+    # gyro's maximum: its best W2 rate (closed loop, bounded by in-flight / fsync) or, with W4,
+    # the most 2001 answers a second it gave in an open-loop row (its CPU-bound capacity).
+    gyro_max=$(
+        values W2 gyro rate
+        if selected W4; then
+            for row in W4-25 W4-50 W4-75; do
+                for ((run = 1; run <= runs; run++)); do
+                    f=$work/reports/$row-gyro-$run.json
+                    awk -v r="$(jget "$f" rate)" -v a="$(jget "$f" answers)" -v n="$(jnot2001 "$f")" \
+                        'BEGIN { if (a > 0) printf "%d\n", r * (a - n) / a }'
+                done
+            done
+        fi
+    )
+    gyro_max=$(sort -g <<<"$gyro_max" | tail -1)
+    w5_rate=$(awk -v r="$gyro_max" -v p="$OVERLOAD_PERCENT" 'BEGIN { printf "%d", r * p / 100 }')
+    echo "load.sh: W5 offers $w5_rate/s ($OVERLOAD_PERCENT % of gyro's maximum, $gyro_max/s 2001 answers) for ${overload_duration}s"
     saved_runs=$runs
     runs=1
     run_one W5 gyro "$work/gyro-open.toml" 1 "$overload_duration" "${open_loop[@]}" \
@@ -533,7 +548,7 @@ cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null ||
         steady=$(median $(for ((run = 1; run <= runs; run++)); do awk '{ print $1 }' "$work/reports/$steady_row-gyro-$run.mem"; done))
         w5_req=$(jget "$f" requests) w5_ans=$(jget "$f" answers) w5_to=$(jget "$f" timeouts)
         echo
-        echo "W5 overload: offered $w5_rate/s for ${overload_duration}s against gyro ($OVERLOAD_PERCENT % of its best W2 rate)"
+        echo "W5 overload: offered $w5_rate/s for ${overload_duration}s against gyro ($OVERLOAD_PERCENT % of its maximum, $gyro_max/s: best of W2 and W4's 2001 answers)"
         echo "  requests $(jget "$f" requests), answers $(jget "$f" answers) ($(jget "$f" rate)/s), 3004 TOO_BUSY $(jget "$f" result_codes 3004 | grep . || echo 0), timeouts $(jget "$f" timeouts), protocol errors $(jget "$f" protocol_errors)"
         echo "  latency p50/p99/p99.9/max: $(jget "$f" latency_us p50)/$(jget "$f" latency_us p99)/$(jget "$f" latency_us p999)/$(jget "$f" latency_us max) us"
         echo "  due but not sent by the generator: $(jget "$f" unsent | grep . || echo 0) (it had no free session or no CPU)"
