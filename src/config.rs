@@ -22,6 +22,9 @@ pub struct Config {
     pub charging: ChargingConfig,
     pub journal: JournalSettings,
     pub log: LogConfig,
+    /// `[settlement]`: seller, invoice numbering, payment retries, price basis (issue 6; read
+    /// and checked now, used once settlement is wired to session ends).
+    pub settlement: crate::settlement::SettlementConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -261,6 +264,21 @@ impl Config {
             return Err(err("charging.closed_retention_ms", "more than a day".into()));
         }
         self.validate_journal(&err)?;
+        let st = &self.settlement;
+        st.numbering.validate().map_err(|e| {
+            let key = match e {
+                crate::settlement::numbering::SeriesConfigError::Prefix => "settlement.numbering.prefix",
+                crate::settlement::numbering::SeriesConfigError::Digits => "settlement.numbering.digits",
+            };
+            err(key, e.to_string())
+        })?;
+        st.retry.validate().map_err(|e| {
+            let key = match e {
+                crate::settlement::payment::RetryPolicyError::Attempts => "settlement.retry.attempts_max",
+                crate::settlement::payment::RetryPolicyError::Base => "settlement.retry.base_ms",
+            };
+            err(key, e.to_string())
+        })?;
         if self.log.level.parse::<tracing_subscriber::EnvFilter>().is_err() {
             return Err(err(
                 "log.level",
@@ -363,6 +381,19 @@ mod tests {
         assert!(e.contains("diameter.origin_host"), "{e}");
         let e = Config::parse("g.toml", "[diameter]\nlisten = \"nope\"\n").unwrap_err().to_string();
         assert!(e.contains("listen"), "{e}");
+    }
+
+    #[test]
+    fn settlement_section_is_read_and_checked() {
+        let c = Config::parse("g.toml", "[settlement.numbering]\nprefix = \"OP\"\n").unwrap();
+        assert_eq!(c.settlement.numbering.prefix, "OP");
+        let e =
+            Config::parse("g.toml", "[settlement.numbering]\nprefix = \"a b\"\n").unwrap_err().to_string();
+        assert!(e.contains("settlement.numbering.prefix"), "{e}");
+        let e = Config::parse("g.toml", "[settlement.retry]\nattempts_max = 0\n").unwrap_err().to_string();
+        assert!(e.contains("settlement.retry.attempts_max"), "{e}");
+        let e = Config::parse("g.toml", "[settlement]\nprice_basis = \"both\"\n").unwrap_err().to_string();
+        assert!(e.contains("price_basis"), "{e}");
     }
 
     #[test]
