@@ -726,7 +726,9 @@ fn a_journal_in_the_growing_layout_still_recovers() {
     }
     assert!(std::fs::read_dir(dir.path())
         .unwrap()
-        .all(|e| e.unwrap().path().extension().unwrap() == "journal"));
+        .map(|e| e.unwrap().path())
+        .filter(|p| !p.ends_with(gyro::journal::LOCK_FILE))
+        .all(|p| p.extension().unwrap() == "journal"));
     // Read, and written on, with preallocation: the last segment grows, the new ones do not.
     let preallocated = small_segments(dir.path(), 256);
     let (journal, seen, report) = open(preallocated.clone()).unwrap();
@@ -796,4 +798,18 @@ fn a_spare_is_never_taken_for_a_segment() {
         replay(JournalConfig { start_after: Lsn(6), ..config(dir.path()) }).unwrap().1.next_lsn,
         Lsn(7)
     );
+}
+
+#[test]
+fn a_second_process_cannot_open_a_journal_in_use_and_can_once_it_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, _, _) = open(config(dir.path())).unwrap();
+    // flock conflicts between two opens of the file even within one process, so this is what a
+    // second `gyro serve` on the same data directory sees.
+    let err = open(config(dir.path())).err().expect("the second open must be refused");
+    assert!(matches!(err, JournalError::InUse { .. }), "{err:?}");
+    assert!(err.to_string().contains("in use by another gyro process"), "{err}");
+    drop(first);
+    let (again, _, _) = open(config(dir.path())).expect("the lock goes with the journal");
+    drop(again);
 }

@@ -257,6 +257,7 @@ pub enum IoOp {
     Rename,
     Remove,
     StartWriterThread,
+    Lock,
 }
 
 impl fmt::Display for IoOp {
@@ -274,6 +275,7 @@ impl fmt::Display for IoOp {
             Self::Rename => "rename",
             Self::Remove => "remove",
             Self::StartWriterThread => "start the writer thread",
+            Self::Lock => "lock",
         })
     }
 }
@@ -323,6 +325,12 @@ pub enum JournalError {
         dir.display()
     )]
     SnapshotAhead { dir: PathBuf, snapshot: Lsn, last: Lsn },
+    #[error(
+        "{}: the journal is in use by another gyro process (it holds the lock on {LOCK_FILE}); \
+         two writers would interleave their records",
+        dir.display()
+    )]
+    InUse { dir: PathBuf },
     #[error("replaying the record with LSN {lsn}: {source}")]
     Replay { lsn: Lsn, source: Box<dyn Error + Send + Sync> },
     #[error(
@@ -405,9 +413,15 @@ pub struct Journal<W: Waiter> {
     shared: Arc<Shared<W>>,
     writer: Option<JoinHandle<()>>,
     dir: PathBuf,
+    /// Holds an exclusive `flock` on `LOCK` for as long as the journal is open (the kernel
+    /// drops it when the process dies, even by SIGKILL, so a crash never leaves it stale).
+    _lock: std::fs::File,
     #[cfg(test)]
     spares: Option<Arc<spare::Shared>>,
 }
+
+/// The file in the journal directory whose lock says a process owns the journal.
+pub const LOCK_FILE: &str = "LOCK";
 
 impl<W: Waiter> Journal<W> {
     /// Opens the journal in `cfg.dir` (creating it), recovers it (see the module doc), hands
@@ -438,6 +452,9 @@ impl<W: Waiter> Journal<W> {
             );
         }
         create_dir(&cfg.dir)?;
+        // Before reading anything: a second `gyro serve` on the same directory would truncate
+        // the first one's tail as torn and then append under the same LSNs.
+        let lock = lock_dir(&cfg.dir)?;
         let (mut replayed, mut skipped) = (0u64, 0u64);
         let found = scan(&cfg.dir, cfg.start_after, |r| {
             if r.lsn <= cfg.start_after {
@@ -495,6 +512,7 @@ impl<W: Waiter> Journal<W> {
             shared,
             writer: Some(handle),
             dir: cfg.dir,
+            _lock: lock,
             #[cfg(test)]
             spares: spares_shared,
         };
@@ -604,6 +622,22 @@ impl<W: Waiter> Journal<W> {
     /// The spare thread's state (`None`: preallocation is off).
     pub(crate) fn spares(&self) -> Option<&spare::Shared> {
         self.spares.as_deref()
+    }
+}
+
+/// Takes the directory's exclusive lock without waiting, or says who has it.
+fn lock_dir(dir: &Path) -> Result<std::fs::File, JournalError> {
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(JournalError::io(IoOp::Open, &path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(JournalError::InUse { dir: dir.to_owned() }),
+        Err(std::fs::TryLockError::Error(source)) => Err(JournalError::Io { op: IoOp::Lock, path, source }),
     }
 }
 
