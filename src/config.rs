@@ -235,7 +235,7 @@ impl Config {
         }
         // The smallest useful limit holds a CER with a few addresses and applications.
         if !(1024..=MESSAGE_SIZE_MAX_BYTES).contains(&d.message_size_max_bytes)
-            || d.message_size_max_bytes % 4 != 0
+            || !d.message_size_max_bytes.is_multiple_of(4)
         {
             return Err(err(
                 "diameter.message_size_max_bytes",

@@ -93,10 +93,10 @@ pub const DICTIONARY_AVPS_MAX: usize = 65_536;
 
 const _: () = assert!(HEADER_SIZE_BYTES < MESSAGE_SIZE_MAX_BYTES);
 const _: () = assert!(MESSAGE_SIZE_MAX_BYTES < (1 << 24)); // Fits the 24-bit length field.
-const _: () = assert!(MESSAGE_SIZE_MAX_BYTES % 4 == 0);
+const _: () = assert!(MESSAGE_SIZE_MAX_BYTES.is_multiple_of(4));
 const _: () = assert!(WRITE_BATCH_MAX_BYTES >= MESSAGE_SIZE_MAX_BYTES);
 const _: () = assert!(DUPLICATE_SHARDS.is_power_of_two());
-const _: () = assert!(DUPLICATE_ENTRIES_MAX % DUPLICATE_SHARDS == 0);
+const _: () = assert!(DUPLICATE_ENTRIES_MAX.is_multiple_of(DUPLICATE_SHARDS));
 const _: () = assert!(WATCHDOG_INTERVAL_MS_DEFAULT >= WATCHDOG_INTERVAL_MS_MIN);
 const _: () = assert!(WATCHDOG_JITTER_MS < WATCHDOG_INTERVAL_MS_MIN);
 const _: () = assert!(IN_FLIGHT_PER_CONNECTION_MAX <= WRITE_QUEUE_PER_CONNECTION_MAX);

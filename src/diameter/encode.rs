@@ -161,7 +161,7 @@ impl<'b> Encoder<'b> {
     /// Patches the message length and returns it.
     pub fn finish(self) -> usize {
         let length = self.buf.len() - self.start;
-        debug_assert!(length % 4 == 0);
+        debug_assert!(length.is_multiple_of(4));
         debug_assert!(length < (1 << 24));
         self.buf[self.start + 1..self.start + 4].copy_from_slice(&(length as u32).to_be_bytes()[1..]);
         length

@@ -156,7 +156,7 @@ pub fn frame_within(buf: &[u8], max: usize) -> Result<Option<usize>, FrameError>
         return Err(FrameError::LengthTooLong { length, max });
     }
     // RFC 6733 §3: "the message length field is always a multiple of 4".
-    if length % 4 != 0 {
+    if !length.is_multiple_of(4) {
         return Err(FrameError::LengthNotAligned { length });
     }
     if buf.len() < length as usize {

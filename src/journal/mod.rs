@@ -415,7 +415,7 @@ pub struct Journal<W: Waiter> {
     dir: PathBuf,
     /// Holds an exclusive `flock` on `LOCK` for as long as the journal is open (the kernel
     /// drops it when the process dies, even by SIGKILL, so a crash never leaves it stale).
-    _lock: std::fs::File,
+    _lock: File,
     #[cfg(test)]
     spares: Option<Arc<spare::Shared>>,
 }
@@ -626,7 +626,7 @@ impl<W: Waiter> Journal<W> {
 }
 
 /// Takes the directory's exclusive lock without waiting, or says who has it.
-fn lock_dir(dir: &Path) -> Result<std::fs::File, JournalError> {
+fn lock_dir(dir: &Path) -> Result<File, JournalError> {
     let path = dir.join(LOCK_FILE);
     let file = std::fs::OpenOptions::new()
         .create(true)

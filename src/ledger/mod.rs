@@ -147,9 +147,9 @@ pub const KEY_SHARDS: usize = 64;
 
 const _: () = assert!(SHARDS.is_power_of_two());
 const _: () = assert!(KEY_SHARDS.is_power_of_two());
-const _: () = assert!(IDEMPOTENCY_KEYS_MAX % KEY_SHARDS == 0);
+const _: () = assert!(IDEMPOTENCY_KEYS_MAX.is_multiple_of(KEY_SHARDS));
 const _: () = assert!(IDEMPOTENCY_KEYS_MAX >= crate::limits::DUPLICATE_ENTRIES_MAX);
-const _: () = assert!(ACCOUNTS_MAX as usize % (SHARDS * ACCOUNTS_PER_CHUNK) == 0);
+const _: () = assert!((ACCOUNTS_MAX as usize).is_multiple_of(SHARDS * ACCOUNTS_PER_CHUNK));
 // Bundle indexes are u16 in the API (and a u8 inside a hold, checked in `holds`).
 const _: () = assert!(BUNDLES_PER_ACCOUNT_MAX < u16::MAX as usize);
 const _: () = assert!(CURRENCIES_MAX <= u8::MAX as usize);

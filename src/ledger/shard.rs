@@ -49,7 +49,7 @@ impl Shard {
     /// Whether the mutation about to be checked gets the full walk.
     fn full_check(&mut self) -> bool {
         self.mutations = self.mutations.wrapping_add(1);
-        cfg!(debug_assertions) || self.mutations % FULL_CHECK_EVERY == 0
+        cfg!(debug_assertions) || self.mutations.is_multiple_of(FULL_CHECK_EVERY)
     }
 }
 

@@ -134,7 +134,7 @@ fn luhn(digits: &str) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// An IBAN in electronic form (no spaces, upper case), check digits verified.
