@@ -16,7 +16,17 @@
 //! key with the first outcome. A [`PaymentError::Unknown`] (the request was sent, no answer came
 //! back) means the charge may have happened: the worker must call [`PaymentAdapter::lookup`]
 //! before any retry, and retry only if the lookup finds nothing.
-
+//!
+//! # The adapters
+//! - [`Sandbox`] (here): in-process and deterministic, the embedded default.
+//! - [`stripe::Stripe`]: a Stripe-compatible HTTP client (PaymentIntents, created and confirmed
+//!   off-session in one request).
+//! - [`webhook::Webhook`]: a signed JSON POST to the operator's billing system.
+//!
+//! [`configured::ConfiguredAdapter`] is the one of them `[settlement.payment] adapter` names, as
+//! an enum, so the worker needs no `dyn`. The two HTTP adapters are the only code under
+//! `settlement` that opens sockets; they take no clock either (the webhook's signature time is
+//! an argument, read by the caller through [`configured::ConfiguredAdapter`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -30,6 +40,14 @@ use crate::limits::PAYMENT_ATTEMPTS_MAX;
 use crate::rating::{Currency, MoneyMinor};
 
 use super::invoice::PaymentMeans;
+
+pub mod configured;
+mod http;
+pub mod stripe;
+pub mod webhook;
+
+pub use configured::{AdapterKind, ConfiguredAdapter, PaymentConfigError, Secret};
+pub use http::Timeouts;
 
 /// The key a charge is idempotent on: one per settled session (or event).
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
