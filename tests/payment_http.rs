@@ -5,7 +5,9 @@
 //! with their metadata, the saved response of each `Idempotency-Key` (replayed for a repeated
 //! key instead of charging again), and the search by metadata. A script of behaviours lets a
 //! test make the next POST fail with a 500 (not saved, nothing charged) or charge and then
-//! stall past the client's timeout.
+//! stall past the client's timeout. Timeouts are 1 s against stalls of a minute, so a loaded
+//! machine cannot turn a loopback round trip into a false timeout; a stalled handler is dropped
+//! with the test's runtime.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -290,8 +292,8 @@ async fn stripe_500_is_transient_and_the_retry_with_the_same_key_charges_once() 
 #[tokio::test]
 async fn stripe_timeout_after_charging_is_unknown_and_lookup_finds_the_charge() {
     within(async {
-        let (stripe, books) = stripe_setup(300).await;
-        books.lock().expect("books").script.push_back(Next::ChargeThenStall(Duration::from_secs(3)));
+        let (stripe, books) = stripe_setup(1_000).await;
+        books.lock().expect("books").script.push_back(Next::ChargeThenStall(Duration::from_secs(60)));
         let request = charge("k1", card("pm_card_visa"));
         assert_eq!(stripe.charge(&request).await, Err(PaymentError::Unknown));
         // The worker's rule: look up before any retry; found, so no retry.
@@ -550,8 +552,8 @@ async fn webhook_4xx_is_rejected() {
 #[tokio::test]
 async fn webhook_timeout_is_unknown_and_lookup_resolves_it_when_configured() {
     within(async {
-        let (webhook, books) = webhook_setup(300, true, WEBHOOK_SECRET).await;
-        books.lock().expect("books").stall = Some(Duration::from_secs(3));
+        let (webhook, books) = webhook_setup(1_000, true, WEBHOOK_SECRET).await;
+        books.lock().expect("books").stall = Some(Duration::from_secs(60));
         let request = charge("k1", card("pm_card_visa"));
         assert_eq!(webhook.charge(&request).await, Err(PaymentError::Unknown));
         assert_eq!(
@@ -562,8 +564,8 @@ async fn webhook_timeout_is_unknown_and_lookup_resolves_it_when_configured() {
         assert_eq!(books.lock().expect("books").received.len(), 1, "no second POST");
 
         // Without a lookup URL the adapter cannot tell.
-        let (blind, books) = webhook_setup(300, false, WEBHOOK_SECRET).await;
-        books.lock().expect("books").stall = Some(Duration::from_secs(3));
+        let (blind, books) = webhook_setup(1_000, false, WEBHOOK_SECRET).await;
+        books.lock().expect("books").stall = Some(Duration::from_secs(60));
         assert_eq!(blind.charge(&request).await, Err(PaymentError::Unknown));
         assert_eq!(blind.lookup(&request.key).await, Err(PaymentError::Unknown));
     })
