@@ -151,3 +151,20 @@ pub const INVOICE_LINES_MAX: usize = MSCC_PER_REQUEST_MAX;
 
 /// Most attempts a payment may make before it is dead-lettered (`settlement.retry`).
 pub const PAYMENT_ATTEMPTS_MAX: u32 = 64;
+
+/// Longest `settlement.stripe.timeout_ms`, `connect_timeout_ms` and `settlement.webhook.timeout_ms`:
+/// a payment call that has not answered in two minutes is treated as unknown and looked up,
+/// and holding the worker's slot longer only delays the others.
+pub const PAYMENT_HTTP_TIMEOUT_MS_MAX: u64 = 120_000;
+
+/// Largest HTTP response body a payment adapter reads. A PaymentIntent is a few KiB, a search
+/// result of one or two of them not much more; a bigger body is not an answer we can trust, and
+/// the bound keeps a misbehaving gateway from filling memory.
+pub const PAYMENT_RESPONSE_MAX_BYTES: usize = 256 * 1024;
+
+/// Largest secret file (`secret_key_file`, `secret_file`) read: keys are tens of bytes.
+pub const PAYMENT_SECRET_MAX_BYTES: u64 = 4096;
+
+/// How old a webhook signature's timestamp may be when a receiver checks it (Stripe's default):
+/// it bounds the window in which a captured request can be replayed.
+pub const WEBHOOK_SIGNATURE_TOLERANCE_S: i64 = 300;

@@ -17,15 +17,16 @@
 //!
 //! # What it must not touch
 //! No `diameter`, no `cc`, no sockets and no clock: time comes in as Unix seconds, the caller
-//! decides when to retry, and the only I/O is [`email::EmlDir`]'s files. It reads the catalog's
+//! decides when to retry, and the only I/O is [`email::EmlDir`]'s files — except at the edge
+//! the payment gateways are: the `stripe` and `webhook` adapters (`payment::stripe`,
+//! `payment::webhook`) are HTTP clients, and the webhook's signature reads the system clock. It reads the catalog's
 //! `Customer` and `rating`'s money types. The settlement worker (next step) will sit between
 //! the journal's outbox records and these pieces; it is the part that owns order, retries and
 //! the exactly-once bookkeeping (invariant 6: one number, at most one successful charge, one
 //! confirmation per settled session).
 //!
 //! # Not yet here
-//! The outbox record written with the CCR-T debit, the worker and its journal records, the
-//! `stripe` and `webhook` adapters, SMTP, the PostgreSQL billing sink, per-period aggregation
+//! The outbox record written with the CCR-T debit, the worker and its journal records, SMTP, the PostgreSQL billing sink, per-period aggregation
 //! and the admin endpoints. See ARCHITECTURE.md, "Settlement".
 
 pub mod email;
@@ -38,7 +39,7 @@ use serde::Deserialize;
 
 pub use invoice::{Invoice, InvoiceDraft, InvoiceError, PriceBasis, SellerConfig};
 pub use numbering::{Sequences, SeriesConfig};
-pub use payment::{PaymentAdapter, RetryPolicy, Sandbox};
+pub use payment::{ConfiguredAdapter, PaymentAdapter, RetryPolicy, Sandbox};
 
 /// `[settlement]` in the configuration file. Every field has a default, so the embedded run
 /// settles with no configuration at all (demo seller, `GYR-YYYY-NNNNNN` numbers, gross
@@ -51,6 +52,12 @@ pub struct SettlementConfig {
     pub retry: RetryPolicy,
     /// Whether catalog prices include VAT (`gross`, the default) or not (`net`).
     pub price_basis: PriceBasis,
+    /// `[settlement.payment]`: which gateway charges `on_file` accounts (default `sandbox`).
+    pub payment: payment::configured::PaymentConfig,
+    /// `[settlement.stripe]`: used when `payment.adapter = "stripe"`.
+    pub stripe: payment::configured::StripeConfig,
+    /// `[settlement.webhook]`: used when `payment.adapter = "webhook"`.
+    pub webhook: payment::configured::WebhookConfig,
 }
 
 #[cfg(test)]

@@ -16,6 +16,17 @@
 //! key with the first outcome. A [`PaymentError::Unknown`] (the request was sent, no answer came
 //! back) means the charge may have happened: the worker must call [`PaymentAdapter::lookup`]
 //! before any retry, and retry only if the lookup finds nothing.
+//!
+//! # The adapters
+//! - [`Sandbox`] (here): in-process and deterministic, the embedded default.
+//! - [`stripe::Stripe`]: a Stripe-compatible HTTP client (PaymentIntents, created and confirmed
+//!   off-session in one request).
+//! - [`webhook::Webhook`]: a signed JSON POST to the operator's billing system.
+//!
+//! [`configured::ConfiguredAdapter`] is the one of them `[settlement.payment] adapter` names, as
+//! an enum, so the worker needs no `dyn`. The two HTTP adapters are the only code under
+//! `settlement` that opens sockets; they take no clock either (the webhook's signature time is
+//! an argument, read by the caller through [`configured::ConfiguredAdapter`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -30,9 +41,22 @@ use crate::rating::{Currency, MoneyMinor};
 
 use super::invoice::PaymentMeans;
 
+pub mod configured;
+mod http;
+pub mod stripe;
+pub mod webhook;
+
+pub use configured::{AdapterKind, ConfiguredAdapter, PaymentConfigError, Secret};
+pub use http::Timeouts;
+
 /// The key a charge is idempotent on: one per settled session (or event).
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub struct IdempotencyKey(pub String);
+
+/// The customer as the gateway knows them: Stripe's `cus_…`, the operator's customer id for the
+/// webhook. The sandbox ignores it.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct CustomerRef(pub String);
 
 /// A gateway's identifier of a successful payment.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
@@ -79,11 +103,14 @@ pub struct Card {
     pub last4: String,
 }
 
-/// A SEPA direct-debit mandate: the mandate reference and the IBAN it debits.
+/// A SEPA direct-debit mandate: the mandate reference, the IBAN it debits, and the gateway's
+/// handle of it (Stripe: the `pm_…` PaymentMethod the mandate belongs to; the sandbox charges
+/// by IBAN and ignores it).
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct SepaDebit {
     pub mandate: String,
     pub iban: Iban,
+    pub token: String,
 }
 
 /// How an `on_file` account pays.
@@ -193,7 +220,15 @@ impl PaymentMethod {
         }
     }
 
-    /// What the gateway charges: the card token or the IBAN.
+    /// What a remote gateway charges: the card's or the mandate's token.
+    pub fn token(&self) -> &str {
+        match self {
+            Self::Card(card) => &card.token,
+            Self::SepaDebit(sepa) => &sepa.token,
+        }
+    }
+
+    /// What the sandbox charges: the card token or the IBAN.
     fn instrument(&self) -> &str {
         match self {
             Self::Card(card) => &card.token,
@@ -207,6 +242,7 @@ impl PaymentMethod {
 pub struct ChargeRequest {
     pub key: IdempotencyKey,
     pub invoice_number: String,
+    pub customer: CustomerRef,
     pub amount: MoneyMinor,
     pub currency: Currency,
     pub method: PaymentMethod,
@@ -218,6 +254,12 @@ pub enum ChargeOutcome {
     Succeeded {
         payment_id: PaymentId,
     },
+    /// Accepted but not final: a SEPA debit takes days to clear (Stripe's `processing`). The
+    /// invoice is not yet paid and the charge must not be made again; a later `lookup` (or the
+    /// gateway's own notification) turns it into `Succeeded` or `Declined`.
+    Pending {
+        payment_id: PaymentId,
+    },
     /// The money did not move and will not by retrying: the account is barred and the
     /// customer told (issue 6, outcomes).
     Declined {
@@ -225,22 +267,45 @@ pub enum ChargeOutcome {
     },
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+/// Why a charge was declined. Open-world: the codes we act on or show specially have variants,
+/// any other code a gateway sends (Stripe has dozens: `do_not_honor`, `lost_card`, …) is kept
+/// as it came in `Other`.
+#[derive(Clone, PartialEq, Eq, Debug)]
 pub enum DeclineReason {
     CardDeclined,
     InsufficientFunds,
     ExpiredCard,
     /// A SEPA mandate the bank refuses (closed account, revoked mandate).
     MandateRefused,
+    Other(DeclineCode),
 }
 
+/// A gateway's decline code we have no variant for, as the gateway spelled it.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct DeclineCode(pub String);
+
 impl DeclineReason {
-    pub fn code(self) -> &'static str {
+    pub fn code(&self) -> &str {
         match self {
             Self::CardDeclined => "card_declined",
             Self::InsufficientFunds => "insufficient_funds",
             Self::ExpiredCard => "expired_card",
             Self::MandateRefused => "mandate_refused",
+            Self::Other(code) => &code.0,
+        }
+    }
+
+    /// The reason for a gateway's code: the inverse of [`Self::code`], plus Stripe's
+    /// `generic_decline` and its SEPA mandate failures.
+    pub fn from_code(code: &str) -> Self {
+        match code {
+            "card_declined" | "generic_decline" => Self::CardDeclined,
+            "insufficient_funds" => Self::InsufficientFunds,
+            "expired_card" => Self::ExpiredCard,
+            "mandate_refused" | "debit_not_authorized" | "account_closed" | "no_account" => {
+                Self::MandateRefused
+            }
+            other => Self::Other(DeclineCode(other.to_owned())),
         }
     }
 }
@@ -258,6 +323,21 @@ pub enum PaymentError {
     /// The same key came with a different request: a bug on our side, never retried.
     #[error("the idempotency key was used before with a different charge")]
     KeyReused,
+    /// The gateway refused the request itself (an HTTP 4xx that is not a decline: bad
+    /// parameters, a bad key, an unknown customer). Retrying the same request cannot help:
+    /// dead-letter it and tell the operator. `status` is the HTTP status.
+    #[error("the gateway rejected the request (HTTP {status}); retrying cannot help")]
+    Rejected { status: u16 },
+}
+
+impl PaymentError {
+    /// Whether the worker may try again (after `lookup`, for `Unknown`).
+    pub fn is_retryable(self) -> bool {
+        match self {
+            Self::Transient | Self::Unknown => true,
+            Self::KeyReused | Self::Rejected { .. } => false,
+        }
+    }
 }
 
 /// A payment gateway. See the module doc for the contract.
@@ -268,7 +348,9 @@ pub trait PaymentAdapter: Send + Sync {
         request: &ChargeRequest,
     ) -> impl Future<Output = Result<ChargeOutcome, PaymentError>> + Send;
 
-    /// The final outcome recorded for `key`, if any charge under it reached one.
+    /// The outcome recorded for `key`, if any charge under it reached one (`Pending`
+    /// included). `Err(Unknown)` means this gateway cannot tell (see each adapter): a resend
+    /// under the same key is then the only way on, safe because the gateway is idempotent on it.
     fn lookup(
         &self,
         key: &IdempotencyKey,

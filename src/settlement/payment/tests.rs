@@ -9,6 +9,7 @@ fn iban(text: &str) -> PaymentMethod {
     PaymentMethod::SepaDebit(SepaDebit {
         mandate: "M-1".into(),
         iban: Iban::parse(text).expect("a valid test IBAN"),
+        token: "pm_sepa".into(),
     })
 }
 
@@ -16,6 +17,7 @@ fn request(key: &str, method: PaymentMethod) -> ChargeRequest {
     ChargeRequest {
         key: IdempotencyKey(key.into()),
         invoice_number: "GYR-2026-000001".into(),
+        customer: CustomerRef("cus_1".into()),
         amount: MoneyMinor(1234),
         currency: Currency::EUR,
         method,
