@@ -182,7 +182,7 @@ fn u64_of(a: &AvpRef<'_>) -> Option<u64> {
 }
 
 fn str_of<'a>(a: &AvpRef<'a>) -> Option<&'a str> {
-    std::str::from_utf8(a.data).ok()
+    crate::diameter::types::utf8(a.data).ok()
 }
 
 impl<'a> Ccr<'a> {
