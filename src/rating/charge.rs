@@ -41,9 +41,7 @@ type Wide = [u128; SLOTS];
 /// The charge for cumulative usage, in minor units (rules: module docs §Rounding). Saturates at
 /// `i64::MAX`.
 pub fn charge(rate: &Rate, usage: &CumulativeUsage, currency: Currency) -> MoneyMinor {
-    let exact = Exact::new(rate, currency);
-    let minor = exact.minor(&widen(usage));
-    MoneyMinor(i64::try_from(minor).unwrap_or(i64::MAX))
+    Pricer::new(rate, currency).charge(usage)
 }
 
 /// The most extra units in `band` that `available` pays for on top of `usage`: the largest `x`
@@ -62,8 +60,41 @@ pub fn affordable(
     available: MoneyMinor,
     currency: Currency,
 ) -> u64 {
-    let exact = Exact::new(rate, currency);
-    assert!(band < exact.slots, "band {band} is not a band of this rate ({} bands)", rate.bands.len());
+    Pricer::new(rate, currency).affordable(usage, band, available)
+}
+
+/// A rate converted once to the integers `charge` and `affordable` compute with. Converting
+/// the Decimal amounts costs about as much as rating itself, and one credit-control request
+/// rates the same rate three or four times (the debit, the grant, its hold), so the engine
+/// builds one `Pricer` per service and request. The results are those of [`charge`] and
+/// [`affordable`], which are these methods on a fresh `Pricer`.
+pub struct Pricer {
+    exact: Exact,
+}
+
+impl Pricer {
+    pub fn new(rate: &Rate, currency: Currency) -> Self {
+        Self { exact: Exact::new(rate, currency) }
+    }
+
+    /// [`charge`] of this rate.
+    pub fn charge(&self, usage: &CumulativeUsage) -> MoneyMinor {
+        let minor = self.exact.minor(&widen(usage));
+        MoneyMinor(i64::try_from(minor).unwrap_or(i64::MAX))
+    }
+
+    /// [`affordable`] with this rate.
+    ///
+    /// # Panics
+    /// If `band` is not 0 or a band of the rate.
+    pub fn affordable(&self, usage: &CumulativeUsage, band: usize, available: MoneyMinor) -> u64 {
+        affordable_with(&self.exact, usage, band, available)
+    }
+}
+
+/// The body of [`affordable`] (its docs), on a converted rate.
+fn affordable_with(exact: &Exact, usage: &CumulativeUsage, band: usize, available: MoneyMinor) -> u64 {
+    assert!(band < exact.slots, "band {band} is not a band of this rate ({} bands)", exact.slots - 1);
     let Ok(available) = u128::try_from(available.0) else {
         return 0;
     };
