@@ -121,6 +121,9 @@ pub struct Ccr<'a> {
     /// TS 32.299 §7.2.200 Service-Information (PS-, IMS-, SMS-Information …), as received, for
     /// records and for rating rules that look inside it.
     pub service_information: Option<&'a [u8]>,
+    /// A top-level Proxy-Info is present, which the answer must echo (RFC 6733 §6.2). Noted
+    /// during the parse so that writing the answer scans the request again only when it has one.
+    pub proxy_info: bool,
 }
 
 /// A CCR that is well-formed Diameter but cannot be charged as it stands.
@@ -162,6 +165,7 @@ mod code {
     /// TS 32.299 Reporting-Reason (vendor 10415).
     pub(super) const REPORTING_REASON: u32 = 872;
     pub(super) const USER_EQUIPMENT_INFO: u32 = 458;
+    pub(super) const PROXY_INFO: u32 = 284;
     pub(super) const CC_MONEY: u32 = 413;
     pub(super) const UNIT_VALUE: u32 = 445;
     pub(super) const VALUE_DIGITS: u32 = 447;
@@ -213,6 +217,7 @@ impl<'a> Ccr<'a> {
             user_equipment_info: None,
             service_information: None,
             aoc_request_type: None,
+            proxy_info: false,
         };
         let mut single = Mscc::default();
         for a in msg.avps().map_while(Result::ok) {
@@ -284,6 +289,7 @@ impl<'a> Ccr<'a> {
                 code::EVENT_TIMESTAMP => ccr.event_timestamp = u32_of(&a),
                 code::TERMINATION_CAUSE => ccr.termination_cause = u32_of(&a),
                 code::USER_EQUIPMENT_INFO => ccr.user_equipment_info = Some(a.raw),
+                code::PROXY_INFO => ccr.proxy_info = true,
                 _ => {}
             }
         }

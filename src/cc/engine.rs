@@ -662,6 +662,7 @@ impl Engine {
             session_id: ccr.session_id,
             request_type: ccr.request_type as u32,
             request_number: ccr.request_number,
+            proxy_info: ccr.proxy_info,
         };
         cca::write(out, msg, echo, result, a);
     }
