@@ -200,6 +200,19 @@ pub fn check_value(ty: AvpType, data: &[u8]) -> Result<(), ValueError> {
             }
         }
         AvpType::OctetString | AvpType::Grouped => Ok(()),
+        // Every bit pattern of the right length is a valid number, time or enumeration value,
+        // so the length is the whole check.
+        AvpType::Integer32
+        | AvpType::Integer64
+        | AvpType::Unsigned32
+        | AvpType::Unsigned64
+        | AvpType::Float32
+        | AvpType::Float64
+        | AvpType::Time
+        | AvpType::Enumerated => match ty.fixed_len() {
+            Some(n) if data.len() != n => Err(ValueError::Length { ty, actual: data.len() }),
+            _ => Ok(()),
+        },
         AvpType::DiameterIdentity => {
             if is_identity(data) {
                 Ok(())
