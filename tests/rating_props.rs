@@ -147,8 +147,8 @@ proptest! {
         }
     }
 
-    /// One `Pricer`, reused for several usages as the engine does within a request, gives
-    /// exactly what `charge` and `affordable` give on their own.
+    /// One `Pricer`, reused for several usages as the engine does within a request (it remembers
+    /// the last charge), gives exactly what `charge` and `affordable` give on their own.
     #[test]
     fn a_reused_pricer_agrees_with_charge_and_affordable(
         rate in small_rate(), currency in currency(),
@@ -157,7 +157,8 @@ proptest! {
     ) {
         let pricer = Pricer::new(&rate, currency);
         let band = band % (rate.bands.len() + 1);
-        for usage in usages {
+        // Each usage twice, in both orders, so the remembered last charge is both hit and missed.
+        for &usage in usages.iter().chain(usages.iter().rev()).flat_map(|u| [u, u]) {
             let usage = fit(&rate, usage);
             prop_assert_eq!(pricer.charge(&usage), charge(&rate, &usage, currency));
             prop_assert_eq!(

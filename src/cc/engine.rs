@@ -1029,7 +1029,9 @@ impl Engine {
         }
         let mut after = rg.usage;
         after.0[band] = after.0[band].saturating_add(units);
-        let hold = MoneyMinor(pricer.charge(&after).0 - pricer.charge(&rg.usage).0);
+        // The charge before first: it is the one the debit above (or `affordable`) just rated.
+        let before = pricer.charge(&rg.usage);
+        let hold = MoneyMinor(pricer.charge(&after).0 - before.0);
         self.ledger.reserve(now.mono_ms, account, key, hold, None, expires_at_ms).map_err(reject_code)?;
         rec.reserve(now, account, key, hold, None, expires_at_ms);
         shape.record(rg, units, Funds::Money);

@@ -8,6 +8,8 @@
 //! sum of at most seven terms below 2¹²⁸, so the `saturating_*` operations never saturate for a
 //! rate that passed [`Rate::check`]; for one that did not, they keep the result monotone.
 
+use std::cell::Cell;
+
 use super::money::exponent;
 use super::{CumulativeUsage, Currency, MoneyMinor, Rate, RateError, RateField, BANDS_PER_RATE_MAX};
 
@@ -70,16 +72,21 @@ pub fn affordable(
 /// [`affordable`], which are these methods on a fresh `Pricer`.
 pub struct Pricer {
     exact: Exact,
+    /// The last usage rated through `charge` or as `affordable`'s starting point, and its
+    /// charge in minor units. A request rates the same usage more than once (the debit's usage
+    /// after is the grant's usage before, for `affordable` and for the hold), and a rating
+    /// costs ~170 instructions, a comparison of five counters a handful.
+    last: Cell<Option<(CumulativeUsage, u128)>>,
 }
 
 impl Pricer {
     pub fn new(rate: &Rate, currency: Currency) -> Self {
-        Self { exact: Exact::new(rate, currency) }
+        Self { exact: Exact::new(rate, currency), last: Cell::new(None) }
     }
 
     /// [`charge`] of this rate.
     pub fn charge(&self, usage: &CumulativeUsage) -> MoneyMinor {
-        let minor = self.exact.minor(&widen(usage));
+        let minor = self.minor(usage);
         MoneyMinor(i64::try_from(minor).unwrap_or(i64::MAX))
     }
 
@@ -88,18 +95,32 @@ impl Pricer {
     /// # Panics
     /// If `band` is not 0 or a band of the rate.
     pub fn affordable(&self, usage: &CumulativeUsage, band: usize, available: MoneyMinor) -> u64 {
-        affordable_with(&self.exact, usage, band, available)
+        let exact = &self.exact;
+        assert!(band < exact.slots, "band {band} is not a band of this rate ({} bands)", exact.slots - 1);
+        let Ok(available) = u128::try_from(available.0) else {
+            return 0;
+        };
+        let budget = self.minor(usage).saturating_add(available);
+        affordable_within(exact, &widen(usage), band, budget)
+    }
+
+    /// `Exact::minor`, remembering the last answer.
+    fn minor(&self, usage: &CumulativeUsage) -> u128 {
+        if let Some((last, minor)) = self.last.get() {
+            if last == *usage {
+                return minor;
+            }
+        }
+        let minor = self.exact.minor(&widen(usage));
+        self.last.set(Some((*usage, minor)));
+        minor
     }
 }
 
-/// The body of [`affordable`] (its docs), on a converted rate.
-fn affordable_with(exact: &Exact, usage: &CumulativeUsage, band: usize, available: MoneyMinor) -> u64 {
-    assert!(band < exact.slots, "band {band} is not a band of this rate ({} bands)", exact.slots - 1);
-    let Ok(available) = u128::try_from(available.0) else {
-        return 0;
-    };
-    let usage = widen(usage);
-    let budget = exact.minor(&usage).saturating_add(available);
+/// The rest of [`affordable`] (its docs): the most extra units in `band` on top of `usage` whose
+/// charge stays within `budget` minor units.
+fn affordable_within(exact: &Exact, usage: &Wide, band: usize, budget: u128) -> u64 {
+    let usage = *usage;
     let ok = |x: u64| {
         let mut more = usage;
         more[band] += u128::from(x);
