@@ -5,8 +5,8 @@
 //! quick.
 
 use gyro::rating::{
-    affordable, charge, Band, CumulativeUsage, Currency, MoneyMinor, Rate, UnitKind, AFFORDABLE_UNLIMITED,
-    BANDS_PER_RATE_MAX,
+    affordable, charge, Band, CumulativeUsage, Currency, MoneyMinor, Pricer, Rate, UnitKind,
+    AFFORDABLE_UNLIMITED, BANDS_PER_RATE_MAX,
 };
 use proptest::prelude::*;
 use rust_decimal::Decimal;
@@ -144,6 +144,27 @@ proptest! {
                 prop_assert!(ok(got));
                 prop_assert!(got == AFFORDABLE_UNLIMITED || !ok(got + 1));
             }
+        }
+    }
+
+    /// One `Pricer`, reused for several usages as the engine does within a request (it remembers
+    /// the last charge), gives exactly what `charge` and `affordable` give on their own.
+    #[test]
+    fn a_reused_pricer_agrees_with_charge_and_affordable(
+        rate in small_rate(), currency in currency(),
+        usages in prop::collection::vec(small_usage(), 1..6),
+        band in 0usize..=2, available in -5i64..=400,
+    ) {
+        let pricer = Pricer::new(&rate, currency);
+        let band = band % (rate.bands.len() + 1);
+        // Each usage twice, in both orders, so the remembered last charge is both hit and missed.
+        for &usage in usages.iter().chain(usages.iter().rev()).flat_map(|u| [u, u]) {
+            let usage = fit(&rate, usage);
+            prop_assert_eq!(pricer.charge(&usage), charge(&rate, &usage, currency));
+            prop_assert_eq!(
+                pricer.affordable(&usage, band, MoneyMinor(available)),
+                affordable(&rate, &usage, band, MoneyMinor(available), currency)
+            );
         }
     }
 

@@ -49,6 +49,52 @@ fn scenarios() {
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
 }
 
+/// RFC 6733 §6.2: every Proxy-Info of a request comes back in the CCA, in order and byte for
+/// byte, on a success, a refusal and a retransmission alike; a request without one gets none.
+#[test]
+fn ccas_echo_proxy_info() {
+    let engine = Engine::new(EngineConfig::new(&local()), Arc::new(Ledger::new()));
+    engine.load_catalog(&Catalog::demo(), 0).unwrap();
+    let now = Now { mono_ms: 1_000, unix_secs: unix("2026-11-25T10:00:00Z") };
+    let request = |session: &str, sub: &str, proxies: usize| {
+        let mut b = BytesMut::new();
+        let flags = CommandFlags(CommandFlags::REQUEST | CommandFlags::PROXIABLE);
+        let mut e =
+            Encoder::new(&mut b, flags, CommandCode::CREDIT_CONTROL, ApplicationId::CREDIT_CONTROL, 1, 2);
+        e.str(spec::SESSION_ID, session);
+        e.str(spec::ORIGIN_HOST, "pgw.test").str(spec::ORIGIN_REALM, "test");
+        e.str(spec::DESTINATION_REALM, "test");
+        e.u32(spec::AUTH_APPLICATION_ID, 4);
+        e.str(AvpSpec::mandatory(461), "32251@3gpp.org");
+        e.u32(AvpSpec::mandatory(416), 1).u32(AvpSpec::mandatory(415), 0);
+        let g = e.begin_group(AvpSpec::mandatory(443));
+        e.u32(AvpSpec::mandatory(450), 0).str(AvpSpec::mandatory(444), sub);
+        e.end_group(g);
+        for i in 0..proxies {
+            let p = e.begin_group(spec::PROXY_INFO);
+            e.str(AvpSpec::mandatory(280), &format!("proxy{i}.test"));
+            e.bytes(AvpSpec::mandatory(33), &[i as u8; 5]);
+            e.end_group(p);
+        }
+        e.finish();
+        b.freeze()
+    };
+    let proxy_infos =
+        |m: &MessageRef<'_>| -> Vec<Vec<u8>> { m.find_all(AvpCode(284)).map(|a| a.raw.to_vec()).collect() };
+    let cases = [("s1", "491700000001", 2), ("s2", "491700000001", 0), ("s3", "499999999999", 1)];
+    for (session, sub, proxies) in cases {
+        let req = request(session, sub, proxies);
+        let msg = MessageRef::parse(&req).unwrap();
+        for _ in 0..2 {
+            let mut out = BytesMut::new();
+            engine.handle(now, &msg, &mut out);
+            let answer = MessageRef::parse(&out).unwrap();
+            assert_eq!(proxy_infos(&answer), proxy_infos(&msg), "{session}");
+            assert_eq!(proxy_infos(&answer).len(), proxies, "{session}");
+        }
+    }
+}
+
 struct Harness {
     dict: Dictionary,
     engine: Option<Engine>,

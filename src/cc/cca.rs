@@ -116,6 +116,8 @@ pub struct Echo<'a> {
     pub session_id: &'a str,
     pub request_type: u32,
     pub request_number: u32,
+    /// The request carries Proxy-Info to echo (`Ccr::proxy_info`).
+    pub proxy_info: bool,
 }
 
 /// Writes a CCA for `req` with command-level `result`.
@@ -182,7 +184,9 @@ pub fn write(
         e.end_group(g);
         e.u32(avp::LOW_BALANCE_INDICATION, u32::from(answer.low_balance));
     }
-    echo_proxy_info(&mut e, req);
+    if echo.proxy_info {
+        echo_proxy_info(&mut e, req);
+    }
     e.finish();
 }
 

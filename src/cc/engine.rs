@@ -16,7 +16,7 @@ use crate::catalog::{Catalog, Package, Service, SharedPackage};
 use crate::diameter::answer::error_answer;
 use crate::diameter::{LocalIdentity, MessageRef, ResultCode};
 use crate::ledger::{AccountId, BundleIndex, Ledger, NewAccount, NewBundle, Reject, ReservationKey};
-use crate::rating::{self, CumulativeUsage, MoneyMinor, UnitKind};
+use crate::rating::{self, CumulativeUsage, MoneyMinor, Pricer, UnitKind};
 use crate::replay::{answer_again, DuplicateCache, KeyCase};
 
 /// Seconds between the NTP era 0 (1900) and the Unix epoch, for Time AVPs (RFC 6733 §4.3.1).
@@ -662,6 +662,7 @@ impl Engine {
             session_id: ccr.session_id,
             request_type: ccr.request_type as u32,
             request_number: ccr.request_number,
+            proxy_info: ccr.proxy_info,
         };
         cca::write(out, msg, echo, result, a);
     }
@@ -936,8 +937,11 @@ impl Engine {
             }
         };
         session.rgs[idx].decide(number);
+        // The rate converted once for the debit, the grant and its hold.
+        let pricer =
+            Pricer::new(&package.services[usize::from(session.rgs[idx].service)].rate, package.currency);
         if !m.used.is_empty() {
-            self.charge_usage(now, rec, session, idx, package, &m.used);
+            self.charge_usage(now, rec, session, idx, package, &pricer, &m.used);
         } else if session.rgs[idx].is(OPEN) && may_grant && m.requested.is_some() {
             // A new request without usage replaces the open grant (e.g. after a RAR).
             self.release_rg(rec, session, idx);
@@ -948,7 +952,7 @@ impl Engine {
             }
             return ResultCode::SUCCESS;
         }
-        match self.grant(now, rec, session, idx, package, m) {
+        match self.grant(now, rec, session, idx, package, &pricer, m) {
             Ok(()) => ResultCode::SUCCESS,
             Err(result) => {
                 session.rgs[idx].refuse(result);
@@ -960,6 +964,7 @@ impl Engine {
     /// Sizes and reserves a grant (TS 32.299 §6.3.x; architecture: grant = min(requested,
     /// quota, affordable), bundles first, a fair share of the balance when other sessions are
     /// active, Final-Unit-Indication when the funds do not cover the full quota).
+    #[allow(clippy::too_many_arguments)]
     fn grant(
         &self,
         now: Now,
@@ -967,6 +972,7 @@ impl Engine {
         session: &mut Session,
         idx: usize,
         package: &Package,
+        pricer: &Pricer,
         m: &Mscc<'_>,
     ) -> Result<(), ResultCode> {
         let service = &package.services[usize::from(session.rgs[idx].service)];
@@ -980,7 +986,7 @@ impl Engine {
             .as_ref()
             .and_then(|u| u.money)
             .and_then(|money| money_minor(money, package.currency))
-            .map(|cap| rating::affordable(rate, &session.rgs[idx].usage, band, cap, package.currency));
+            .map(|cap| pricer.affordable(&session.rgs[idx].usage, band, cap));
         let target = requested.or(for_money).map_or(service.quota, |r| r.min(service.quota)).max(1);
         let change = rating::next_band_change(rate, now.unix_secs, package.utc_offset_minutes)
             .filter(|&t| t < now.unix_secs + u64::from(service.validity_time_s));
@@ -1010,13 +1016,12 @@ impl Engine {
             }
         }
         let available = self.ledger.available(account).map_err(reject_code)?;
-        let all = rating::affordable(rate, &rg.usage, band, available, package.currency);
+        let all = pricer.affordable(&rg.usage, band, available);
         // Fair share: with other grants open on the account (a family plan), take at most an
         // equal share of what is left, so one session does not starve the others.
         let others = self.ledger.open_reservations(account).unwrap_or(0) as i64;
         let share = MoneyMinor(available.0 / (others + 1));
-        let fair =
-            if others > 0 { rating::affordable(rate, &rg.usage, band, share, package.currency) } else { all };
+        let fair = if others > 0 { pricer.affordable(&rg.usage, band, share) } else { all };
         let units = target.min(if fair > 0 { fair } else { all });
         if units == 0 {
             // RFC 4006 §9.1 4012 DIAMETER_CREDIT_LIMIT_REACHED.
@@ -1024,10 +1029,9 @@ impl Engine {
         }
         let mut after = rg.usage;
         after.0[band] = after.0[band].saturating_add(units);
-        let hold = MoneyMinor(
-            rating::charge(rate, &after, package.currency).0
-                - rating::charge(rate, &rg.usage, package.currency).0,
-        );
+        // The charge before first: it is the one the debit above (or `affordable`) just rated.
+        let before = pricer.charge(&rg.usage);
+        let hold = MoneyMinor(pricer.charge(&after).0 - before.0);
         self.ledger.reserve(now.mono_ms, account, key, hold, None, expires_at_ms).map_err(reject_code)?;
         rec.reserve(now, account, key, hold, None, expires_at_ms);
         shape.record(rg, units, Funds::Money);
@@ -1039,6 +1043,7 @@ impl Engine {
 
     /// Charges reported usage (Used-Service-Unit), closing the open grant. Late usage — after
     /// the grant expired or beyond it — is charged too, never dropped.
+    #[allow(clippy::too_many_arguments)]
     fn charge_usage(
         &self,
         now: Now,
@@ -1046,6 +1051,7 @@ impl Engine {
         session: &mut Session,
         idx: usize,
         package: &Package,
+        pricer: &Pricer,
         used: &[super::ccr::UsedUnits],
     ) {
         let rate = &package.services[usize::from(session.rgs[idx].service)].rate;
@@ -1082,7 +1088,7 @@ impl Engine {
         for (slot, add) in after.0.iter_mut().zip(paid) {
             *slot = slot.saturating_add(add);
         }
-        let new_charge = rating::charge(rate, &after, package.currency);
+        let new_charge = pricer.charge(&after);
         let delta = MoneyMinor(new_charge.0 - rg.debited.0);
         // The ledger may have expired the hold on its own deadline before the session sweep
         // noticed; then the usage is charged as late usage, never dropped.

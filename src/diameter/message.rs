@@ -50,6 +50,6 @@ impl<'a> MessageRef<'a> {
 
     /// Reads a top-level string AVP (UTF8String or DiameterIdentity).
     pub fn str(&self, code: AvpCode) -> Option<&'a str> {
-        std::str::from_utf8(self.find(code)?.data).ok()
+        super::types::utf8(self.find(code)?.data).ok()
     }
 }

@@ -64,7 +64,7 @@ use std::fmt;
 use rust_decimal::Decimal;
 
 pub use bands::{band_at, next_band_change};
-pub use charge::{affordable, charge, AFFORDABLE_UNLIMITED, PRICE_MAX, PRICE_SCALE_MAX};
+pub use charge::{affordable, charge, Pricer, AFFORDABLE_UNLIMITED, PRICE_MAX, PRICE_SCALE_MAX};
 pub use money::{format_money, CURRENCY_EXPONENT_MAX};
 
 /// An ISO 4217 currency.
