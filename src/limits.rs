@@ -162,8 +162,17 @@ pub const PAYMENT_HTTP_TIMEOUT_MS_MAX: u64 = 120_000;
 /// the bound keeps a misbehaving gateway from filling memory.
 pub const PAYMENT_RESPONSE_MAX_BYTES: usize = 256 * 1024;
 
-/// Largest secret file (`secret_key_file`, `secret_file`) read: keys are tens of bytes.
+/// Largest secret file (`secret_key_file`, `secret_file`, `settlement.smtp.password_file`)
+/// read: keys are tens of bytes.
 pub const PAYMENT_SECRET_MAX_BYTES: u64 = 4096;
+
+/// Longest `settlement.smtp.timeout_ms`: RFC 5321 §4.5.3.2 lets a server take up to 10 minutes
+/// after the end of data; a relay slower than 5 minutes is treated as failing (transient) and
+/// tried again later rather than holding the worker.
+pub const SMTP_TIMEOUT_MS_MAX: u64 = 300_000;
+
+/// Largest `settlement.smtp.ca_file` read (a CA bundle of a few hundred certificates).
+pub const SMTP_CA_FILE_MAX_BYTES: u64 = 1 << 20;
 
 /// How old a webhook signature's timestamp may be when a receiver checks it (Stripe's default):
 /// it bounds the window in which a captured request can be replayed.

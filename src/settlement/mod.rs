@@ -34,6 +34,7 @@ pub mod invoice;
 pub mod numbering;
 pub mod payment;
 pub mod render;
+pub mod smtp;
 
 use serde::Deserialize;
 
@@ -58,6 +59,8 @@ pub struct SettlementConfig {
     pub stripe: payment::configured::StripeConfig,
     /// `[settlement.webhook]`: used when `payment.adapter = "webhook"`.
     pub webhook: payment::configured::WebhookConfig,
+    /// `[settlement.smtp]`: the relay for e-mails; absent = `.eml` files in the data directory.
+    pub smtp: smtp::SmtpConfig,
 }
 
 #[cfg(test)]

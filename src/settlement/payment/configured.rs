@@ -228,7 +228,7 @@ fn check_timeout(ms: u64, key: &'static str) -> Result<(), PaymentConfigError> {
 }
 
 /// The secret from `file` if set, else from the environment variable `env`.
-fn secret(
+pub(crate) fn secret(
     file: Option<&Path>,
     key: &'static str,
     env_name: &'static str,
