@@ -281,6 +281,7 @@ impl Config {
         })?;
         crate::settlement::payment::configured::validate(st).map_err(|e| err(e.key(), e.to_string()))?;
         st.smtp.validate().map_err(|e| err(e.key(), e.to_string()))?;
+        st.postgres.validate().map_err(|e| err(e.key(), e.to_string()))?;
         if self.log.level.parse::<tracing_subscriber::EnvFilter>().is_err() {
             return Err(err(
                 "log.level",

@@ -29,6 +29,7 @@
 //! The outbox record written with the CCR-T debit, the worker and its journal records, SMTP, the PostgreSQL billing sink, per-period aggregation
 //! and the admin endpoints. See ARCHITECTURE.md, "Settlement".
 
+pub mod billing;
 pub mod email;
 pub mod invoice;
 pub mod numbering;
@@ -61,6 +62,8 @@ pub struct SettlementConfig {
     pub webhook: payment::configured::WebhookConfig,
     /// `[settlement.smtp]`: the relay for e-mails; absent = `.eml` files in the data directory.
     pub smtp: smtp::SmtpConfig,
+    /// `[settlement.postgres]`: billing records for finance; absent `url` = off.
+    pub postgres: billing::PostgresConfig,
 }
 
 #[cfg(test)]
