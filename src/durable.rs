@@ -33,13 +33,28 @@ pub type ChargingJournal = Journal<Completion>;
 const IDENTITY_FILE: &str = "identity";
 const IDENTITY_MAGIC: &str = "gyro data directory v1";
 
-/// What to do once a record is durable: tell the connection whose answer waits for it, if any.
+/// What to do once a record is durable: tell the connection whose answer waits for it, if any,
+/// or the settlement worker awaiting its step.
 #[derive(Debug)]
-pub struct Completion(Option<Arc<DurableWake>>);
+pub struct Completion(Waiting);
+
+#[derive(Debug)]
+enum Waiting {
+    Connection(Option<Arc<DurableWake>>),
+    Task(tokio::sync::oneshot::Sender<Result<Lsn, String>>),
+}
 
 impl Waiter for Completion {
     fn durable(self, result: Result<Lsn, JournalError>) {
-        let Some(wake) = self.0 else { return };
+        let wake = match self.0 {
+            Waiting::Connection(Some(wake)) => wake,
+            Waiting::Connection(None) => return,
+            Waiting::Task(tx) => {
+                // The task may be gone (shut down): nothing to tell.
+                let _ = tx.send(result.map_err(|e| e.to_string()));
+                return;
+            }
+        };
         match result {
             Ok(lsn) => wake.durable(lsn.0),
             // Never acknowledge what is not on disk: the peer times out and retries elsewhere.
@@ -71,13 +86,27 @@ impl RecordSink for Sink<'_> {
     /// Appends `record` and leaves `answer` where it is (returns false): the connection holds it
     /// until `lsn` is durable, so nothing is copied and nothing crosses threads per answer.
     fn append(&mut self, record: &[u8], _answer: &[u8]) -> bool {
-        let completion = Completion(self.wake.cloned());
+        let completion = Completion(Waiting::Connection(self.wake.cloned()));
         self.lsn = Some(if record.is_empty() {
             self.journal.after_pending(completion)
         } else {
             self.journal.append(record, completion)
         });
         false
+    }
+}
+
+/// The settlement worker's steps go to the same journal as the engine's records, and the worker
+/// awaits each one's durability before acting on it.
+impl crate::settlement::worker::StepLog for Arc<ChargingJournal> {
+    async fn append_durable(&self, record: Vec<u8>) -> Result<(), crate::settlement::worker::StepLogError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.append(&record, Completion(Waiting::Task(tx)));
+        match rx.await {
+            Ok(Ok(_lsn)) => Ok(()),
+            Ok(Err(e)) => Err(crate::settlement::worker::StepLogError(e)),
+            Err(_) => Err(crate::settlement::worker::StepLogError("the journal stopped".into())),
+        }
     }
 }
 
@@ -235,6 +264,8 @@ pub fn start(
         let id = identity(&j.dir, &catalog_digest(catalog_text), engine_cfg.session_hash_key, since_unix_ms)?;
         engine_cfg.session_hash_key = id.session_hash_key;
         since_unix_ms = id.created_unix_ms;
+        // Settlement needs durable numbers and charges: on exactly when there is a journal.
+        engine_cfg.settle = true;
     }
     let engine = Arc::new(Engine::new(engine_cfg.clone(), Arc::new(Ledger::new())));
     let accounts = engine

@@ -31,8 +31,10 @@
 pub mod email;
 pub mod invoice;
 pub mod numbering;
+pub mod outbox;
 pub mod payment;
 pub mod render;
+pub mod worker;
 
 use serde::Deserialize;
 
