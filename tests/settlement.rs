@@ -13,6 +13,8 @@
 //!   after it charged but before the outcome was journaled); a new engine recovered from the
 //!   journal (or from a snapshot) and a new worker finish: numbers 1 and 2 without a gap, one
 //!   successful charge in the gateway's books, one of each e-mail.
+//! - `an_expired_session_is_settled_when_it_is_forgotten`: a session silent past Tcc and the
+//!   retention period is settled by the sweep that forgets it, and recovered from that record.
 //! - `killed_at_random_moments_every_session_is_settled_once`: rounds of sessions, each round
 //!   ended by SIGKILL at a random moment while the worker settles; finally every session has
 //!   exactly one invoice, numbers run 1..N, and the books hold one success per on_file one.
@@ -814,6 +816,35 @@ async fn a_crash_at_every_step_resumes_with_one_number_and_one_charge() {
     crash_case(1, Crash::Never, true).await;
     crash_case(2, Crash::AfterCharge, true).await;
     crash_case(4, Crash::Never, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_session_is_settled_when_it_is_forgotten() {
+    let dir = tempfile::Builder::new().prefix("gyro-settle-expiry-").tempdir().unwrap();
+    let data = dir.path().join("data");
+    let node = Node::start(&data);
+    let a = node.handle(&Ccr::data(INITIAL, "s-gone", 0, CARD, 0).encode("pgw", 1, 1));
+    assert_eq!(result_code(&a), 2001);
+    let a = node.handle(&Ccr::data(UPDATE, "s-gone", 1, CARD, 5 * MIB).encode("pgw", 2, 2));
+    assert_eq!(result_code(&a), 2001);
+    assert!(node.engine.outbox().is_empty(), "open sessions are not settled");
+    // Silent for a month: expired (holds released) and, past the retention, forgotten.
+    let later = Now { mono_ms: 1_000 + 30 * 86_400_000, unix_secs: T0 + 30 * 86_400 };
+    let stats = node.engine.sweep_with(later, &mut Sink::new(&node.journal, None));
+    assert_eq!((stats.sessions_expired, stats.sessions_removed), (1, 1));
+    let pending = node.engine.outbox().pending();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].entry.debited().0, 5, "5 MiB");
+    node.close();
+    let node = Node::start(&data);
+    assert_eq!(node.engine.outbox().pending(), pending, "recovered from the sweep's record");
+    let mut worker = node.worker(&data, Gateway::new(&data, Crash::Never));
+    run_steps(&mut worker, 10).await;
+    drop(worker);
+    let found = invoices(&data);
+    assert_eq!(found.values().map(collected).collect::<Vec<_>>(), vec![5]);
+    assert_eq!(successes(&data).values().copied().collect::<Vec<_>>(), vec![(1, 5)]);
+    node.close();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

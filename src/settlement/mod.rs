@@ -14,19 +14,21 @@
 //!   cards and IBANs, and the retry policy (exponential backoff, full jitter, dead letter).
 //! - [`email`]: RFC 5322 messages (lettre's builder) with stable Message-IDs, and the `.eml`
 //!   directory that is the embedded run's mail transport.
+//! - [`outbox`]: the pending settlements and the numbering state, and the journal entries that
+//!   create (with the debit, written by `cc`), advance and end them.
+//! - [`worker`]: the tokio task that settles each pending entry in order, journaling every step
+//!   before acting on it; it owns order, retries and the exactly-once bookkeeping (invariant 6:
+//!   one number, at most one successful charge, one confirmation per settled session).
 //!
 //! # What it must not touch
-//! No `diameter`, no `cc`, no sockets and no clock: time comes in as Unix seconds, the caller
-//! decides when to retry, and the only I/O is [`email::EmlDir`]'s files. It reads the catalog's
-//! `Customer` and `rating`'s money types. The settlement worker (next step) will sit between
-//! the journal's outbox records and these pieces; it is the part that owns order, retries and
-//! the exactly-once bookkeeping (invariant 6: one number, at most one successful charge, one
-//! confirmation per settled session).
+//! No `diameter`, no `cc`, no sockets and no clock: time comes in as Unix seconds (the worker's
+//! `Clock`), and the only I/O is the worker's files, [`email::EmlDir`] and the sandbox's books.
+//! It reads the catalog and `rating`'s money types; the worker changes the ledger only by the
+//! effect a journaled payment outcome names, and reaches the journal only through `StepLog`.
 //!
 //! # Not yet here
-//! The outbox record written with the CCR-T debit, the worker and its journal records, the
-//! `stripe` and `webhook` adapters, SMTP, the PostgreSQL billing sink, per-period aggregation
-//! and the admin endpoints. See ARCHITECTURE.md, "Settlement".
+//! The `stripe` and `webhook` adapters, SMTP, the PostgreSQL billing sink, per-period
+//! aggregation, unbarring on payment and the admin endpoints. See ARCHITECTURE.md, "Settlement".
 
 pub mod email;
 pub mod invoice;

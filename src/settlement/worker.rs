@@ -275,8 +275,9 @@ impl<J: StepLog, P: PaymentAdapter> Worker<J, P> {
         let payment = match (account.funding, &account.payment) {
             (Funding::Prepaid, _) => PaymentMeans::Wallet,
             (Funding::OnFile, Some(m)) => m.means(),
-            // Open invoice, no means on file: shown as a credit transfer is not claimed; the
-            // wallet code is the closest UNCL 4461 has to "account".
+            // No method on file: the invoice stays open. BG-16 is mandatory in Peppol, and the
+            // model has no credit-transfer means yet (it needs the seller's IBAN), so the
+            // account code stands in; the invoice shows the amount as payable.
             (Funding::OnFile, None) => PaymentMeans::Wallet,
         };
         let draft = InvoiceDraft {
