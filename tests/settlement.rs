@@ -777,6 +777,9 @@ async fn crash_case(steps: usize, crash: Crash, snapshot: bool) {
     let node = Node::start(&data);
     let recovered = node.engine.outbox().pending();
     assert_eq!(recovered, pending, "{what}");
+    // The CCR-T retransmitted after the restart: answered again, settled no second time.
+    assert_eq!(result_code(&node.handle(&retransmission(&t))), 2001, "{what}");
+    assert_eq!(node.engine.outbox().pending(), recovered, "{what}");
     let mut worker = node.worker(&data, Gateway::new(&data, Crash::Never));
     let done = run_steps(&mut worker, 20).await;
     println!("{what}: resumed with {done:?}");

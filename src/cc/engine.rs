@@ -325,8 +325,13 @@ impl Session {
                 money: g.debited,
             })
             .collect();
+        // The session's key with its close time mixed in: a retransmitted CCR-T adds no entry
+        // (it is answered from the session), and a client that reuses a Session-Id after the
+        // session was forgotten (RFC 6733 §8.8 says it must not) still gets a settlement of
+        // its own rather than one mistaken for the first.
+        let closed = redo::unix_ms(now, now.mono_ms).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         Some(SettleEntry {
-            key: SettlementKey(self.key.0),
+            key: SettlementKey([self.key.0[0], self.key.0[1] ^ closed]),
             account: self.account.0,
             closed_unix_s: now.unix_secs,
             currency: self.package.currency,
@@ -499,11 +504,8 @@ pub fn describe_record(record: &[u8], filter: &RecordFilter) -> Option<String> {
                 }
                 t if outbox::is_settlement_tag(t) => {
                     let body = r.bytes_field()?;
+                    // The record's session image names the session; the entry names the account.
                     if t == outbox::TAG_SETTLE && 20 <= body.len() {
-                        sessions.push([
-                            u64::from_le_bytes(body[..8].try_into().expect("8 bytes")),
-                            u64::from_le_bytes(body[8..16].try_into().expect("8 bytes")),
-                        ]);
                         accounts.push(u32::from_le_bytes(body[16..20].try_into().expect("4 bytes")));
                     }
                     parts.push(outbox::describe(t, body));

@@ -46,8 +46,9 @@ pub fn is_settlement_tag(tag: u8) -> bool {
 /// settlements are dropped with an error log (the worker is far behind or stopped).
 pub const PENDING_MAX: usize = 1 << 20;
 
-/// What identifies one settlement: a CCR-T's session key, or an event's ledger operation key
-/// (both stable under retransmission and across restarts). Its text form is the payment's
+/// What identifies one settlement: a session's key with its close time mixed in, or an event's
+/// ledger operation key. Written once, in the debit's record (a retransmission adds nothing),
+/// and the same after every recovery. Its text form is the payment's
 /// idempotency key and the invoice's BT-13-style reference.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
 pub struct SettlementKey(pub [u64; 2]);
