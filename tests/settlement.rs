@@ -13,6 +13,9 @@
 //!   after it charged but before the outcome was journaled); a new engine recovered from the
 //!   journal (or from a snapshot) and a new worker finish: numbers 1 and 2 without a gap, one
 //!   successful charge in the gateway's books, one of each e-mail.
+//! - `transient_failures_are_retried_lost_replies_looked_up_and_exhausted_attempts_dead_lettered`:
+//!   the sandbox's transient and lost-reply cards are charged once each; with `attempts_max`
+//!   reached the invoice stays open and the account is not barred.
 //! - `an_expired_session_is_settled_when_it_is_forgotten`: a session silent past Tcc and the
 //!   retention period is settled by the sweep that forgets it, and recovered from that record.
 //! - `killed_at_random_moments_every_session_is_settled_once`: rounds of sessions, each round
@@ -613,6 +616,7 @@ struct Node {
     journal: Arc<ChargingJournal>,
     cfg: EngineConfig,
     catalog: Catalog,
+    settlement: SettlementConfig,
 }
 
 /// Keeps the answer the journal sink leaves behind.
@@ -628,17 +632,21 @@ impl RecordSink for Keep<'_> {
 
 impl Node {
     fn start(data: &Path) -> Self {
-        let catalog = Catalog::from_toml("catalog.toml", CATALOG).unwrap();
+        Self::start_with(data, CATALOG, SettlementConfig::default())
+    }
+
+    fn start_with(data: &Path, text: &str, settlement: SettlementConfig) -> Self {
+        let catalog = Catalog::from_toml("catalog.toml", text).unwrap();
         let started = durable::start(
             &catalog,
-            CATALOG,
+            text,
             EngineConfig::new(&local()),
             Some(JournalConfig::new(data)),
             now(),
         )
         .unwrap_or_else(|e| panic!("the data directory recovers: {e:#}"));
         let (journal, _) = started.journal.expect("a journal");
-        Self { engine: started.engine, journal, cfg: started.engine_cfg, catalog }
+        Self { engine: started.engine, journal, cfg: started.engine_cfg, catalog, settlement }
     }
 
     fn handle(&self, req: &[u8]) -> Bytes {
@@ -668,7 +676,7 @@ impl Node {
 
     fn worker<P: PaymentAdapter>(&self, data: &Path, gateway: P) -> Worker<Arc<ChargingJournal>, P> {
         let out = Output::in_data_dir(data).unwrap();
-        let cfg = SettlementConfig::default();
+        let cfg = self.settlement.clone();
         Worker::new(
             Arc::clone(self.engine.outbox()),
             Arc::clone(self.engine.ledger()),
@@ -847,6 +855,64 @@ async fn an_expired_session_is_settled_when_it_is_forgotten() {
     let found = invoices(&data);
     assert_eq!(found.values().map(collected).collect::<Vec<_>>(), vec![5]);
     assert_eq!(successes(&data).values().copied().collect::<Vec<_>>(), vec![(1, 5)]);
+    node.close();
+}
+
+/// The card account pays with `card`, the declined-card account with `other`.
+fn catalog_with(card: &str, other: &str) -> String {
+    CATALOG.replace("4242424242424242", card).replace("4000000000000002", other)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_failures_are_retried_lost_replies_looked_up_and_exhausted_attempts_dead_lettered() {
+    use gyro::settlement::payment::test_instruments as t;
+    use gyro::settlement::RetryPolicy;
+    // Transient twice then success; a lost reply (charged, no answer) found by the lookup.
+    let dir = tempfile::Builder::new().prefix("gyro-settle-retry-").tempdir().unwrap();
+    let data = dir.path().join("data");
+    let retry = RetryPolicy { base_ms: 1, cap_ms: 5, attempts_max: 8 };
+    let cfg = SettlementConfig { retry, ..SettlementConfig::default() };
+    let node = Node::start_with(&data, &catalog_with(t::CARD_TRANSIENT, t::CARD_LOST_REPLY), cfg);
+    node.session("s-transient", CARD);
+    node.session("s-lost", DECLINED);
+    let mut worker = node.worker(&data, Gateway::new(&data, Crash::Never));
+    let steps = run_steps(&mut worker, 20).await;
+    let retries = steps.iter().filter(|s| matches!(s, Advanced::RetryAfter(_))).count();
+    assert_eq!(retries, 3, "two transient failures and one lost reply: {steps:?}");
+    assert_eq!(worker.stats().charge_attempts, 4, "{steps:?}");
+    assert!(node.engine.outbox().is_empty(), "{steps:?}");
+    drop(worker);
+    let books = successes(&data);
+    assert_eq!(books.len(), 2, "{books:?}");
+    assert!(books.values().all(|&(n, amount)| n == 1 && amount == 8), "one charge each: {books:?}");
+    assert!(invoices(&data).values().all(|v| v["totals"]["payable_amount"] == "0.00"));
+    node.close();
+
+    // Attempts exhausted: a dead letter, the invoice open, the account not barred.
+    let dir = tempfile::Builder::new().prefix("gyro-settle-dead-").tempdir().unwrap();
+    let data = dir.path().join("data");
+    let retry = RetryPolicy { base_ms: 1, cap_ms: 5, attempts_max: 2 };
+    let cfg = SettlementConfig { retry, ..SettlementConfig::default() };
+    let node = Node::start_with(&data, &catalog_with(t::CARD_TRANSIENT, t::CARD_DECLINED), cfg);
+    node.session("s-dead", CARD);
+    let mut worker = node.worker(&data, Gateway::new(&data, Crash::Never));
+    let steps = run_steps(&mut worker, 20).await;
+    assert!(steps
+        .iter()
+        .any(|s| matches!(s, Advanced::Paid(gyro::settlement::outbox::Outcome::DeadLetter { .. }))));
+    assert_eq!(node.engine.outbox().stats().dead_letters, 1);
+    drop(worker);
+    let found = invoices(&data);
+    let (number, v) = found.iter().next().unwrap();
+    assert_eq!(v["totals"]["payable_amount"], "0.08", "{v}");
+    assert!(mail(&data, number, "invoice").is_some());
+    assert!(
+        mail(&data, number, "payment-confirmation").is_none()
+            && mail(&data, number, "payment-failed").is_none()
+    );
+    assert!(successes(&data).is_empty());
+    let a = node.handle(&Ccr::data(INITIAL, "s-after", 0, CARD, 0).encode("pgw", 7, 7));
+    assert_eq!(result_code(&a), 2001, "a dead letter does not bar the account");
     node.close();
 }
 
