@@ -990,3 +990,28 @@ async fn killed_at_random_moments_every_session_is_settled_once() {
         assert!(mail(&setup.data, number, "payment-confirmation").is_some(), "seed {seed}: {number}");
     }
 }
+
+/// A rough rate: `GYRO_SETTLE_RATE_SESSIONS` (default 200) sessions, half on the card, settled
+/// by one worker in process. Ignored by default (it measures the disk's fsync more than gyro);
+/// run with `cargo test --release --test settlement -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check"]
+async fn settlement_rate_in_process() {
+    let n: usize =
+        std::env::var("GYRO_SETTLE_RATE_SESSIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
+    let dir = tempfile::Builder::new().prefix("gyro-settle-rate-").tempdir().unwrap();
+    let data = dir.path().join("data");
+    let node = Node::start(&data);
+    for i in 0..n {
+        node.session(&format!("rate-{i}"), if i % 2 == 0 { CARD } else { PREPAID });
+    }
+    let mut worker = node.worker(&data, Gateway::new(&data, Crash::Never));
+    let started = Instant::now();
+    while let Some(key) = worker.next_ready(u64::MAX) {
+        worker.advance(key).await.unwrap();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!("{n} settlements in {secs:.2} s: {:.0} a second ({:?})", n as f64 / secs, worker.stats());
+    drop(worker);
+    node.close();
+}

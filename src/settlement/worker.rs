@@ -44,8 +44,8 @@ use super::email::{self, EmlDir};
 use super::invoice::{Buyer, Date, Invoice, InvoiceDraft, PaymentMeans, UsageLine, Vat};
 use super::outbox::{encode_step, Effect, FailReason, Outbox, Outcome, Pending, SettlementKey, Step};
 use super::payment::{
-    ChargeOutcome, ChargeRequest, IdempotencyKey, PaymentAdapter, PaymentError, PaymentId, PaymentMethod,
-    Retry, SplitMix64,
+    ChargeOutcome, ChargeRequest, DeclineReason, IdempotencyKey, PaymentAdapter, PaymentError, PaymentId,
+    PaymentMethod, Retry, SplitMix64,
 };
 use super::{render, SettlementConfig};
 
@@ -429,36 +429,28 @@ impl<J: StepLog, P: PaymentAdapter> Worker<J, P> {
         };
         let open_without_method = context.funding == Funding::OnFile && context.method.is_none();
         let invoice = self.invoice(p, context.draft, paid)?;
-        self.write_invoice(&invoice)?;
-        let mut messages = vec![email::invoice_email(&invoice)];
-        match (&p.outcome, context.funding) {
+        let notice = match (&p.outcome, context.funding) {
             (_, Funding::Prepaid) => {
-                let reference = PaymentId(format!("wallet-{key}"));
-                messages.push(email::payment_confirmation(&invoice, &reference, invoice.issued_at_unix_s));
+                Notice::Paid(PaymentId(format!("wallet-{key}")), invoice.issued_at_unix_s)
             }
             (Some(Outcome::Paid { payment_id, at_unix_s }), _) => {
-                let at = i64::try_from(*at_unix_s).unwrap_or(i64::MAX);
-                messages.push(email::payment_confirmation(&invoice, &PaymentId(payment_id.clone()), at));
+                Notice::Paid(PaymentId(payment_id.clone()), i64::try_from(*at_unix_s).unwrap_or(i64::MAX))
             }
             (Some(Outcome::Declined { reason, at_unix_s }), _) => {
-                let at = i64::try_from(*at_unix_s).unwrap_or(i64::MAX);
-                messages.push(email::payment_failed(&invoice, *reason, at));
+                Notice::Failed(*reason, i64::try_from(*at_unix_s).unwrap_or(i64::MAX))
             }
-            _ => {}
-        }
-        for m in messages {
-            let m = m.map_err(|e| WorkerError::Io {
-                path: self.out.mail.dir().to_owned(),
-                source: std::io::Error::other(e.to_string()),
-            })?;
-            let path = self
-                .out
-                .mail
-                .write(&m)
-                .map_err(|source| WorkerError::Io { path: self.out.mail.dir().to_owned(), source })?;
-            tracing::debug!(path = %path.display(), message_id = %m.message_id, "e-mail written");
-            self.stats.emails_written += 1;
-        }
+            _ => Notice::None,
+        };
+        // Rendering and synced writes are blocking work: off the runtime's threads, which
+        // serve Diameter connections.
+        let out = self.out.clone();
+        let files = tokio::task::spawn_blocking(move || write_files(&out, invoice, notice));
+        let (invoice, emails) = files.await.map_err(|e| WorkerError::Io {
+            path: self.out.invoices.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })??;
+        self.stats.invoices_written += 1;
+        self.stats.emails_written += emails;
         self.step(key, Step::Done).await?;
         self.stats.settled += 1;
         if open_without_method {
@@ -477,18 +469,6 @@ impl<J: StepLog, P: PaymentAdapter> Worker<J, P> {
         Ok(Advanced::Done)
     }
 
-    /// `<number>.json` and `<number>.xml`, each written to a temporary name, synced and renamed.
-    fn write_invoice(&mut self, invoice: &Invoice) -> Result<(), WorkerError> {
-        let json = serde_json::to_vec_pretty(&render::json(invoice)).expect("a JSON value serializes");
-        for (ext, bytes) in [("json", json), ("xml", render::ubl(invoice))] {
-            let path = self.out.invoices.join(format!("{}.{ext}", invoice.number));
-            write_atomically(&path, &bytes)
-                .map_err(|source| WorkerError::Io { path: path.clone(), source })?;
-        }
-        self.stats.invoices_written += 1;
-        Ok(())
-    }
-
     /// Journals `step` for `key`, waits until it is durable, then applies it to the outbox.
     async fn step(&mut self, key: SettlementKey, step: Step) -> Result<(), WorkerError> {
         let mut record = Vec::with_capacity(64);
@@ -497,6 +477,40 @@ impl<J: StepLog, P: PaymentAdapter> Worker<J, P> {
         self.outbox.apply(key, &step).map_err(|e| WorkerError::Journal(StepLogError(e.to_string())))?;
         Ok(())
     }
+}
+
+/// The e-mail that follows the invoice e-mail.
+enum Notice {
+    /// A payment confirmation with the payment's reference and time.
+    Paid(PaymentId, i64),
+    Failed(DeclineReason, i64),
+    None,
+}
+
+/// Writes `<number>.json` and `<number>.xml` (each to a temporary name, synced, renamed), then
+/// the invoice e-mail and the notice through the `.eml` directory. Returns the invoice and the
+/// number of e-mails written.
+fn write_files(out: &Output, invoice: Invoice, notice: Notice) -> Result<(Invoice, u64), WorkerError> {
+    let json = serde_json::to_vec_pretty(&render::json(&invoice)).expect("a JSON value serializes");
+    for (ext, bytes) in [("json", json), ("xml", render::ubl(&invoice))] {
+        let path = out.invoices.join(format!("{}.{ext}", invoice.number));
+        write_atomically(&path, &bytes).map_err(|source| WorkerError::Io { path: path.clone(), source })?;
+    }
+    let mut messages = vec![email::invoice_email(&invoice)];
+    match notice {
+        Notice::Paid(payment, at) => messages.push(email::payment_confirmation(&invoice, &payment, at)),
+        Notice::Failed(reason, at) => messages.push(email::payment_failed(&invoice, reason, at)),
+        Notice::None => {}
+    }
+    let mail_error = |source| WorkerError::Io { path: out.mail.dir().to_owned(), source };
+    let mut written = 0;
+    for m in messages {
+        let m = m.map_err(|e| mail_error(std::io::Error::other(e.to_string())))?;
+        let path = out.mail.write(&m).map_err(mail_error)?;
+        tracing::debug!(path = %path.display(), message_id = %m.message_id, "e-mail written");
+        written += 1;
+    }
+    Ok((invoice, written))
 }
 
 /// A step's ledger change, made live (recovery makes it through `Engine::recover`).
