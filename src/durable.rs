@@ -99,13 +99,20 @@ impl RecordSink for Sink<'_> {
 /// The settlement worker's steps go to the same journal as the engine's records, and the worker
 /// awaits each one's durability before acting on it.
 impl crate::settlement::worker::StepLog for Arc<ChargingJournal> {
-    async fn append_durable(&self, record: Vec<u8>) -> Result<(), crate::settlement::worker::StepLogError> {
+    fn append_step(
+        &self,
+        record: &[u8],
+    ) -> impl std::future::Future<Output = Result<(), crate::settlement::worker::StepLogError>> + Send + 'static
+    {
+        use crate::settlement::worker::StepLogError;
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.append(&record, Completion(Waiting::Task(tx)));
-        match rx.await {
-            Ok(Ok(_lsn)) => Ok(()),
-            Ok(Err(e)) => Err(crate::settlement::worker::StepLogError(e)),
-            Err(_) => Err(crate::settlement::worker::StepLogError("the journal stopped".into())),
+        Journal::append(self, record, Completion(Waiting::Task(tx)));
+        async move {
+            match rx.await {
+                Ok(Ok(_lsn)) => Ok(()),
+                Ok(Err(e)) => Err(StepLogError(e)),
+                Err(_) => Err(StepLogError("the journal stopped".into())),
+            }
         }
     }
 }

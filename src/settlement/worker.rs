@@ -28,11 +28,11 @@
 //!
 //! Must not touch: sockets, the engine. Time comes in through [`Clock`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -49,10 +49,17 @@ use super::payment::{
 };
 use super::{render, SettlementConfig};
 
-/// Where the worker's step records go: the journal, awaited until durable.
-pub trait StepLog: Send + Sync {
-    fn append_durable(&self, record: Vec<u8>) -> impl Future<Output = Result<(), StepLogError>> + Send;
+/// Where the worker's step records go: the journal.
+pub trait StepLog: Send + Sync + 'static {
+    /// Appends `record` now — its place in the journal is fixed when this returns — and returns
+    /// what resolves once it is durable. (Numbers must reach the journal in the order they
+    /// were allocated, so the append cannot wait for the first poll.)
+    fn append_step(&self, record: &[u8]) -> impl Future<Output = Result<(), StepLogError>> + Send + 'static;
 }
+
+/// Settlements advanced at once by [`Worker::run`]: their steps share the journal's group
+/// commits and their file writes run side by side.
+pub const SETTLEMENTS_IN_FLIGHT_MAX: usize = 16;
 
 /// The journal failed: the worker stops (a restart resumes from the journal).
 #[derive(Debug, thiserror::Error)]
@@ -123,10 +130,24 @@ pub struct Worker<J: StepLog, P: PaymentAdapter> {
     cfg: SettlementConfig,
     out: Output,
     clock: Clock,
+    sched: Mutex<Sched>,
+    /// Held from allocating a number until its record is appended: numbers reach the journal
+    /// in order (recovery refuses a gap).
+    numbering: Mutex<()>,
+    stats: Mutex<WorkerStats>,
+}
+
+/// Which settlements are being advanced or wait for a retry.
+#[derive(Default)]
+struct Sched {
     /// Settlements waiting for a retry, with the Unix ms they are due.
     not_before: HashMap<SettlementKey, u64>,
-    rng: SplitMix64,
-    stats: WorkerStats,
+    in_flight: HashSet<SettlementKey>,
+    rng: Option<SplitMix64>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The catalog facts one settlement needs.
@@ -136,7 +157,7 @@ struct Context {
     draft: InvoiceDraft,
 }
 
-impl<J: StepLog, P: PaymentAdapter> Worker<J, P> {
+impl<J: StepLog, P: PaymentAdapter + 'static> Worker<J, P> {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         outbox: Arc<Outbox>,
@@ -160,63 +181,90 @@ impl<J: StepLog, P: PaymentAdapter> Worker<J, P> {
             cfg,
             out,
             clock,
-            not_before: HashMap::new(),
-            rng: SplitMix64(seed),
-            stats: WorkerStats::default(),
+            sched: Mutex::new(Sched { rng: Some(SplitMix64(seed)), ..Sched::default() }),
+            numbering: Mutex::new(()),
+            stats: Mutex::new(WorkerStats::default()),
         }
     }
 
-    pub fn stats(&self) -> &WorkerStats {
-        &self.stats
+    pub fn stats(&self) -> WorkerStats {
+        lock(&self.stats).clone()
     }
 
-    /// Runs until `shutdown`: the next ready settlement is advanced one step at a time; with
-    /// none ready it sleeps until one is added or a retry is due. A journal failure stops it.
-    pub async fn run(mut self, shutdown: CancellationToken) -> WorkerStats {
+    /// Runs until `shutdown`: ready settlements (in outbox order, at most
+    /// `SETTLEMENTS_IN_FLIGHT_MAX` at once, never one twice) are advanced one step at a time;
+    /// with none ready it sleeps until one is added or a retry is due. A journal failure stops
+    /// it. On shutdown the steps under way finish (a cut-off step would be safe too: it is
+    /// redone at the next start).
+    pub async fn run(self, shutdown: CancellationToken) -> WorkerStats {
+        let this = Arc::new(self);
         let notify = Arc::new(tokio::sync::Notify::new());
         let wake = Arc::clone(&notify);
-        self.outbox.set_waker(move || wake.notify_one());
+        this.outbox.set_waker(move || wake.notify_one());
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut stopping = false;
         loop {
-            if shutdown.is_cancelled() {
-                return self.stats;
+            let now_ms = (this.clock)() * 1000;
+            while !stopping && !shutdown.is_cancelled() && tasks.len() < SETTLEMENTS_IN_FLIGHT_MAX {
+                let Some(key) = this.next_ready(now_ms) else { break };
+                lock(&this.sched).in_flight.insert(key);
+                let worker = Arc::clone(&this);
+                tasks.spawn(async move { (key, worker.advance(key).await) });
             }
-            let now_ms = (self.clock)() * 1000;
-            let Some(key) = self.next_ready(now_ms) else {
-                let due = self.not_before.values().min().map_or(1_000, |&t| t.saturating_sub(now_ms));
-                tokio::select! {
-                    () = shutdown.cancelled() => return self.stats,
-                    () = notify.notified() => {}
-                    () = tokio::time::sleep(Duration::from_millis(due.clamp(10, 1_000))) => {}
-                }
-                continue;
-            };
-            match self.advance(key).await {
-                Ok(Advanced::RetryAfter(delay)) => {
-                    let due = now_ms.saturating_add(delay.as_millis() as u64);
-                    self.not_before.insert(key, due);
-                }
-                Ok(_) => {
-                    self.not_before.remove(&key);
-                }
-                Err(WorkerError::Journal(e)) => {
-                    tracing::error!(error = %e, "settlement worker stopped: the journal failed");
-                    return self.stats;
-                }
-                Err(e) => {
-                    tracing::error!(key = %key, error = %e, "settlement step failed; retrying in 1 s");
-                    self.not_before.insert(key, now_ms + 1_000);
+            if tasks.is_empty() && (stopping || shutdown.is_cancelled()) {
+                return this.stats();
+            }
+            let due =
+                lock(&this.sched).not_before.values().min().map_or(1_000, |&t| t.saturating_sub(now_ms));
+            tokio::select! {
+                () = shutdown.cancelled(), if !stopping => stopping = true,
+                () = notify.notified() => {}
+                () = tokio::time::sleep(Duration::from_millis(due.clamp(10, 1_000))) => {}
+                Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                    let Ok((key, result)) = joined else {
+                        tracing::error!("a settlement step panicked; the worker stops");
+                        stopping = true;
+                        continue;
+                    };
+                    stopping |= this.finished(key, result, (this.clock)() * 1000);
                 }
             }
         }
     }
 
-    /// The first pending settlement not waiting for a retry.
+    /// Books the end of one step; returns whether the worker must stop.
+    fn finished(&self, key: SettlementKey, result: Result<Advanced, WorkerError>, now_ms: u64) -> bool {
+        let mut sched = lock(&self.sched);
+        sched.in_flight.remove(&key);
+        match result {
+            Ok(Advanced::RetryAfter(delay)) => {
+                sched.not_before.insert(key, now_ms.saturating_add(delay.as_millis() as u64));
+            }
+            Ok(_) => {
+                sched.not_before.remove(&key);
+            }
+            Err(WorkerError::Journal(e)) => {
+                tracing::error!(error = %e, "settlement worker stopped: the journal failed");
+                return true;
+            }
+            Err(e) => {
+                tracing::error!(key = %key, error = %e, "settlement step failed; retrying in 1 s");
+                sched.not_before.insert(key, now_ms + 1_000);
+            }
+        }
+        false
+    }
+
+    /// The first pending settlement not under way and not waiting for a retry.
     pub fn next_ready(&self, now_ms: u64) -> Option<SettlementKey> {
-        self.outbox.first(|key| self.not_before.get(&key).is_none_or(|&due| due <= now_ms))
+        let sched = lock(&self.sched);
+        self.outbox.first(|key| {
+            !sched.in_flight.contains(&key) && sched.not_before.get(&key).is_none_or(|&due| due <= now_ms)
+        })
     }
 
     /// Takes one journaled step of settlement `key` (see the module doc).
-    pub async fn advance(&mut self, key: SettlementKey) -> Result<Advanced, WorkerError> {
+    pub async fn advance(&self, key: SettlementKey) -> Result<Advanced, WorkerError> {
         let Some(p) = self.outbox.get(key) else { return Ok(Advanced::Done) };
         let context = match self.context(&p) {
             Ok(c) => c,
@@ -295,16 +343,16 @@ impl<J: StepLog, P: PaymentAdapter> Worker<J, P> {
         Ok(Context { funding: account.funding, method: account.payment.clone(), draft })
     }
 
-    async fn fail(&mut self, p: &Pending, reason: FailReason) -> Result<Advanced, WorkerError> {
+    async fn fail(&self, p: &Pending, reason: FailReason) -> Result<Advanced, WorkerError> {
         tracing::warn!(key = %p.entry.key, account = p.entry.account, ?reason, "settlement failed: no invoice");
         self.step(p.entry.key, Step::Failed { reason }).await?;
-        self.stats.failed += 1;
+        lock(&self.stats).failed += 1;
         Ok(Advanced::Failed(reason))
     }
 
     /// Step 1: checks the invoice and its e-mail with a placeholder number, then allocates the
     /// real one and waits until its record is durable.
-    async fn number(&mut self, p: &Pending, draft: InvoiceDraft) -> Result<Advanced, WorkerError> {
+    async fn number(&self, p: &Pending, draft: InvoiceDraft) -> Result<Advanced, WorkerError> {
         let series = draft.series.clone();
         let renders = Invoice::build(draft)
             .map_err(|e| e.to_string())
@@ -313,10 +361,20 @@ impl<J: StepLog, P: PaymentAdapter> Worker<J, P> {
             tracing::warn!(key = %p.entry.key, %error, "the invoice cannot be made");
             return self.fail(p, FailReason::InvoiceRejected).await;
         }
-        let allocated = self.outbox.allocate(p.entry.key, &series).expect("the settlement is pending");
-        let number = self.cfg.numbering.format(&allocated.series, allocated.number);
-        self.step(p.entry.key, Step::Numbered { series: allocated.series, number: allocated.number }).await?;
-        Ok(Advanced::Numbered(number))
+        let (step, durable) = {
+            let _in_order = lock(&self.numbering);
+            let allocated = self.outbox.allocate(p.entry.key, &series).expect("the settlement is pending");
+            let step = Step::Numbered { series: allocated.series, number: allocated.number };
+            let mut record = Vec::with_capacity(64);
+            encode_step(&mut record, p.entry.key, &step);
+            (step, self.journal.append_step(&record))
+        };
+        durable.await?;
+        self.outbox
+            .apply(p.entry.key, &step)
+            .map_err(|e| WorkerError::Journal(StepLogError(e.to_string())))?;
+        let Step::Numbered { series, number } = step else { unreachable!("built above") };
+        Ok(Advanced::Numbered(self.cfg.numbering.format(&series, number)))
     }
 
     /// The invoice of `p` with its number; paid when `paid` says by what.
@@ -339,7 +397,7 @@ impl<J: StepLog, P: PaymentAdapter> Worker<J, P> {
     /// Step 2: one charge attempt (after a lookup when an earlier one may have reached the
     /// gateway), its outcome applied to the ledger and journaled.
     async fn pay(
-        &mut self,
+        &self,
         p: &Pending,
         invoice: &Invoice,
         method: PaymentMethod,
@@ -359,7 +417,7 @@ impl<J: StepLog, P: PaymentAdapter> Worker<J, P> {
         }
         let attempt = p.attempts + 1;
         self.step(key, Step::Attempt { attempt }).await?;
-        self.stats.charge_attempts += 1;
+        lock(&self.stats).charge_attempts += 1;
         let request = ChargeRequest {
             key: idempotency,
             invoice_number: invoice.number.clone(),
@@ -377,8 +435,10 @@ impl<J: StepLog, P: PaymentAdapter> Worker<J, P> {
         }
     }
 
-    fn retry(&mut self, p: &Pending, attempts: u32, error: PaymentError) -> Advanced {
-        let delay_ms = match self.cfg.retry.next_delay(attempts.max(1), &mut self.rng) {
+    fn retry(&self, p: &Pending, attempts: u32, error: PaymentError) -> Advanced {
+        let mut sched = lock(&self.sched);
+        let rng = sched.rng.get_or_insert(SplitMix64(0));
+        let delay_ms = match self.cfg.retry.next_delay(attempts.max(1), rng) {
             Retry::After { delay_ms } => delay_ms,
             // The next advance dead-letters it (after looking it up once more).
             Retry::DeadLetter => 0,
@@ -387,7 +447,7 @@ impl<J: StepLog, P: PaymentAdapter> Worker<J, P> {
         Advanced::RetryAfter(Duration::from_millis(delay_ms))
     }
 
-    async fn dead_letter(&mut self, p: &Pending) -> Result<Advanced, WorkerError> {
+    async fn dead_letter(&self, p: &Pending) -> Result<Advanced, WorkerError> {
         tracing::warn!(key = %p.entry.key, attempts = p.attempts, "payment dead-lettered: the invoice stays open");
         let outcome = Outcome::DeadLetter { at_unix_s: (self.clock)() };
         let step =
@@ -396,7 +456,7 @@ impl<J: StepLog, P: PaymentAdapter> Worker<J, P> {
         Ok(Advanced::Paid(outcome))
     }
 
-    async fn outcome(&mut self, p: &Pending, outcome: ChargeOutcome) -> Result<Advanced, WorkerError> {
+    async fn outcome(&self, p: &Pending, outcome: ChargeOutcome) -> Result<Advanced, WorkerError> {
         let at_unix_s = (self.clock)();
         let (outcome, credit) = match outcome {
             ChargeOutcome::Succeeded { payment_id } => {
@@ -419,7 +479,7 @@ impl<J: StepLog, P: PaymentAdapter> Worker<J, P> {
     }
 
     /// Step 3: invoice files, e-mails, `Done`.
-    async fn deliver(&mut self, p: &Pending, context: Context) -> Result<Advanced, WorkerError> {
+    async fn deliver(&self, p: &Pending, context: Context) -> Result<Advanced, WorkerError> {
         let key = p.entry.key;
         let means = context.draft.payment.clone();
         let paid = match (&p.outcome, context.funding) {
@@ -449,10 +509,13 @@ impl<J: StepLog, P: PaymentAdapter> Worker<J, P> {
             path: self.out.invoices.clone(),
             source: std::io::Error::other(e.to_string()),
         })??;
-        self.stats.invoices_written += 1;
-        self.stats.emails_written += emails;
+        {
+            let mut stats = lock(&self.stats);
+            stats.invoices_written += 1;
+            stats.emails_written += emails;
+        }
         self.step(key, Step::Done).await?;
-        self.stats.settled += 1;
+        lock(&self.stats).settled += 1;
         if open_without_method {
             tracing::warn!(invoice = %invoice.number, account = p.entry.account,
                 "on_file account without a payment method: the invoice stays open");
@@ -470,10 +533,10 @@ impl<J: StepLog, P: PaymentAdapter> Worker<J, P> {
     }
 
     /// Journals `step` for `key`, waits until it is durable, then applies it to the outbox.
-    async fn step(&mut self, key: SettlementKey, step: Step) -> Result<(), WorkerError> {
+    async fn step(&self, key: SettlementKey, step: Step) -> Result<(), WorkerError> {
         let mut record = Vec::with_capacity(64);
         encode_step(&mut record, key, &step);
-        self.journal.append_durable(record).await?;
+        self.journal.append_step(&record).await?;
         self.outbox.apply(key, &step).map_err(|e| WorkerError::Journal(StepLogError(e.to_string())))?;
         Ok(())
     }
