@@ -151,3 +151,11 @@ pub const INVOICE_LINES_MAX: usize = MSCC_PER_REQUEST_MAX;
 
 /// Most attempts a payment may make before it is dead-lettered (`settlement.retry`).
 pub const PAYMENT_ATTEMPTS_MAX: u32 = 64;
+
+/// Most settlements waiting in the outbox: beyond it the engine still charges and answers, but a
+/// new settlement is dropped with an error log (the worker is far behind or stopped).
+pub const SETTLEMENTS_PENDING_MAX: usize = 1 << 20;
+
+/// Settlements the worker advances at once: their step records share the journal's group
+/// commits and their file writes run side by side.
+pub const SETTLEMENTS_IN_FLIGHT_MAX: usize = 16;

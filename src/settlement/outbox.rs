@@ -23,6 +23,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Mutex;
 
+use crate::limits::SETTLEMENTS_PENDING_MAX;
 use crate::rating::{Currency, MoneyMinor, UnitKind};
 
 use super::numbering::{NumberAllocated, Sequences};
@@ -41,10 +42,6 @@ pub const TAG_SETTLE_SERIES: u8 = 13;
 pub fn is_settlement_tag(tag: u8) -> bool {
     (TAG_SETTLE..=TAG_SETTLE_SERIES).contains(&tag)
 }
-
-/// Most pending settlements: beyond it the engine still charges and answers, but new
-/// settlements are dropped with an error log (the worker is far behind or stopped).
-pub const PENDING_MAX: usize = 1 << 20;
 
 /// What identifies one settlement: a session's key with its close time mixed in, or an event's
 /// ledger operation key. Written once, in the debit's record (a retransmission adds nothing),
@@ -232,7 +229,7 @@ impl Outbox {
             let mut s = self.lock();
             if s.by_key.contains_key(&entry.key) {
                 false
-            } else if PENDING_MAX <= s.pending.len() {
+            } else if SETTLEMENTS_PENDING_MAX <= s.pending.len() {
                 s.stats.dropped += 1;
                 tracing::error!(key = %entry.key, "settlement outbox full: a settlement is dropped");
                 false

@@ -1,7 +1,8 @@
-//! The settlement worker: takes pending settlements from the outbox in order and carries each
-//! to its end, journaling every step before acting on it, so a crash anywhere resumes from the
-//! last durable step (invariant 6: one invoice number, at most one successful charge, one
-//! confirmation per settlement).
+//! The settlement worker: takes pending settlements from the outbox in order (up to
+//! `SETTLEMENTS_IN_FLIGHT_MAX` at once, never one twice) and carries each to its end, journaling
+//! every step before acting on it, so a crash anywhere resumes from the last durable step
+//! (invariant 6: one invoice number, at most one successful charge, one confirmation per
+//! settlement).
 //!
 //! One settlement, step by step ([`Worker::advance`] does one step per call):
 //!
@@ -39,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{Catalog, Funding, SharedPackage};
 use crate::ledger::{AccountId, Ledger};
+use crate::limits::SETTLEMENTS_IN_FLIGHT_MAX;
 
 use super::email::{self, EmlDir};
 use super::invoice::{Buyer, Date, Invoice, InvoiceDraft, PaymentMeans, UsageLine, Vat};
@@ -56,10 +58,6 @@ pub trait StepLog: Send + Sync + 'static {
     /// were allocated, so the append cannot wait for the first poll.)
     fn append_step(&self, record: &[u8]) -> impl Future<Output = Result<(), StepLogError>> + Send + 'static;
 }
-
-/// Settlements advanced at once by [`Worker::run`]: their steps share the journal's group
-/// commits and their file writes run side by side.
-pub const SETTLEMENTS_IN_FLIGHT_MAX: usize = 16;
 
 /// The journal failed: the worker stops (a restart resumes from the journal).
 #[derive(Debug, thiserror::Error)]
