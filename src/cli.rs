@@ -451,9 +451,13 @@ fn charging(cfg: &Config, local: &LocalIdentity) -> anyhow::Result<Charged> {
     let mut engine_cfg = EngineConfig::new(local);
     engine_cfg.tcc_grace_ms = cfg.charging.tcc_grace_ms;
     engine_cfg.closed_retention_ms = cfg.charging.closed_retention_ms;
+    // Settlement needs durable numbers and charges: on exactly when there is a journal (and so
+    // a worker to consume the outbox).
+    let journal_cfg = cfg.journal.journal_config();
+    engine_cfg.settle = journal_cfg.is_some();
     let epoch = tokio::time::Instant::now();
     let now = Charging::now_from(epoch);
-    let started = crate::durable::start(&catalog, &text, engine_cfg, cfg.journal.journal_config(), now)
+    let started = crate::durable::start(&catalog, &text, engine_cfg, journal_cfg, now)
         .with_context(|| format!("catalog {name}"))?;
     let (engine, accounts) = (started.engine, started.accounts);
     let mut checkpointer = None;

@@ -271,8 +271,6 @@ pub fn start(
         let id = identity(&j.dir, &catalog_digest(catalog_text), engine_cfg.session_hash_key, since_unix_ms)?;
         engine_cfg.session_hash_key = id.session_hash_key;
         since_unix_ms = id.created_unix_ms;
-        // Settlement needs durable numbers and charges: on exactly when there is a journal.
-        engine_cfg.settle = true;
     }
     let engine = Arc::new(Engine::new(engine_cfg.clone(), Arc::new(Ledger::new())));
     let accounts = engine

@@ -639,14 +639,10 @@ impl Node {
 
     fn start_with(data: &Path, text: &str, settlement: SettlementConfig) -> Self {
         let catalog = Catalog::from_toml("catalog.toml", text).unwrap();
-        let started = durable::start(
-            &catalog,
-            text,
-            EngineConfig::new(&local()),
-            Some(JournalConfig::new(data)),
-            now(),
-        )
-        .unwrap_or_else(|e| panic!("the data directory recovers: {e:#}"));
+        let mut cfg = EngineConfig::new(&local());
+        cfg.settle = true;
+        let started = durable::start(&catalog, text, cfg, Some(JournalConfig::new(data)), now())
+            .unwrap_or_else(|e| panic!("the data directory recovers: {e:#}"));
         let (journal, _) = started.journal.expect("a journal");
         Self { engine: started.engine, journal, cfg: started.engine_cfg, catalog, settlement }
     }

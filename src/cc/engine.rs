@@ -57,7 +57,9 @@ pub struct EngineConfig {
     /// the journal keeps it so a restarted server finds its sessions again.
     pub session_hash_key: [u8; 16],
     /// Write an outbox entry with the debit that ends a session or an event (settlement,
-    /// issue 6). On only with a journal: numbers and charges must survive a restart.
+    /// issue 6). `gyro serve` sets it when it has a journal and so runs the worker: numbers and
+    /// charges must survive a restart. Off by default (tests, benchmarks, tools); recovery
+    /// replays settlement entries either way.
     pub settle: bool,
 }
 
