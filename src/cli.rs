@@ -334,7 +334,7 @@ async fn serve_async(cfg: Config, dict: Arc<Dictionary>, defaults: bool) -> anyh
     let worker = worker.map(|w| tokio::spawn(w.run(shutdown.clone())));
     server.run(shutdown).await;
     if let Some(w) = worker {
-        // Stops between steps; whatever is pending resumes at the next start.
+        // Finishes the steps under way; whatever is pending resumes at the next start.
         if let Ok(stats) = w.await {
             tracing::info!(settled = stats.settled, failed = stats.failed, "settlement worker stopped");
         }

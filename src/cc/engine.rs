@@ -645,7 +645,8 @@ impl Engine {
         &self.outbox
     }
 
-    /// Applies a settlement step's ledger effect (the worker live, recovery from the journal).
+    /// Applies a settlement step's ledger effect on recovery (the worker makes the same change
+    /// live, before journaling the step).
     pub fn apply_effect(&self, effect: Effect) -> Result<(), Reject> {
         match effect {
             Effect::Credit { account, key, amount } => {
