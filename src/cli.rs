@@ -315,7 +315,8 @@ async fn bind(cfg: &Config, shared: Arc<Shared>, defaults: bool) -> anyhow::Resu
 
 async fn serve_async(cfg: Config, dict: Arc<Dictionary>, defaults: bool) -> anyhow::Result<()> {
     let peer = peer_config(&cfg, dict);
-    let (charging, accounts, catalog_name, _checkpointer) = charging(&cfg, &peer.local)?;
+    let Charged { charging, accounts, catalog_name, checkpointer: _checkpointer, worker } =
+        charging(&cfg, &peer.local)?;
     let apps: Vec<Arc<dyn crate::net::Application>> = vec![charging.clone()];
     let shared = Arc::new(Shared::new(peer, apps, cfg.server_limits()));
     let server = bind(&cfg, shared, defaults).await?;
@@ -330,7 +331,14 @@ async fn serve_async(cfg: Config, dict: Arc<Dictionary>, defaults: bool) -> anyh
     let shutdown = CancellationToken::new();
     tokio::spawn(signals(shutdown.clone()));
     tokio::spawn(Arc::clone(&charging).supervise(shutdown.clone()));
+    let worker = worker.map(|w| tokio::spawn(w.run(shutdown.clone())));
     server.run(shutdown).await;
+    if let Some(w) = worker {
+        // Finishes the steps under way; whatever is pending resumes at the next start.
+        if let Ok(stats) = w.await {
+            tracing::info!(settled = stats.settled, failed = stats.failed, "settlement worker stopped");
+        }
+    }
     if let Some(journal) = charging.journal() {
         // Every answer sent has its record on disk already; this flushes the sweep's last records.
         let stats = journal.stats();
@@ -381,13 +389,58 @@ async fn echo_async(cfg: Config, dict: Arc<Dictionary>, defaults: bool) -> anyho
     Ok(())
 }
 
+/// The settlement worker `gyro serve` runs: on the data directory's journal, with the sandbox
+/// gateway keeping its books in the data directory.
+type ServeWorker =
+    crate::settlement::worker::Worker<Arc<crate::durable::ChargingJournal>, crate::settlement::Sandbox>;
+
+/// What `charging` built.
+struct Charged {
+    charging: Arc<Charging>,
+    accounts: usize,
+    catalog_name: String,
+    checkpointer: Option<crate::durable::Checkpointer>,
+    /// With a data directory only (see `settlement_worker`).
+    worker: Option<ServeWorker>,
+}
+
+/// The settlement worker on `dir`: invoices in `dir/invoices`, e-mails in `dir/mail`, the
+/// sandbox's books in `dir/sandbox-books.tsv`.
+fn settlement_worker(
+    cfg: &Config,
+    dir: &std::path::Path,
+    engine: &crate::cc::Engine,
+    journal: Arc<crate::durable::ChargingJournal>,
+    catalog: Catalog,
+) -> anyhow::Result<ServeWorker> {
+    use crate::settlement::{payment::SANDBOX_BOOKS_FILE, worker, Sandbox};
+    let books = dir.join(SANDBOX_BOOKS_FILE);
+    let sandbox = Sandbox::with_books(&books).with_context(|| format!("{}", books.display()))?;
+    let out = worker::Output::in_data_dir(dir).with_context(|| format!("{}", dir.display()))?;
+    let clock: worker::Clock = Arc::new(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs()
+    });
+    tracing::info!(
+        pending = engine.outbox().len(),
+        invoices = %out.invoices.display(),
+        mail = %out.mail.dir().display(),
+        "settlement worker ready (sandbox payments)"
+    );
+    Ok(worker::Worker::new(
+        Arc::clone(engine.outbox()),
+        Arc::clone(engine.ledger()),
+        journal,
+        Arc::new(sandbox),
+        catalog,
+        cfg.settlement.clone(),
+        out,
+        clock,
+    ))
+}
+
 /// Builds the ledger and the engine from the catalog (the embedded demo one by default) and,
 /// with a journal, recovers every change since from it.
-#[allow(clippy::type_complexity)]
-fn charging(
-    cfg: &Config,
-    local: &LocalIdentity,
-) -> anyhow::Result<(Arc<Charging>, usize, String, Option<crate::durable::Checkpointer>)> {
+fn charging(cfg: &Config, local: &LocalIdentity) -> anyhow::Result<Charged> {
     let (catalog, name, text) = match &cfg.charging.catalog {
         Some(p) => {
             let text = std::fs::read_to_string(p).with_context(|| format!("{}", p.display()))?;
@@ -398,12 +451,17 @@ fn charging(
     let mut engine_cfg = EngineConfig::new(local);
     engine_cfg.tcc_grace_ms = cfg.charging.tcc_grace_ms;
     engine_cfg.closed_retention_ms = cfg.charging.closed_retention_ms;
+    // Settlement needs durable numbers and charges: on exactly when there is a journal (and so
+    // a worker to consume the outbox).
+    let journal_cfg = cfg.journal.journal_config();
+    engine_cfg.settle = journal_cfg.is_some();
     let epoch = tokio::time::Instant::now();
     let now = Charging::now_from(epoch);
-    let started = crate::durable::start(&catalog, &text, engine_cfg, cfg.journal.journal_config(), now)
+    let started = crate::durable::start(&catalog, &text, engine_cfg, journal_cfg, now)
         .with_context(|| format!("catalog {name}"))?;
     let (engine, accounts) = (started.engine, started.accounts);
     let mut checkpointer = None;
+    let mut worker = None;
     let charging = match started.journal {
         Some((journal, report)) => {
             let interval = std::time::Duration::from_secs(cfg.journal.snapshot_interval_s);
@@ -421,17 +479,20 @@ fn charging(
                 duration_ms = report.duration.as_millis() as u64,
                 "ledger recovered from the journal"
             );
+            let dir = journal.dir().to_owned();
+            worker = Some(settlement_worker(cfg, &dir, &engine, Arc::clone(&journal), catalog.clone())?);
             Charging::with_journal(Arc::clone(&engine), epoch, journal)
         }
         None => {
             tracing::warn!(
                 "no journal (journal.dir or --data-dir): the ledger is in memory only and every \
-                 charge is lost when gyro stops"
+                 charge is lost when gyro stops; sessions are not settled (no invoices, payments \
+                 or e-mails without a data directory)"
             );
             Charging::new(Arc::clone(&engine))
         }
     };
-    Ok((Arc::new(charging), accounts, name, checkpointer))
+    Ok(Charged { charging: Arc::new(charging), accounts, catalog_name: name, checkpointer, worker })
 }
 
 /// SIGTERM and SIGINT start a graceful shutdown: stop accepting, DPR to peers, drain, exit 0.

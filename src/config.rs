@@ -22,8 +22,8 @@ pub struct Config {
     pub charging: ChargingConfig,
     pub journal: JournalSettings,
     pub log: LogConfig,
-    /// `[settlement]`: seller, invoice numbering, payment retries, price basis (issue 6; read
-    /// and checked now, used once settlement is wired to session ends).
+    /// `[settlement]`: seller, invoice numbering, payment retries, price basis (issue 6; used
+    /// by the settlement worker, which runs with a data directory).
     pub settlement: crate::settlement::SettlementConfig,
 }
 

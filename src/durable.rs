@@ -33,13 +33,28 @@ pub type ChargingJournal = Journal<Completion>;
 const IDENTITY_FILE: &str = "identity";
 const IDENTITY_MAGIC: &str = "gyro data directory v1";
 
-/// What to do once a record is durable: tell the connection whose answer waits for it, if any.
+/// What to do once a record is durable: tell the connection whose answer waits for it, if any,
+/// or the settlement worker awaiting its step.
 #[derive(Debug)]
-pub struct Completion(Option<Arc<DurableWake>>);
+pub struct Completion(Waiting);
+
+#[derive(Debug)]
+enum Waiting {
+    Connection(Option<Arc<DurableWake>>),
+    Task(tokio::sync::oneshot::Sender<Result<Lsn, String>>),
+}
 
 impl Waiter for Completion {
     fn durable(self, result: Result<Lsn, JournalError>) {
-        let Some(wake) = self.0 else { return };
+        let wake = match self.0 {
+            Waiting::Connection(Some(wake)) => wake,
+            Waiting::Connection(None) => return,
+            Waiting::Task(tx) => {
+                // The task may be gone (shut down): nothing to tell.
+                let _ = tx.send(result.map_err(|e| e.to_string()));
+                return;
+            }
+        };
         match result {
             Ok(lsn) => wake.durable(lsn.0),
             // Never acknowledge what is not on disk: the peer times out and retries elsewhere.
@@ -71,13 +86,34 @@ impl RecordSink for Sink<'_> {
     /// Appends `record` and leaves `answer` where it is (returns false): the connection holds it
     /// until `lsn` is durable, so nothing is copied and nothing crosses threads per answer.
     fn append(&mut self, record: &[u8], _answer: &[u8]) -> bool {
-        let completion = Completion(self.wake.cloned());
+        let completion = Completion(Waiting::Connection(self.wake.cloned()));
         self.lsn = Some(if record.is_empty() {
             self.journal.after_pending(completion)
         } else {
             self.journal.append(record, completion)
         });
         false
+    }
+}
+
+/// The settlement worker's steps go to the same journal as the engine's records, and the worker
+/// awaits each one's durability before acting on it.
+impl crate::settlement::worker::StepLog for Arc<ChargingJournal> {
+    fn append_step(
+        &self,
+        record: &[u8],
+    ) -> impl std::future::Future<Output = Result<(), crate::settlement::worker::StepLogError>> + Send + 'static
+    {
+        use crate::settlement::worker::StepLogError;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        Journal::append(self, record, Completion(Waiting::Task(tx)));
+        async move {
+            match rx.await {
+                Ok(Ok(_lsn)) => Ok(()),
+                Ok(Err(e)) => Err(StepLogError(e)),
+                Err(_) => Err(StepLogError("the journal stopped".into())),
+            }
+        }
     }
 }
 

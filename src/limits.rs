@@ -177,3 +177,11 @@ pub const SMTP_CA_FILE_MAX_BYTES: u64 = 1 << 20;
 /// How old a webhook signature's timestamp may be when a receiver checks it (Stripe's default):
 /// it bounds the window in which a captured request can be replayed.
 pub const WEBHOOK_SIGNATURE_TOLERANCE_S: i64 = 300;
+
+/// Most settlements waiting in the outbox: beyond it the engine still charges and answers, but a
+/// new settlement is dropped with an error log (the worker is far behind or stopped).
+pub const SETTLEMENTS_PENDING_MAX: usize = 1 << 20;
+
+/// Settlements the worker advances at once: their step records share the journal's group
+/// commits and their file writes run side by side.
+pub const SETTLEMENTS_IN_FLIGHT_MAX: usize = 16;

@@ -14,6 +14,7 @@ use super::{
     Overrides, Plan, Problem, Service, ServiceOverride, SubscriptionId,
 };
 use crate::rating::{Band, Currency, Rate, UnitKind};
+use crate::settlement::payment::PaymentMethod;
 
 /// The demo catalog `gyro serve` starts with (see the comments in the file).
 const DEMO_TOML: &str = include_str!("demo.toml");
@@ -242,6 +243,7 @@ fn account(index: usize, raw: RawAccount) -> Result<AccountSpec, Located> {
         .collect::<Result<_, _>>()?;
     let amount =
         |field, value: &Option<Amount>| value.as_ref().map_or(Ok(Decimal::ZERO), |v| decimal(field, v));
+    let payment = payment_method(&raw).map_err(at)?;
     Ok(AccountSpec {
         customer: raw.customer,
         subscription_ids,
@@ -255,7 +257,42 @@ fn account(index: usize, raw: RawAccount) -> Result<AccountSpec, Located> {
             RawStatus::Active => AccountStatus::Active,
             RawStatus::Barred => AccountStatus::Barred,
         },
+        payment,
     })
+}
+
+/// An on_file account's `card`, or `iban` with `mandate`, checked (Luhn, ISO 13616).
+fn payment_method(raw: &RawAccount) -> Result<Option<PaymentMethod>, Problem> {
+    use crate::settlement::payment::{Card, Iban, SepaDebit};
+    let method = match (&raw.card, &raw.iban, &raw.mandate) {
+        (None, None, None) => return Ok(None),
+        (Some(_), Some(_), _) => return Err(Problem::TwoPaymentMethods),
+        (Some(card), None, None) => PaymentMethod::Card(
+            Card::from_number(card).map_err(|reason| Problem::BadPaymentMethod { field: "card", reason })?,
+        ),
+        (Some(_), None, Some(_)) => return Err(Problem::Requires { field: "iban", with: "mandate" }),
+        (None, Some(_), None) => return Err(Problem::Requires { field: "mandate", with: "iban" }),
+        (None, None, Some(_)) => return Err(Problem::Requires { field: "iban", with: "mandate" }),
+        (None, Some(iban), Some(mandate)) => {
+            if mandate.trim().is_empty() {
+                return Err(Problem::Empty { field: "mandate" });
+            }
+            let iban =
+                Iban::parse(iban).map_err(|reason| Problem::BadPaymentMethod { field: "iban", reason })?;
+            // The gateway's handle of the mandate (Stripe's PaymentMethod id) is not in the
+            // catalog yet: the sandbox needs none; the stripe adapter will refuse an empty one.
+            PaymentMethod::SepaDebit(SepaDebit {
+                mandate: mandate.trim().to_owned(),
+                iban,
+                token: String::new(),
+            })
+        }
+    };
+    if matches!(raw.funding, RawFunding::Prepaid) {
+        let field = if raw.card.is_some() { "card" } else { "iban" };
+        return Err(Problem::PaymentMethodOnPrepaid { field });
+    }
+    Ok(Some(method))
 }
 
 /// Plain decimal notation only: an optional minus, digits, and optionally a point and digits.

@@ -187,6 +187,9 @@ pub struct AccountSpec {
     /// How far an on_file account may go below zero.
     pub credit_limit: Decimal,
     pub status: AccountStatus,
+    /// How an on_file account pays its invoices (`card`, or `iban` + `mandate`); `None` leaves
+    /// its invoices open (issued, not charged).
+    pub payment: Option<crate::settlement::payment::PaymentMethod>,
 }
 
 /// Longest Subscription-Id-Data we accept in a catalog.
@@ -324,6 +327,14 @@ pub enum Problem {
     BelowCreditLimit { balance: Decimal, credit_limit: Decimal },
     #[error("email \"{0}\" does not look like an address")]
     BadEmail(String),
+    #[error("{field}: {reason}")]
+    BadPaymentMethod { field: &'static str, reason: crate::settlement::payment::MethodError },
+    #[error("{field} is a payment method, for on_file accounts only (this one is prepaid)")]
+    PaymentMethodOnPrepaid { field: &'static str },
+    #[error("card and iban are two payment methods; give one")]
+    TwoPaymentMethods,
+    #[error("{field} is required with {with}")]
+    Requires { field: &'static str, with: &'static str },
 }
 
 #[cfg(test)]

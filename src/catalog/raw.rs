@@ -155,6 +155,11 @@ pub(super) struct RawAccount {
     pub(super) credit_limit: Option<Amount>,
     #[serde(default)]
     pub(super) status: RawStatus,
+    /// on_file: a card (for the sandbox, a test card number; see `payment::test_instruments`).
+    pub(super) card: Option<String>,
+    /// on_file: a SEPA direct-debit IBAN, with its `mandate` reference.
+    pub(super) iban: Option<String>,
+    pub(super) mandate: Option<String>,
 }
 
 #[derive(Deserialize, Clone, Copy)]

@@ -586,3 +586,33 @@ fn demo_catalog_loads_and_has_the_promised_subscribers() {
         FinalUnitAction::Redirect { address: "http://topup.example.org/".into() }
     );
 }
+
+#[test]
+fn payment_methods_are_checked_and_name_the_field() {
+    use crate::settlement::payment::PaymentMethod;
+    let on_file = "credit_limit = \"100\"";
+    let ok = BASE.replacen(on_file, "credit_limit = \"100\"\ncard = \"4242 4242 4242 4242\"", 1);
+    let c = Catalog::from_toml("catalog.toml", &ok).unwrap();
+    let card = c.accounts.iter().find_map(|a| a.payment.clone()).expect("the card");
+    assert!(matches!(&card, PaymentMethod::Card(k) if k.last4 == "4242"), "{card:?}");
+    let sepa = BASE.replacen(
+        on_file,
+        "credit_limit = \"100\"\niban = \"DE89 3704 0044 0532 0130 00\"\nmandate = \"M-1\"",
+        1,
+    );
+    assert!(Catalog::from_toml("catalog.toml", &sepa).unwrap().accounts.iter().any(|a| a.payment.is_some()));
+    let e = error_after(on_file, "credit_limit = \"100\"\ncard = \"4242424242424241\"");
+    assert!(e.contains("accounts[1]: card: a card number"), "{e}");
+    let e =
+        error_after(on_file, "credit_limit = \"100\"\niban = \"DE00370400440532013000\"\nmandate = \"M\"");
+    assert!(e.contains("accounts[1]: iban: an IBAN"), "{e}");
+    let e = error_after(on_file, "credit_limit = \"100\"\niban = \"DE89370400440532013000\"");
+    assert!(e.contains("accounts[1]: mandate is required with iban"), "{e}");
+    let e = error_after(
+        on_file,
+        "credit_limit = \"100\"\ncard = \"4242424242424242\"\niban = \"DE89370400440532013000\"",
+    );
+    assert!(e.contains("accounts[1]: card and iban are two payment methods"), "{e}");
+    let e = error_after("balance = \"50.00\"", "balance = \"50.00\"\ncard = \"4242424242424242\"");
+    assert!(e.contains("accounts[0]: card is a payment method, for on_file accounts only"), "{e}");
+}

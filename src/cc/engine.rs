@@ -18,6 +18,7 @@ use crate::diameter::{LocalIdentity, MessageRef, ResultCode};
 use crate::ledger::{AccountId, BundleIndex, Ledger, NewAccount, NewBundle, Reject, ReservationKey};
 use crate::rating::{self, CumulativeUsage, MoneyMinor, Pricer, UnitKind};
 use crate::replay::{answer_again, DuplicateCache, KeyCase};
+use crate::settlement::outbox::{self, Effect, Outbox, SettleEntry, SettleLine, SettlementKey};
 
 /// Seconds between the NTP era 0 (1900) and the Unix epoch, for Time AVPs (RFC 6733 §4.3.1).
 const NTP_UNIX_OFFSET_SECS: u64 = 2_208_988_800;
@@ -55,6 +56,11 @@ pub struct EngineConfig {
     /// The SipHash key under which Session-Ids are hashed (see `sessions`). Random by default;
     /// the journal keeps it so a restarted server finds its sessions again.
     pub session_hash_key: [u8; 16],
+    /// Write an outbox entry with the debit that ends a session or an event (settlement,
+    /// issue 6). `gyro serve` sets it when it has a journal and so runs the worker: numbers and
+    /// charges must survive a restart. Off by default (tests, benchmarks, tools); recovery
+    /// replays settlement entries either way.
+    pub settle: bool,
 }
 
 impl EngineConfig {
@@ -64,7 +70,13 @@ impl EngineConfig {
         let mut session_hash_key = [0; 16];
         session_hash_key[..8].copy_from_slice(&a.to_le_bytes());
         session_hash_key[8..].copy_from_slice(&b.to_le_bytes());
-        Self { local: local.clone(), tcc_grace_ms: 30_000, closed_retention_ms: 600_000, session_hash_key }
+        Self {
+            local: local.clone(),
+            tcc_grace_ms: 30_000,
+            closed_retention_ms: 600_000,
+            session_hash_key,
+            settle: false,
+        }
     }
 }
 
@@ -296,6 +308,38 @@ impl Session {
     fn total_cost(&self) -> MoneyMinor {
         MoneyMinor(self.rgs.iter().map(|r| r.debited.0).sum())
     }
+
+    /// The outbox entry of the session's end: one line per rating group that used money-paid
+    /// units or was debited. `None` when nothing was debited (nothing to invoice).
+    fn settle_entry(&self, now: Now) -> Option<SettleEntry> {
+        if self.total_cost().0 <= 0 {
+            return None;
+        }
+        let lines = self
+            .rgs
+            .iter()
+            .filter(|g| g.debited.0 != 0 || g.usage.0.iter().any(|&u| u != 0))
+            .map(|g| SettleLine {
+                service: g.service,
+                rating_group: (g.rating_group != RG_NONE).then_some(g.rating_group),
+                unit: self.package.services[usize::from(g.service)].rate.unit,
+                units: g.usage.0.iter().fold(0u64, |a, &u| a.saturating_add(u)),
+                money: g.debited,
+            })
+            .collect();
+        // The session's key with its close time mixed in: a retransmitted CCR-T adds no entry
+        // (it is answered from the session), and a client that reuses a Session-Id after the
+        // session was forgotten (RFC 6733 §8.8 says it must not) still gets a settlement of
+        // its own rather than one mistaken for the first.
+        let closed = redo::unix_ms(now, now.mono_ms).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        Some(SettleEntry {
+            key: SettlementKey([self.key.0[0], self.key.0[1] ^ closed]),
+            account: self.account.0,
+            closed_unix_s: now.unix_secs,
+            currency: self.package.currency,
+            lines,
+        })
+    }
 }
 
 /// A session as a redo record holds it: everything but the package (which recovery takes from
@@ -460,6 +504,14 @@ pub fn describe_record(record: &[u8], filter: &RecordFilter) -> Option<String> {
                     parts.push(format!("event answer session-id={id:?} number={number} ({answer} bytes)"));
                     event_ids.push(id);
                 }
+                t if outbox::is_settlement_tag(t) => {
+                    let body = r.bytes_field()?;
+                    // The record's session image names the session; the entry names the account.
+                    if t == outbox::TAG_SETTLE && 20 <= body.len() {
+                        accounts.push(u32::from_le_bytes(body[16..20].try_into().expect("4 bytes")));
+                    }
+                    parts.push(outbox::describe(t, body));
+                }
                 _ => return Err(RecordError("unknown entry tag")),
             }
         }
@@ -534,6 +586,8 @@ pub struct Engine {
     sessions: Table<Session>,
     /// Event (CCR-E) answers by (Session-Id, CC-Request-Number): events have no session.
     events: DuplicateCache,
+    /// Settlements waiting for the worker (entries added after their record was appended).
+    outbox: Arc<Outbox>,
 }
 
 /// Why a grant could not be made for one MSCC.
@@ -578,11 +632,30 @@ impl Engine {
             ledger,
             packages: RwLock::default(),
             events: DuplicateCache::with_defaults(KeyCase::Sensitive),
+            outbox: Arc::new(Outbox::new()),
         }
     }
 
     pub fn ledger(&self) -> &Arc<Ledger> {
         &self.ledger
+    }
+
+    /// The pending settlements (shared with the settlement worker).
+    pub fn outbox(&self) -> &Arc<Outbox> {
+        &self.outbox
+    }
+
+    /// Applies a settlement step's ledger effect on recovery (the worker makes the same change
+    /// live, before journaling the step).
+    pub fn apply_effect(&self, effect: Effect) -> Result<(), Reject> {
+        match effect {
+            Effect::Credit { account, key, amount } => {
+                self.ledger.top_up(AccountId(account), key, amount).map(|_| ())
+            }
+            Effect::Bar { account } => {
+                self.ledger.set_status(AccountId(account), crate::catalog::AccountStatus::Barred)
+            }
+        }
     }
 
     /// Sets the price package used for an account.
@@ -890,7 +963,17 @@ impl Engine {
         let summary = Recent { result: result_u16(result), flags, money, ..Recent::default() };
         self.answer_and_remember(session, msg, ccr, summary, out);
         session.encode(tx.rec, now);
+        // The outbox entry goes in the same record as the debit (transactional outbox), and
+        // into the outbox only once the record is appended, so every step record the worker
+        // appends for it follows it in the journal.
+        let settle = if terminate && self.cfg.settle { session.settle_entry(now) } else { None };
+        if let Some(entry) = &settle {
+            outbox::encode_entry(&mut tx.rec.buf, entry);
+        }
         tx.send(out, start);
+        if let Some(entry) = settle {
+            self.outbox.add(entry);
+        }
     }
 
     /// One MSCC (or the single-service form): charge the reported usage, then grant anew if
@@ -1167,13 +1250,21 @@ impl Engine {
             return;
         }
         let start = out.len();
-        let changed = self.event_inner(now, msg, ccr, out, tx.rec);
+        let mut settle = None;
+        let changed = self.event_inner(now, msg, ccr, out, tx.rec, &mut settle);
         if changed {
             let answer = &out[start..];
             let (id, n) = (ccr.session_id, ccr.request_number);
             self.events.insert_tagged(now.mono_ms, id, n, print, Bytes::copy_from_slice(answer));
             tx.rec.event(id, n, print, answer);
+            let settle = settle.filter(|_| self.cfg.settle);
+            if let Some(entry) = &settle {
+                outbox::encode_entry(&mut tx.rec.buf, entry);
+            }
             tx.send(out, start);
+            if let Some(entry) = settle {
+                self.outbox.add(entry);
+            }
         } else {
             // Nothing changed, but the answer may show balances (Remaining-Balance,
             // Check-Balance-Result, a 4012) that include changes whose records are still
@@ -1183,7 +1274,9 @@ impl Engine {
         }
     }
 
-    /// Returns whether the ledger changed (only then is the answer remembered).
+    /// Returns whether the ledger changed (only then is the answer remembered); a money debit
+    /// leaves its outbox entry in `settle`.
+    #[allow(clippy::too_many_arguments)]
     fn event_inner(
         &self,
         now: Now,
@@ -1191,6 +1284,7 @@ impl Engine {
         ccr: &Ccr<'_>,
         out: &mut BytesMut,
         rec: &mut Recorder,
+        settle: &mut Option<SettleEntry>,
     ) -> bool {
         let Some(account) = self.resolve(ccr) else {
             self.write(out, msg, ccr, ResultCode::USER_UNKNOWN, &Answer::default());
@@ -1272,6 +1366,23 @@ impl Engine {
                     match self.ledger.debit(now.mono_ms, account, op, cost, false) {
                         Ok(_) => {
                             rec.debit(account, op, cost, false);
+                            if 0 < cost.0 {
+                                // Keyed by the event's ledger key, and apart from any session's.
+                                let key = SettlementKey([op, !self.sessions.key(ccr.session_id).0[1]]);
+                                *settle = Some(SettleEntry {
+                                    key,
+                                    account: account.0,
+                                    closed_unix_s: at,
+                                    currency: package.currency,
+                                    lines: vec![SettleLine {
+                                        service: si,
+                                        rating_group: m.rating_group,
+                                        unit: rate.unit,
+                                        units,
+                                        money: cost,
+                                    }],
+                                });
+                            }
                             answer.cost = Some(Amount { money: cost, currency: package.currency });
                             mscc.grant = Some(grant);
                             (ResultCode::SUCCESS, true)
@@ -1338,6 +1449,16 @@ impl Engine {
         let mut stats = SweepStats::default();
         let retention = self.cfg.closed_retention_ms;
         let mut rec = Recorder::new();
+        // Outbox entries of the record being built: added once it is appended.
+        let mut settle: Vec<SettleEntry> = Vec::new();
+        let outbox = &self.outbox;
+        let mut append = |rec: &mut Recorder, settle: &mut Vec<SettleEntry>| {
+            sink.append(rec.bytes(), &[]);
+            rec.clear();
+            for entry in settle.drain(..) {
+                outbox.add(entry);
+            }
+        };
         // One shard at a time: requests on the other shards go on meanwhile. The records are
         // appended under the shard lock, so they keep their order with the sessions' own.
         self.sessions.for_each_shard(|shard| {
@@ -1357,31 +1478,36 @@ impl Engine {
                 // Closed and expired sessions are kept for the retention period after their
                 // deadline (or close), then forgotten.
                 if s.state != State::Open && now.mono_ms >= s.deadline_ms.saturating_add(retention) {
+                    // An expired session that no CCR-T closed is settled when it is forgotten:
+                    // late usage may be charged to it until then.
+                    if s.state == State::Expired && self.cfg.settle {
+                        if let Some(entry) = s.settle_entry(now) {
+                            outbox::encode_entry(&mut rec.buf, &entry);
+                            settle.push(entry);
+                        }
+                    }
                     rec.session_gone(s.key.0);
                     stats.sessions_removed += 1;
                     keep = false;
                 }
                 if rec.bytes().len() >= SWEEP_RECORD_BYTES {
-                    sink.append(rec.bytes(), &[]);
-                    rec.clear();
+                    append(&mut rec, &mut settle);
                 }
                 keep
             });
             if !rec.is_empty() {
-                sink.append(rec.bytes(), &[]);
-                rec.clear();
+                append(&mut rec, &mut settle);
             }
         });
         for (account, key, _, _) in self.ledger.expire(now.mono_ms) {
             rec.release(account, key);
             stats.reservations_released += 1;
             if rec.bytes().len() >= SWEEP_RECORD_BYTES {
-                sink.append(rec.bytes(), &[]);
-                rec.clear();
+                append(&mut rec, &mut settle);
             }
         }
         if !rec.is_empty() {
-            sink.append(rec.bytes(), &[]);
+            append(&mut rec, &mut settle);
         }
         stats
     }
@@ -1445,6 +1571,14 @@ impl Engine {
                     let answer = Bytes::copy_from_slice(r.bytes_field()?);
                     self.events.insert_tagged(now.mono_ms, session_id, number, print, answer);
                 }
+                t if outbox::is_settlement_tag(t) => {
+                    let body = r.bytes_field()?;
+                    let effect = self.outbox.recover(t, body).map_err(|e| RecordError(e.0))?;
+                    if let Some(effect) = effect {
+                        self.apply_effect(effect)
+                            .map_err(|_| RecordError("a settlement's ledger change was refused"))?;
+                    }
+                }
                 _ => return Err(RecordError("unknown entry tag")),
             }
         }
@@ -1492,6 +1626,8 @@ impl Engine {
         for (session_id, number, print, answer) in self.events.entries(now.mono_ms) {
             rec.event(&session_id, number, print, &answer);
         }
+        // Numbering state and pending settlements, as settlement entries.
+        self.outbox.write_snapshot(&mut rec.buf);
         w.write_all(rec.bytes())
     }
 

@@ -33,6 +33,10 @@ pub(super) const TAG_EVENT: u8 = 7;
 pub(super) const TAG_SESSION_GONE: u8 = 8;
 /// Snapshots only: an account's balance, status, bundles and holds.
 pub(super) const TAG_ACCOUNT: u8 = 9;
+// Tags 10–13 are settlement entries (`settlement::outbox`), framed `tag | length u32 | body`
+// so this module need not know their bodies: the outbox entry written with a session's or an
+// event's last debit (10), the worker's steps (11), and in snapshots the pending settlements
+// (12) and the numbering series (13).
 
 /// The first bytes of a snapshot body.
 pub(super) const SNAPSHOT_MAGIC: &[u8; 8] = b"GYROSNP1";

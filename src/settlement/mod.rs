@@ -14,28 +14,35 @@
 //!   cards and IBANs, and the retry policy (exponential backoff, full jitter, dead letter).
 //! - [`email`]: RFC 5322 messages (lettre's builder) with stable Message-IDs, and the `.eml`
 //!   directory that is the embedded run's mail transport.
+//! - [`outbox`]: the pending settlements and the numbering state, and the journal entries that
+//!   create (with the debit, written by `cc`), advance and end them.
+//! - [`worker`]: the tokio task that settles each pending entry in order, journaling every step
+//!   before acting on it; it owns order, retries and the exactly-once bookkeeping (invariant 6:
+//!   one number, at most one successful charge, one confirmation per settled session).
 //!
 //! # What it must not touch
-//! No `diameter`, no `cc`, no sockets and no clock: time comes in as Unix seconds, the caller
-//! decides when to retry, and the only I/O is [`email::EmlDir`]'s files — except at the edge
-//! the payment gateways are: the `stripe` and `webhook` adapters (`payment::stripe`,
-//! `payment::webhook`) are HTTP clients, and the webhook's signature reads the system clock. It reads the catalog's
-//! `Customer` and `rating`'s money types. The settlement worker (next step) will sit between
-//! the journal's outbox records and these pieces; it is the part that owns order, retries and
-//! the exactly-once bookkeeping (invariant 6: one number, at most one successful charge, one
-//! confirmation per settled session).
+//! No `diameter`, no `cc`, and no clock: time comes in as Unix seconds (the worker's
+//! `Clock`). Its I/O is at the edges: the worker's files, [`email::EmlDir`] and the sandbox's
+//! books; the `stripe` and `webhook` adapters (`payment::stripe`, `payment::webhook`, HTTP
+//! clients; the webhook's signature reads the system clock); [`smtp`] (the mail relay); and
+//! [`billing`] (PostgreSQL). It reads the catalog and `rating`'s money types; the worker changes
+//! the ledger only by the effect a journaled payment outcome names, and reaches the journal only
+//! through `StepLog`.
 //!
 //! # Not yet here
-//! The outbox record written with the CCR-T debit, the worker and its journal records, SMTP, the PostgreSQL billing sink, per-period aggregation
-//! and the admin endpoints. See ARCHITECTURE.md, "Settlement".
+//! The worker's use of the `stripe`/`webhook` adapters, SMTP and the PostgreSQL billing sink
+//! (each built and tested on its own), per-period aggregation, unbarring on payment and the
+//! admin endpoints. See ARCHITECTURE.md, "Settlement".
 
 pub mod billing;
 pub mod email;
 pub mod invoice;
 pub mod numbering;
+pub mod outbox;
 pub mod payment;
 pub mod render;
 pub mod smtp;
+pub mod worker;
 
 use serde::Deserialize;
 

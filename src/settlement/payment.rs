@@ -400,18 +400,93 @@ pub struct SandboxCharge {
 /// The embedded default gateway: in-process, deterministic (payment ids are a keyed hash of the
 /// idempotency key, outcomes depend only on the instrument and the attempt count under the key).
 ///
-/// Its books live in memory: after a restart it has forgotten its charges. The next session
-/// persists them with the settlement journal (or replays `restore_charge`), so "at most one
-/// successful charge per key" also holds across restarts of the embedded server.
+/// A real gateway remembers its charges when gyro crashes; so does the sandbox when it keeps
+/// books ([`Sandbox::with_books`], what `gyro serve` does with a data directory): every final
+/// outcome is appended to a file and synced before the charge returns, and loaded again at
+/// start. So "at most one successful charge per key" holds across restarts, and tests count
+/// charges in the file. [`Sandbox::new`] keeps them in memory only (unit tests).
 #[derive(Debug, Default)]
 pub struct Sandbox {
     state: Mutex<SandboxState>,
+    books: Option<Mutex<std::fs::File>>,
+}
+
+/// What a repeated key must match: the charge's invoice, amount, currency and instrument.
+#[derive(Clone, PartialEq, Eq, Debug)]
+struct Fingerprint {
+    invoice_number: String,
+    amount: MoneyMinor,
+    currency: u16,
+    instrument: String,
+}
+
+impl Fingerprint {
+    fn of(request: &ChargeRequest) -> Self {
+        Self {
+            invoice_number: request.invoice_number.clone(),
+            amount: request.amount,
+            currency: request.currency.numeric,
+            instrument: request.method.instrument().to_owned(),
+        }
+    }
+}
+
+/// The books' file name in a data directory.
+pub const SANDBOX_BOOKS_FILE: &str = "sandbox-books.tsv";
+
+/// One line of the sandbox's books: `key \t invoice \t amount \t currency \t instrument \t
+/// outcome` where the outcome is `succeeded:<payment id>` or `declined:<reason>`.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct BooksLine {
+    pub key: IdempotencyKey,
+    pub invoice_number: String,
+    pub amount: MoneyMinor,
+    pub currency: u16,
+    pub outcome: ChargeOutcome,
+}
+
+/// Reads a sandbox's books (for start-up and tests). Lines that do not parse (a torn last
+/// line) are skipped.
+pub fn read_books(path: &std::path::Path) -> std::io::Result<Vec<(BooksLine, String)>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    Ok(text.lines().filter_map(parse_books_line).collect())
+}
+
+fn parse_books_line(line: &str) -> Option<(BooksLine, String)> {
+    let f: Vec<&str> = line.split('\t').collect();
+    let [key, invoice, amount, currency, instrument, outcome] = f[..] else { return None };
+    let outcome = match outcome.split_once(':')? {
+        ("succeeded", id) => ChargeOutcome::Succeeded { payment_id: PaymentId(id.to_owned()) },
+        ("declined", reason) => ChargeOutcome::Declined {
+            reason: [
+                DeclineReason::CardDeclined,
+                DeclineReason::InsufficientFunds,
+                DeclineReason::ExpiredCard,
+                DeclineReason::MandateRefused,
+            ]
+            .into_iter()
+            .find(|r| r.code() == reason)?,
+        },
+        _ => return None,
+    };
+    let line = BooksLine {
+        key: IdempotencyKey(key.to_owned()),
+        invoice_number: invoice.to_owned(),
+        amount: MoneyMinor(amount.parse().ok()?),
+        currency: currency.parse().ok()?,
+        outcome,
+    };
+    Some((line, instrument.to_owned()))
 }
 
 #[derive(Debug, Default)]
 struct SandboxState {
     /// Final outcomes by key, with the request they answered.
-    outcomes: HashMap<IdempotencyKey, (ChargeRequest, ChargeOutcome)>,
+    outcomes: HashMap<IdempotencyKey, (Fingerprint, ChargeOutcome)>,
     /// Attempts per key (for the transient and lost-reply instruments).
     attempts: HashMap<IdempotencyKey, u32>,
     charges: Vec<SandboxCharge>,
@@ -420,6 +495,62 @@ struct SandboxState {
 impl Sandbox {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A sandbox whose books are the file `path` (created if missing): the outcomes in it are
+    /// loaded, and every new final outcome is appended and synced before the charge returns.
+    pub fn with_books(path: &std::path::Path) -> std::io::Result<Self> {
+        let mut state = SandboxState::default();
+        for (line, instrument) in read_books(path)? {
+            let print = Fingerprint {
+                invoice_number: line.invoice_number.clone(),
+                amount: line.amount,
+                currency: line.currency,
+                instrument,
+            };
+            if let (ChargeOutcome::Succeeded { payment_id }, Some(currency)) =
+                (&line.outcome, Currency::from_numeric(line.currency))
+            {
+                state.charges.push(SandboxCharge {
+                    key: line.key.clone(),
+                    payment_id: payment_id.clone(),
+                    amount: line.amount,
+                    currency,
+                });
+            }
+            state.outcomes.insert(line.key, (print, line.outcome));
+        }
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        // A line torn by a crash is ended, so the next outcome starts a line of its own.
+        if std::fs::read(path)?.last().is_some_and(|&b| b != b'\n') {
+            std::io::Write::write_all(&mut file, b"\n")?;
+        }
+        Ok(Self { state: Mutex::new(state), books: Some(Mutex::new(file)) })
+    }
+
+    /// Appends a final outcome to the books, synced (a gateway's commit).
+    fn book(&self, request: &ChargeRequest, outcome: &ChargeOutcome) -> Result<(), PaymentError> {
+        use std::io::Write;
+        let Some(books) = &self.books else { return Ok(()) };
+        let outcome = match outcome {
+            ChargeOutcome::Succeeded { payment_id } => format!("succeeded:{}", payment_id.0),
+            ChargeOutcome::Pending { payment_id } => format!("pending:{}", payment_id.0),
+            ChargeOutcome::Declined { reason } => format!("declined:{}", reason.code()),
+        };
+        let line = format!(
+            "{}\t{}\t{}\t{}\t{}\t{outcome}\n",
+            request.key.0,
+            request.invoice_number,
+            request.amount.0,
+            request.currency.numeric,
+            request.method.instrument()
+        );
+        let mut file = books.lock().unwrap_or_else(|e| e.into_inner());
+        // A gateway that cannot commit has charged nothing: a transient failure.
+        file.write_all(line.as_bytes()).and_then(|()| file.sync_data()).map_err(|e| {
+            tracing::error!(error = %e, "sandbox books cannot be written");
+            PaymentError::Transient
+        })
     }
 
     /// Every successful charge so far, in order.
@@ -432,7 +563,11 @@ impl Sandbox {
         use test_instruments as t;
         let mut state = self.state.lock().expect("sandbox lock poisoned only by a panic in it");
         if let Some((first, outcome)) = state.outcomes.get(&request.key) {
-            return if first == request { Ok(outcome.clone()) } else { Err(PaymentError::KeyReused) };
+            return if *first == Fingerprint::of(request) {
+                Ok(outcome.clone())
+            } else {
+                Err(PaymentError::KeyReused)
+            };
         }
         let attempt = {
             let n = state.attempts.entry(request.key.clone()).or_insert(0);
@@ -452,6 +587,7 @@ impl Sandbox {
             t::IBAN_MANDATE_REFUSED => ChargeOutcome::Declined { reason: DeclineReason::MandateRefused },
             _ => ChargeOutcome::Succeeded { payment_id: payment_id(&request.key) },
         };
+        self.book(request, &outcome)?;
         if let ChargeOutcome::Succeeded { payment_id } = &outcome {
             state.charges.push(SandboxCharge {
                 key: request.key.clone(),
@@ -460,7 +596,7 @@ impl Sandbox {
                 currency: request.currency,
             });
         }
-        state.outcomes.insert(request.key.clone(), (request.clone(), outcome.clone()));
+        state.outcomes.insert(request.key.clone(), (Fingerprint::of(request), outcome.clone()));
         if instrument == t::CARD_LOST_REPLY && attempt == 1 {
             return Err(PaymentError::Unknown);
         }

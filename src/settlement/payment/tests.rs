@@ -190,3 +190,34 @@ fn jitter_spreads_over_the_whole_range_and_repeats_with_the_seed() {
     }
     assert!(buckets.iter().all(|&n| 250 < n && n < 1_000), "{buckets:?}");
 }
+
+#[test]
+fn books_survive_a_restart_so_a_key_is_charged_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(SANDBOX_BOOKS_FILE);
+    let first = Sandbox::with_books(&path).unwrap();
+    let paid = first.charge_now(&request("k1", card(t::CARD_SUCCEEDS))).unwrap();
+    let declined = first.charge_now(&request("k2", card(t::CARD_DECLINED))).unwrap();
+    drop(first);
+    // A torn last line (a crash while appending) is ignored.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"k3\tGYR"))
+        .unwrap();
+    let again = Sandbox::with_books(&path).unwrap();
+    assert_eq!(again.lookup_now(&IdempotencyKey("k1".into())), Some(paid.clone()));
+    assert_eq!(again.charge_now(&request("k1", card(t::CARD_SUCCEEDS))).unwrap(), paid);
+    assert_eq!(again.charge_now(&request("k2", card(t::CARD_DECLINED))).unwrap(), declined);
+    assert_eq!(
+        again.charge_now(&request("k1", card(t::CARD_MASTERCARD_SUCCEEDS))),
+        Err(PaymentError::KeyReused)
+    );
+    assert_eq!(again.charges().len(), 1, "one success, remembered, not repeated");
+    let successes = read_books(&path)
+        .unwrap()
+        .iter()
+        .filter(|(l, _)| matches!(l.outcome, ChargeOutcome::Succeeded { .. }))
+        .count();
+    assert_eq!(successes, 1);
+}

@@ -1,0 +1,608 @@
+//! The settlement worker: takes pending settlements from the outbox in order (up to
+//! `SETTLEMENTS_IN_FLIGHT_MAX` at once, never one twice) and carries each to its end, journaling
+//! every step before acting on it, so a crash anywhere resumes from the last durable step
+//! (invariant 6: one invoice number, at most one successful charge, one confirmation per
+//! settlement).
+//!
+//! One settlement, step by step ([`Worker::advance`] does one step per call):
+//!
+//! 1. **Number.** The invoice is built first with a placeholder number and rendered (so a
+//!    settlement whose invoice or e-mail cannot be made — no address, a bad e-mail — ends as
+//!    `Failed` without taking a number: no gap). Then the number is allocated, `Numbered` is
+//!    journaled, and the worker waits until it is durable before using it. The journal is
+//!    sequential and the entry reached the outbox only after its record was appended, so this
+//!    also proves the outbox entry durable.
+//! 2. **Pay** (on_file accounts with a payment method; prepaid ones were paid from the wallet
+//!    when the ledger debited them). `Attempt n` is journaled and durable, then the adapter is
+//!    called with the settlement key as idempotency key. The final outcome is applied to the
+//!    ledger (success: the debited amount is credited back, restoring the credit line; decline:
+//!    the account is barred, so its next CCR-I gets 4010) and journaled with that effect. A
+//!    transient failure waits per `RetryPolicy` (other settlements go on meanwhile) and is
+//!    dead-lettered after `attempts_max`; an unknown outcome, and any attempt found journaled
+//!    without an outcome after a restart, is looked up before a new attempt.
+//! 3. **Deliver.** The invoice (paid, or open after a decline or dead letter) is written as
+//!    `<number>.json` and `<number>.xml` under the invoice directory, then the invoice e-mail
+//!    and the payment confirmation (or payment-failed notice) through the `.eml` directory;
+//!    `Done` is journaled and the settlement leaves the outbox. Files and messages are pure
+//!    functions of the journaled state, written atomically under names derived from the
+//!    number, so a repeat after a crash rewrites the same bytes.
+//!
+//! Must not touch: sockets, the engine. Time comes in through [`Clock`].
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::{Catalog, Funding, SharedPackage};
+use crate::ledger::{AccountId, Ledger};
+use crate::limits::SETTLEMENTS_IN_FLIGHT_MAX;
+
+use super::email::{self, EmlDir};
+use super::invoice::{Buyer, Date, Invoice, InvoiceDraft, PaymentMeans, UsageLine, Vat};
+use super::outbox::{encode_step, Effect, FailReason, Outbox, Outcome, Pending, SettlementKey, Step};
+use super::payment::{
+    ChargeOutcome, ChargeRequest, CustomerRef, DeclineReason, IdempotencyKey, PaymentAdapter, PaymentError,
+    PaymentId, PaymentMethod, Retry, SplitMix64,
+};
+use super::{render, SettlementConfig};
+
+/// Where the worker's step records go: the journal.
+pub trait StepLog: Send + Sync + 'static {
+    /// Appends `record` now — its place in the journal is fixed when this returns — and returns
+    /// what resolves once it is durable. (Numbers must reach the journal in the order they
+    /// were allocated, so the append cannot wait for the first poll.)
+    fn append_step(&self, record: &[u8]) -> impl Future<Output = Result<(), StepLogError>> + Send + 'static;
+}
+
+/// The journal failed: the worker stops (a restart resumes from the journal).
+#[derive(Debug, thiserror::Error)]
+#[error("journal: {0}")]
+pub struct StepLogError(pub String);
+
+/// Unix seconds now (the worker's only clock).
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// Why a step did not finish. Only `Journal` stops the worker; the others are retried later.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Journal(#[from] StepLogError),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("payment: {0}")]
+    Payment(PaymentError),
+}
+
+/// What one call of [`Worker::advance`] did.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Advanced {
+    Failed(FailReason),
+    Numbered(String),
+    /// A payment outcome journaled.
+    Paid(Outcome),
+    /// Nothing final: retry after this long (transient failure, lookup failed).
+    RetryAfter(Duration),
+    Done,
+}
+
+/// Counters for tests and logs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorkerStats {
+    pub settled: u64,
+    pub invoices_written: u64,
+    pub emails_written: u64,
+    pub charge_attempts: u64,
+    pub failed: u64,
+}
+
+/// Where invoices and e-mails go.
+#[derive(Clone, Debug)]
+pub struct Output {
+    pub invoices: PathBuf,
+    pub mail: EmlDir,
+}
+
+impl Output {
+    /// `<data dir>/invoices` and `<data dir>/mail`, created if needed.
+    pub fn in_data_dir(dir: &Path) -> std::io::Result<Self> {
+        let invoices = dir.join("invoices");
+        std::fs::create_dir_all(&invoices)?;
+        Ok(Self { invoices, mail: EmlDir::open(dir.join("mail"))? })
+    }
+}
+
+/// The settlement worker. Generic over the journal and the payment adapter, so tests drive it
+/// step by step with their own.
+pub struct Worker<J: StepLog, P: PaymentAdapter> {
+    outbox: Arc<Outbox>,
+    ledger: Arc<Ledger>,
+    journal: J,
+    payments: Arc<P>,
+    catalog: Catalog,
+    packages: HashMap<String, SharedPackage>,
+    cfg: SettlementConfig,
+    out: Output,
+    clock: Clock,
+    sched: Mutex<Sched>,
+    /// Held from allocating a number until its record is appended: numbers reach the journal
+    /// in order (recovery refuses a gap).
+    numbering: Mutex<()>,
+    stats: Mutex<WorkerStats>,
+}
+
+/// Which settlements are being advanced or wait for a retry.
+#[derive(Default)]
+struct Sched {
+    /// Settlements waiting for a retry, with the Unix ms they are due.
+    not_before: HashMap<SettlementKey, u64>,
+    in_flight: HashSet<SettlementKey>,
+    rng: Option<SplitMix64>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The catalog facts one settlement needs.
+struct Context {
+    funding: Funding,
+    method: Option<PaymentMethod>,
+    draft: InvoiceDraft,
+}
+
+impl<J: StepLog, P: PaymentAdapter + 'static> Worker<J, P> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        outbox: Arc<Outbox>,
+        ledger: Arc<Ledger>,
+        journal: J,
+        payments: Arc<P>,
+        catalog: Catalog,
+        cfg: SettlementConfig,
+        out: Output,
+        clock: Clock,
+    ) -> Self {
+        let packages = catalog.packages();
+        let seed = clock();
+        Self {
+            outbox,
+            ledger,
+            journal,
+            payments,
+            catalog,
+            packages,
+            cfg,
+            out,
+            clock,
+            sched: Mutex::new(Sched { rng: Some(SplitMix64(seed)), ..Sched::default() }),
+            numbering: Mutex::new(()),
+            stats: Mutex::new(WorkerStats::default()),
+        }
+    }
+
+    pub fn stats(&self) -> WorkerStats {
+        lock(&self.stats).clone()
+    }
+
+    /// Runs until `shutdown`: ready settlements (in outbox order, at most
+    /// `SETTLEMENTS_IN_FLIGHT_MAX` at once, never one twice) are advanced one step at a time;
+    /// with none ready it sleeps until one is added or a retry is due. A journal failure stops
+    /// it. On shutdown the steps under way finish (a cut-off step would be safe too: it is
+    /// redone at the next start).
+    pub async fn run(self, shutdown: CancellationToken) -> WorkerStats {
+        let this = Arc::new(self);
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let wake = Arc::clone(&notify);
+        this.outbox.set_waker(move || wake.notify_one());
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut stopping = false;
+        loop {
+            let now_ms = (this.clock)() * 1000;
+            while !stopping && !shutdown.is_cancelled() && tasks.len() < SETTLEMENTS_IN_FLIGHT_MAX {
+                let Some(key) = this.next_ready(now_ms) else { break };
+                lock(&this.sched).in_flight.insert(key);
+                let worker = Arc::clone(&this);
+                tasks.spawn(async move { (key, worker.advance(key).await) });
+            }
+            if tasks.is_empty() && (stopping || shutdown.is_cancelled()) {
+                return this.stats();
+            }
+            let due =
+                lock(&this.sched).not_before.values().min().map_or(1_000, |&t| t.saturating_sub(now_ms));
+            tokio::select! {
+                () = shutdown.cancelled(), if !stopping => stopping = true,
+                () = notify.notified() => {}
+                () = tokio::time::sleep(Duration::from_millis(due.clamp(10, 1_000))) => {}
+                Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                    let Ok((key, result)) = joined else {
+                        tracing::error!("a settlement step panicked; the worker stops");
+                        stopping = true;
+                        continue;
+                    };
+                    stopping |= this.finished(key, result, (this.clock)() * 1000);
+                }
+            }
+        }
+    }
+
+    /// Books the end of one step; returns whether the worker must stop.
+    fn finished(&self, key: SettlementKey, result: Result<Advanced, WorkerError>, now_ms: u64) -> bool {
+        let mut sched = lock(&self.sched);
+        sched.in_flight.remove(&key);
+        match result {
+            Ok(Advanced::RetryAfter(delay)) => {
+                sched.not_before.insert(key, now_ms.saturating_add(delay.as_millis() as u64));
+            }
+            Ok(_) => {
+                sched.not_before.remove(&key);
+            }
+            Err(WorkerError::Journal(e)) => {
+                tracing::error!(error = %e, "settlement worker stopped: the journal failed");
+                return true;
+            }
+            Err(e) => {
+                tracing::error!(key = %key, error = %e, "settlement step failed; retrying in 1 s");
+                sched.not_before.insert(key, now_ms + 1_000);
+            }
+        }
+        false
+    }
+
+    /// The first pending settlement not under way and not waiting for a retry.
+    pub fn next_ready(&self, now_ms: u64) -> Option<SettlementKey> {
+        let sched = lock(&self.sched);
+        self.outbox.first(|key| {
+            !sched.in_flight.contains(&key) && sched.not_before.get(&key).is_none_or(|&due| due <= now_ms)
+        })
+    }
+
+    /// Takes one journaled step of settlement `key` (see the module doc).
+    pub async fn advance(&self, key: SettlementKey) -> Result<Advanced, WorkerError> {
+        let Some(p) = self.outbox.get(key) else { return Ok(Advanced::Done) };
+        let context = match self.context(&p) {
+            Ok(c) => c,
+            Err(reason) => return self.fail(&p, reason).await,
+        };
+        if p.number.is_none() {
+            return self.number(&p, context.draft).await;
+        }
+        if context.funding == Funding::OnFile && p.outcome.is_none() {
+            if let Some(method) = context.method.clone() {
+                let invoice = self.invoice(&p, context.draft.clone(), None)?;
+                return self.pay(&p, &invoice, method).await;
+            }
+        }
+        self.deliver(&p, context).await
+    }
+
+    /// The invoice draft and payment facts from the catalog; `Err` when the settlement cannot
+    /// be invoiced at all.
+    fn context(&self, p: &Pending) -> Result<Context, FailReason> {
+        let e = &p.entry;
+        let account = self.catalog.accounts.get(e.account as usize).ok_or(FailReason::NotInCatalog)?;
+        let customer = self
+            .catalog
+            .customers
+            .iter()
+            .find(|c| c.id == account.customer)
+            .ok_or(FailReason::NotInCatalog)?;
+        let plan =
+            self.catalog.plans.iter().find(|pl| pl.id == customer.plan).ok_or(FailReason::NotInCatalog)?;
+        let package = self.packages.get(&customer.id).ok_or(FailReason::NotInCatalog)?;
+        let buyer = Buyer::from_customer(customer).map_err(|_| FailReason::InvoiceRejected)?;
+        let vat = Vat::from_plan_rate(plan.vat_rate);
+        let lines = e
+            .lines
+            .iter()
+            .map(|l| {
+                let service = package.services.get(usize::from(l.service)).ok_or(FailReason::NotInCatalog)?;
+                Ok(UsageLine {
+                    description: service.name.clone(),
+                    rating_group: l.rating_group,
+                    unit: l.unit,
+                    units: l.units,
+                    amount: l.money,
+                    vat: vat.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, FailReason>>()?;
+        let issued = i64::try_from(e.closed_unix_s).unwrap_or(i64::MAX);
+        let series = self.cfg.numbering.series(Date::from_unix_s(issued).year);
+        let (number, series) = match &p.number {
+            Some((series, n)) => (self.cfg.numbering.format(series, *n), series.clone()),
+            // A placeholder of the real one's shape, to check the invoice before numbering.
+            None => (self.cfg.numbering.format(&series, 1), series),
+        };
+        let payment = match (account.funding, &account.payment) {
+            (Funding::Prepaid, _) => PaymentMeans::Wallet,
+            (Funding::OnFile, Some(m)) => m.means(),
+            // No method on file: the invoice stays open. BG-16 is mandatory in Peppol, and the
+            // model has no credit-transfer means yet (it needs the seller's IBAN), so the
+            // account code stands in; the invoice shows the amount as payable.
+            (Funding::OnFile, None) => PaymentMeans::Wallet,
+        };
+        let draft = InvoiceDraft {
+            number,
+            series,
+            issued_at_unix_s: issued,
+            currency: e.currency,
+            seller: self.cfg.seller.clone(),
+            buyer,
+            basis: self.cfg.price_basis,
+            lines,
+            payment,
+            settlement_key: e.key.to_string(),
+        };
+        Ok(Context { funding: account.funding, method: account.payment.clone(), draft })
+    }
+
+    async fn fail(&self, p: &Pending, reason: FailReason) -> Result<Advanced, WorkerError> {
+        tracing::warn!(key = %p.entry.key, account = p.entry.account, ?reason, "settlement failed: no invoice");
+        self.step(p.entry.key, Step::Failed { reason }).await?;
+        lock(&self.stats).failed += 1;
+        Ok(Advanced::Failed(reason))
+    }
+
+    /// Step 1: checks the invoice and its e-mail with a placeholder number, then allocates the
+    /// real one and waits until its record is durable.
+    async fn number(&self, p: &Pending, draft: InvoiceDraft) -> Result<Advanced, WorkerError> {
+        let series = draft.series.clone();
+        let renders = Invoice::build(draft)
+            .map_err(|e| e.to_string())
+            .and_then(|inv| email::invoice_email(&inv).map(|_| inv).map_err(|e| e.to_string()));
+        if let Err(error) = renders {
+            tracing::warn!(key = %p.entry.key, %error, "the invoice cannot be made");
+            return self.fail(p, FailReason::InvoiceRejected).await;
+        }
+        let (step, durable) = {
+            let _in_order = lock(&self.numbering);
+            let allocated = self.outbox.allocate(p.entry.key, &series).expect("the settlement is pending");
+            let step = Step::Numbered { series: allocated.series, number: allocated.number };
+            let mut record = Vec::with_capacity(64);
+            encode_step(&mut record, p.entry.key, &step);
+            (step, self.journal.append_step(&record))
+        };
+        durable.await?;
+        self.outbox
+            .apply(p.entry.key, &step)
+            .map_err(|e| WorkerError::Journal(StepLogError(e.to_string())))?;
+        let Step::Numbered { series, number } = step else { unreachable!("built above") };
+        Ok(Advanced::Numbered(self.cfg.numbering.format(&series, number)))
+    }
+
+    /// The invoice of `p` with its number; paid when `paid` says by what.
+    fn invoice(
+        &self,
+        p: &Pending,
+        draft: InvoiceDraft,
+        paid: Option<PaymentMeans>,
+    ) -> Result<Invoice, WorkerError> {
+        let invoice = Invoice::build(draft).map_err(|e| WorkerError::Io {
+            path: self.out.invoices.clone(),
+            source: std::io::Error::other(format!("invoice {}: {e}", p.entry.key)),
+        })?;
+        Ok(match paid {
+            Some(means) => invoice.mark_paid(means),
+            None => invoice,
+        })
+    }
+
+    /// Step 2: one charge attempt (after a lookup when an earlier one may have reached the
+    /// gateway), its outcome applied to the ledger and journaled.
+    async fn pay(
+        &self,
+        p: &Pending,
+        invoice: &Invoice,
+        method: PaymentMethod,
+    ) -> Result<Advanced, WorkerError> {
+        let key = p.entry.key;
+        let idempotency = IdempotencyKey(key.to_string());
+        if 0 < p.attempts {
+            // An attempt was journaled and its outcome was not: it may have charged.
+            match self.payments.lookup(&idempotency).await {
+                Ok(Some(outcome)) => return self.outcome(p, outcome).await,
+                Ok(None) => {}
+                Err(e) => return Ok(self.retry(p, p.attempts, e)),
+            }
+        }
+        if self.cfg.retry.attempts_max <= p.attempts {
+            return self.dead_letter(p).await;
+        }
+        let attempt = p.attempts + 1;
+        self.step(key, Step::Attempt { attempt }).await?;
+        lock(&self.stats).charge_attempts += 1;
+        let request = ChargeRequest {
+            key: idempotency,
+            invoice_number: invoice.number.clone(),
+            customer: CustomerRef(invoice.buyer.id.clone()),
+            amount: invoice.totals.collected(),
+            currency: invoice.currency,
+            method,
+        };
+        match self.payments.charge(&request).await {
+            Ok(outcome) => self.outcome(p, outcome).await,
+            Err(PaymentError::KeyReused) => {
+                tracing::error!(key = %key, "the gateway says the key was used for another charge");
+                self.dead_letter(p).await
+            }
+            Err(e) => Ok(self.retry(p, attempt, e)),
+        }
+    }
+
+    fn retry(&self, p: &Pending, attempts: u32, error: PaymentError) -> Advanced {
+        let mut sched = lock(&self.sched);
+        let rng = sched.rng.get_or_insert(SplitMix64(0));
+        let delay_ms = match self.cfg.retry.next_delay(attempts.max(1), rng) {
+            Retry::After { delay_ms } => delay_ms,
+            // The next advance dead-letters it (after looking it up once more).
+            Retry::DeadLetter => 0,
+        };
+        tracing::info!(key = %p.entry.key, attempts, %error, delay_ms, "payment not final; retrying");
+        Advanced::RetryAfter(Duration::from_millis(delay_ms))
+    }
+
+    async fn dead_letter(&self, p: &Pending) -> Result<Advanced, WorkerError> {
+        tracing::warn!(key = %p.entry.key, attempts = p.attempts, "payment dead-lettered: the invoice stays open");
+        let outcome = Outcome::DeadLetter { at_unix_s: (self.clock)() };
+        let step =
+            Step::Outcome { outcome: outcome.clone(), account: p.entry.account, credit: Default::default() };
+        self.step(p.entry.key, step).await?;
+        Ok(Advanced::Paid(outcome))
+    }
+
+    async fn outcome(&self, p: &Pending, outcome: ChargeOutcome) -> Result<Advanced, WorkerError> {
+        let at_unix_s = (self.clock)();
+        let (outcome, credit) = match outcome {
+            ChargeOutcome::Succeeded { payment_id } => {
+                (Outcome::Paid { payment_id: payment_id.0, at_unix_s }, p.entry.debited())
+            }
+            ChargeOutcome::Pending { payment_id } => {
+                // Accepted, not final (a SEPA debit clearing): never charged again; the next
+                // advance looks it up (an attempt is journaled without an outcome) until the
+                // gateway says succeeded or declined.
+                tracing::info!(key = %p.entry.key, payment_id = %payment_id.0, "payment pending at the gateway");
+                return Ok(self.retry(p, p.attempts.max(1), PaymentError::Unknown));
+            }
+            ChargeOutcome::Declined { reason } => {
+                tracing::warn!(key = %p.entry.key, account = p.entry.account, reason = reason.code(),
+                    "payment declined: the account is barred");
+                (Outcome::Declined { reason, at_unix_s }, Default::default())
+            }
+        };
+        let step = Step::Outcome { outcome: outcome.clone(), account: p.entry.account, credit };
+        // The ledger first, then the record, as the engine does: a crash before the record is
+        // durable loses both, and the retried charge gets the same outcome from the gateway.
+        if let Some(effect) = step.effect(p.entry.key) {
+            apply_effect(&self.ledger, effect);
+        }
+        self.step(p.entry.key, step).await?;
+        Ok(Advanced::Paid(outcome))
+    }
+
+    /// Step 3: invoice files, e-mails, `Done`.
+    async fn deliver(&self, p: &Pending, context: Context) -> Result<Advanced, WorkerError> {
+        let key = p.entry.key;
+        let means = context.draft.payment.clone();
+        let paid = match (&p.outcome, context.funding) {
+            (_, Funding::Prepaid) => Some(PaymentMeans::Wallet),
+            (Some(Outcome::Paid { .. }), _) => Some(means),
+            _ => None,
+        };
+        let open_without_method = context.funding == Funding::OnFile && context.method.is_none();
+        let invoice = self.invoice(p, context.draft, paid)?;
+        let notice = match (&p.outcome, context.funding) {
+            (_, Funding::Prepaid) => {
+                Notice::Paid(PaymentId(format!("wallet-{key}")), invoice.issued_at_unix_s)
+            }
+            (Some(Outcome::Paid { payment_id, at_unix_s }), _) => {
+                Notice::Paid(PaymentId(payment_id.clone()), i64::try_from(*at_unix_s).unwrap_or(i64::MAX))
+            }
+            (Some(Outcome::Declined { reason, at_unix_s }), _) => {
+                Notice::Failed(reason.clone(), i64::try_from(*at_unix_s).unwrap_or(i64::MAX))
+            }
+            _ => Notice::None,
+        };
+        // Rendering and synced writes are blocking work: off the runtime's threads, which
+        // serve Diameter connections.
+        let out = self.out.clone();
+        let files = tokio::task::spawn_blocking(move || write_files(&out, invoice, notice));
+        let (invoice, emails) = files.await.map_err(|e| WorkerError::Io {
+            path: self.out.invoices.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })??;
+        {
+            let mut stats = lock(&self.stats);
+            stats.invoices_written += 1;
+            stats.emails_written += emails;
+        }
+        self.step(key, Step::Done).await?;
+        lock(&self.stats).settled += 1;
+        if open_without_method {
+            tracing::warn!(invoice = %invoice.number, account = p.entry.account,
+                "on_file account without a payment method: the invoice stays open");
+        }
+        tracing::info!(
+            invoice = %invoice.number,
+            key = %key,
+            account = p.entry.account,
+            total = %invoice.amount(invoice.totals.collected()),
+            currency = invoice.currency.code,
+            paid = invoice.is_paid(),
+            "invoice settled"
+        );
+        Ok(Advanced::Done)
+    }
+
+    /// Journals `step` for `key`, waits until it is durable, then applies it to the outbox.
+    async fn step(&self, key: SettlementKey, step: Step) -> Result<(), WorkerError> {
+        let mut record = Vec::with_capacity(64);
+        encode_step(&mut record, key, &step);
+        self.journal.append_step(&record).await?;
+        self.outbox.apply(key, &step).map_err(|e| WorkerError::Journal(StepLogError(e.to_string())))?;
+        Ok(())
+    }
+}
+
+/// The e-mail that follows the invoice e-mail.
+enum Notice {
+    /// A payment confirmation with the payment's reference and time.
+    Paid(PaymentId, i64),
+    Failed(DeclineReason, i64),
+    None,
+}
+
+/// Writes `<number>.json` and `<number>.xml` (each to a temporary name, synced, renamed), then
+/// the invoice e-mail and the notice through the `.eml` directory. Returns the invoice and the
+/// number of e-mails written.
+fn write_files(out: &Output, invoice: Invoice, notice: Notice) -> Result<(Invoice, u64), WorkerError> {
+    let json = serde_json::to_vec_pretty(&render::json(&invoice)).expect("a JSON value serializes");
+    for (ext, bytes) in [("json", json), ("xml", render::ubl(&invoice))] {
+        let path = out.invoices.join(format!("{}.{ext}", invoice.number));
+        write_atomically(&path, &bytes).map_err(|source| WorkerError::Io { path: path.clone(), source })?;
+    }
+    let mut messages = vec![email::invoice_email(&invoice)];
+    match notice {
+        Notice::Paid(payment, at) => messages.push(email::payment_confirmation(&invoice, &payment, at)),
+        Notice::Failed(reason, at) => messages.push(email::payment_failed(&invoice, reason, at)),
+        Notice::None => {}
+    }
+    let mail_error = |source| WorkerError::Io { path: out.mail.dir().to_owned(), source };
+    let mut written = 0;
+    for m in messages {
+        let m = m.map_err(|e| mail_error(std::io::Error::other(e.to_string())))?;
+        let path = out.mail.write(&m).map_err(mail_error)?;
+        tracing::debug!(path = %path.display(), message_id = %m.message_id, "e-mail written");
+        written += 1;
+    }
+    Ok((invoice, written))
+}
+
+/// A step's ledger change, made live (recovery makes it through `Engine::recover`).
+fn apply_effect(ledger: &Ledger, effect: Effect) {
+    let result = match effect {
+        Effect::Credit { account, key, amount } => ledger.top_up(AccountId(account), key, amount).map(|_| ()),
+        Effect::Bar { account } => {
+            ledger.set_status(AccountId(account), crate::catalog::AccountStatus::Barred)
+        }
+    };
+    if let Err(r) = result {
+        tracing::error!(?effect, ?r, "a settlement's ledger change was refused");
+    }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
