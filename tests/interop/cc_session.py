@@ -24,9 +24,12 @@ connection and checks, in order:
      a second session on rating group 30 reporting 3 x 100 KiB -> CCA-T
      Cost-Information exactly 0.01 EUR (cumulative usage rounded up to the
      cent once; true on any day and with any discount)
-  c. Remaining-Balance(CCA-T) == R0 - Cost-Information(CCA-T), exactly; a
-     CHECK_BALANCE afterwards shows the same value (reservations released);
+  c. Remaining-Balance(CCA-T) == R0 - Cost-Information(CCA-T), exactly;
      likewise the rg30 session lowers it by exactly its cost
+  s. Bob is on_file with the sandbox's succeeding card: after each session and
+     the SMS, gyro's settlement worker invoices and charges it and restores
+     the credit line, so CHECK_BALANCE comes back to exactly R0 (polled up to
+     10 s; never beyond: the duplicate CCR-E is not settled twice)
   b. SMS CCR-E DIRECT_DEBITING (32274@3gpp.org, RSU 1 service-specific
      unit) -> 2001, Cost-Information 0.09 EUR, Remaining-Balance dropped by
      exactly 0.09; the same CCR-E again (same Session-Id and
@@ -496,6 +499,24 @@ def check_balance(peer: Peer, check: str) -> tuple[Fraction, int, int]:
     return bal
 
 
+def wait_settled(peer: Peer, check: str, want: Fraction) -> tuple[Fraction, int, int]:
+    """Bob is an on_file account with a card: once a session or event ends, gyro's settlement
+    worker invoices it, charges the card (sandbox) and restores the credit line. This polls
+    CHECK_BALANCE (up to 10 s) until the balance is back to `want`, so later checks do not race
+    the worker, and checks that the settlement happened."""
+    deadline = time.monotonic() + 10
+    while True:
+        _req, ans = event(peer, check, BOB, C.E_REQUESTED_ACTION_CHECK_BALANCE)
+        bal = balance_of(ans, check)
+        if bal[0] == want:
+            ok(check, f"Remaining-Balance {eur(bal[0])} EUR")
+            return bal
+        if time.monotonic() > deadline:
+            fail(check, f"Remaining-Balance still {eur(bal[0])} EUR after 10 s, want {eur(want)} "
+                        "(the invoice was not paid, or the credit line not restored)", ans)
+        time.sleep(0.05)
+
+
 def expect_grants(ans: Message, check: str, rgs: list[int], exact_quota: bool):
     got = mscc_map(ans, check)
     if sorted(k for k in got if k is not None) != sorted(rgs) or None in got:
@@ -686,22 +707,27 @@ def step_sms(peer: Peer, r_before: Fraction) -> tuple[Fraction, int, int]:
                     f"{eur(bal[0])} (charged twice?)", ans2)
     ok(check, f"Cost-Information {eur(cost2)}, Remaining-Balance {eur(bal2[0])} unchanged")
 
+    # The SMS is settled once (the duplicate adds no settlement): the balance comes back to
+    # exactly what it was before the SMS, not beyond.
+    settled = wait_settled(peer, "s3 SMS invoiced and paid once: balance back to before the SMS",
+                           r_before)
+
     check = "b3 Bob SMS PRICE_ENQUIRY -> 2001, cost 0.09, balance unchanged"
     _req, ans3 = event(peer, check, BOB, C.E_REQUESTED_ACTION_PRICE_ENQUIRY)
     cost3 = cost_of(ans3, check)
     if cost3 != SMS_PRICE:
         fail(check, f"Cost-Information {eur(cost3)} EUR, want {eur(SMS_PRICE)}", ans3)
     bal3 = balance_of(ans3, check)
-    if bal3[0] != bal[0]:
-        fail(check, f"Remaining-Balance {eur(bal3[0])} EUR, want {eur(bal[0])} "
+    if bal3[0] != settled[0]:
+        fail(check, f"Remaining-Balance {eur(bal3[0])} EUR, want {eur(settled[0])} "
                     f"(a price enquiry must not charge)", ans3)
     ok(check, f"Cost-Information {eur(cost3)}, Remaining-Balance {eur(bal3[0])}")
 
     bal4 = check_balance(peer, "b4 Bob CHECK_BALANCE after the SMS -> 2001")
     check = "c3 balance unchanged by the duplicate and the price enquiry"
-    if bal4[0] != bal[0]:
-        fail(check, f"CHECK_BALANCE says {eur(bal4[0])} EUR, after the single "
-                    f"SMS debit it was {eur(bal[0])}")
+    if bal4[0] != settled[0]:
+        fail(check, f"CHECK_BALANCE says {eur(bal4[0])} EUR, after the SMS was "
+                    f"settled it was {eur(settled[0])}")
     ok(check, f"{eur(bal4[0])} EUR")
     return bal4
 
@@ -811,12 +837,12 @@ def main(argv: list[str]) -> int:
         step_cer(peer)
         r0 = check_balance(peer, "c0 Bob CHECK_BALANCE before the data session -> 2001")
         r1 = step_data_session(peer, r0[0])
-        r1b = check_balance(peer, "c1b Bob CHECK_BALANCE after the data session -> 2001")
-        check = "c1c CHECK_BALANCE = CCA-T Remaining-Balance (reservations released)"
-        if r1b[0] != r1[0]:
-            fail(check, f"CHECK_BALANCE {eur(r1b[0])} EUR, CCA-T said {eur(r1[0])}")
-        ok(check, f"{eur(r1b[0])} EUR")
-        r2 = step_rounding(peer, r1b[0])
+        if r1[0] >= r0[0]:
+            fail("c1b the data session lowered the balance", f"{eur(r1[0])} >= {eur(r0[0])}")
+        r1b = wait_settled(peer, "s1 data session invoiced and paid by card: CHECK_BALANCE back "
+                                 "to R0 (reservations released, credit line restored)", r0[0])
+        step_rounding(peer, r1b[0])
+        r2 = wait_settled(peer, "s2 rg30 session invoiced and paid: balance back to R0", r0[0])
         last = step_sms(peer, r2[0])
         step_failures(peer)
         step_dpr(peer)
