@@ -18,6 +18,12 @@
 //!   reached the invoice stays open and the account is not barred.
 //! - `an_expired_session_is_settled_when_it_is_forgotten`: a session silent past Tcc and the
 //!   retention period is settled by the sweep that forgets it, and recovered from that record.
+//! - `a_relay_out_of_reach_delays_done_and_the_e_mails_go_when_it_answers`: with
+//!   `Mailer::Smtp` to a loopback port that refuses connections, the invoice files are written
+//!   but the delivery is put off (`RetryAfter`, the settlement still pending, charged once);
+//!   once a relay listens there, the next try sends the invoice and the confirmation once each
+//!   and journals `Done`. `a_recipient_refused_for_good_does_not_hold_the_settlement`: a 550
+//!   for the recipient is logged and the settlement finishes.
 //! - `killed_at_random_moments_every_session_is_settled_once`: rounds of three connections
 //!   running sessions, each round ended by SIGKILL at a random moment (requests in flight, the
 //!   worker settling); finally every acknowledged CCR-T has exactly one invoice (one in doubt
@@ -49,6 +55,7 @@ use gyro::settlement::payment::{
     read_books, ChargeOutcome, ChargeRequest, IdempotencyKey, PaymentAdapter, PaymentError,
     SANDBOX_BOOKS_FILE,
 };
+use gyro::settlement::smtp::{Mailer, SmtpConfig, SmtpMailer, SmtpSecurity};
 use gyro::settlement::worker::{Advanced, Output, Worker};
 use gyro::settlement::{Sandbox, SettlementConfig};
 
@@ -922,6 +929,155 @@ async fn transient_failures_are_retried_lost_replies_looked_up_and_exhausted_att
 async fn a_settlement_key_is_stable_and_printable() {
     let k = SettlementKey([1, 2]);
     assert_eq!(k.to_string(), "stl_00000000000000010000000000000002");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2b. E-mail through an SMTP relay: transient failures wait, permanent ones do not block
+
+/// A plain SMTP relay on loopback, just enough for lettre: every message accepted (its bytes
+/// kept in `got`), unless RCPT is answered with `rcpt` (a 5yz refuses the recipient for good).
+async fn fake_relay(
+    listener: tokio::net::TcpListener,
+    rcpt: &'static str,
+    got: Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    while let Ok((socket, _)) = listener.accept().await {
+        tokio::spawn(relay_session(socket, rcpt, Arc::clone(&got)));
+    }
+}
+
+async fn relay_session(
+    socket: tokio::net::TcpStream,
+    rcpt: &'static str,
+    got: Arc<std::sync::Mutex<Vec<String>>>,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let (read, mut write) = socket.into_split();
+    let mut read = tokio::io::BufReader::new(read);
+    write.write_all(b"220 fake.relay ESMTP\r\n").await?;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if read.read_line(&mut line).await? == 0 {
+            return Ok(());
+        }
+        let verb = line.get(..4).unwrap_or_default().to_ascii_uppercase();
+        let reply = match verb.as_str() {
+            "EHLO" | "HELO" | "MAIL" | "RSET" | "NOOP" => "250 OK\r\n",
+            "RCPT" => rcpt,
+            "QUIT" => {
+                write.write_all(b"221 bye\r\n").await?;
+                return Ok(());
+            }
+            "DATA" => {
+                write.write_all(b"354 go on\r\n").await?;
+                let mut message = String::new();
+                loop {
+                    line.clear();
+                    if read.read_line(&mut line).await? == 0 {
+                        return Ok(());
+                    }
+                    if line == ".\r\n" {
+                        break;
+                    }
+                    message.push_str(&line);
+                }
+                got.lock().unwrap().push(message);
+                "250 2.0.0 queued\r\n"
+            }
+            _ => "502 5.5.2 not implemented\r\n",
+        };
+        write.write_all(reply.as_bytes()).await?;
+    }
+}
+
+/// Plain SMTP to `127.0.0.1:port`, as the seller of the default configuration.
+fn relay_mailer(port: u16) -> Mailer {
+    let smtp = SmtpConfig {
+        host: "127.0.0.1".into(),
+        port: Some(port),
+        security: SmtpSecurity::None,
+        timeout_ms: 5_000,
+        ..SmtpConfig::default()
+    };
+    let seller = SettlementConfig::default().seller.email;
+    Mailer::Smtp(Box::new(SmtpMailer::new(&smtp, &seller, |_| None).expect("a valid relay")))
+}
+
+/// A loopback port nothing listens on: connecting is refused (a transient failure).
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_out_of_reach_delays_done_and_the_e_mails_go_when_it_answers() {
+    let dir = tempfile::Builder::new().prefix("gyro-settle-relay-").tempdir().unwrap();
+    let data = dir.path().join("data");
+    let retry = gyro::settlement::RetryPolicy { base_ms: 1, cap_ms: 5, attempts_max: 8 };
+    let node = Node::start_with(&data, CATALOG, SettlementConfig { retry, ..SettlementConfig::default() });
+    node.session("s-card", CARD);
+    let key = node.engine.outbox().pending()[0].entry.key;
+    let port = closed_port();
+    let worker = node.worker(&data, Gateway::new(&data, Crash::Never)).with_mailer(relay_mailer(port));
+
+    // Number, charge, deliver: the invoice files are written, the e-mail cannot go, so the
+    // settlement is not done and is tried again later; trying again changes nothing.
+    let numbered = worker.advance(key).await.unwrap();
+    assert!(matches!(numbered, Advanced::Numbered(_)), "{numbered:?}");
+    let paid = worker.advance(key).await.unwrap();
+    assert!(matches!(paid, Advanced::Paid(_)), "{paid:?}");
+    for _ in 0..2 {
+        let step = worker.advance(key).await.unwrap();
+        assert!(matches!(step, Advanced::RetryAfter(_)), "{step:?}");
+        assert_eq!(node.engine.outbox().len(), 1, "not done while its e-mails wait");
+    }
+    assert_eq!(worker.stats().deliveries_deferred, 2);
+    assert_eq!(worker.stats().emails_written, 0);
+    let found = invoices(&data);
+    assert_eq!(found.len(), 1, "the invoice files are written before the e-mails");
+    assert_eq!(successes(&data).get(&key.to_string()).map(|s| s.0), Some(1), "charged once");
+
+    // The relay answers on that port now: the next try delivers both e-mails and finishes.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let relay = tokio::spawn(fake_relay(listener, "250 OK\r\n", Arc::clone(&got)));
+    assert_eq!(worker.advance(key).await.unwrap(), Advanced::Done);
+    assert!(node.engine.outbox().is_empty());
+    let number = found.keys().next().unwrap();
+    let messages = got.lock().unwrap().clone();
+    assert_eq!(messages.len(), 2, "the invoice and the confirmation, once each");
+    assert!(messages[0].contains(&format!("Message-ID: <invoice.{number}@")), "{}", messages[0]);
+    assert!(messages[1].contains(&format!("Message-ID: <payment-confirmation.{number}@")));
+    assert!(mail(&data, number, "invoice").is_none(), "no .eml files with a relay");
+    let stats = worker.stats();
+    assert_eq!((stats.emails_written, stats.settled, stats.charge_attempts), (2, 1, 1), "{stats:?}");
+    relay.abort();
+    drop(worker);
+    node.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recipient_refused_for_good_does_not_hold_the_settlement() {
+    let dir = tempfile::Builder::new().prefix("gyro-settle-refused-").tempdir().unwrap();
+    let data = dir.path().join("data");
+    let node = Node::start(&data);
+    node.session("s-pre", PREPAID);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let relay = tokio::spawn(fake_relay(listener, "550 5.1.1 no such mailbox\r\n", Arc::clone(&got)));
+    let worker = node.worker(&data, Gateway::new(&data, Crash::Never)).with_mailer(relay_mailer(port));
+    let steps = run_steps(&worker, 5).await;
+    assert_eq!(steps.last(), Some(&Advanced::Done), "{steps:?}");
+    assert!(node.engine.outbox().is_empty());
+    let stats = worker.stats();
+    assert_eq!((stats.emails_refused, stats.emails_written, stats.settled), (2, 0, 1), "{stats:?}");
+    assert!(got.lock().unwrap().is_empty());
+    assert_eq!(invoices(&data).len(), 1, "the invoice stands");
+    relay.abort();
+    drop(worker);
+    node.close();
 }
 
 // ---------------------------------------------------------------------------------------------
