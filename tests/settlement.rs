@@ -24,6 +24,13 @@
 //!   once a relay listens there, the next try sends the invoice and the confirmation once each
 //!   and journals `Done`. `a_recipient_refused_for_good_does_not_hold_the_settlement`: a 550
 //!   for the recipient is logged and the settlement finishes.
+//! - `with_smtp_and_postgres_configured_serve_mails_through_the_relay_and_records_billing_once`
+//!   (`#[ignore]`d: it needs aiosmtpd and PostgreSQL; `.ci/run` runs it): `gyro serve` with
+//!   `[settlement.smtp]` pointing at `tests/interop/smtp_sink.py` (STARTTLS + AUTH) and
+//!   `[settlement.postgres]` at the local server in a schema of its own (dropped after) settles
+//!   a prepaid, a card and a declined session: six e-mails at the relay, each once, no `.eml`
+//!   files; one invoice row each with the outcome's status, its line and usage rows, one payment
+//!   row each (wallet, succeeded, declined) for the debited amount; a restart adds nothing.
 //! - `killed_at_random_moments_every_session_is_settled_once`: rounds of three connections
 //!   running sessions, each round ended by SIGKILL at a random moment (requests in flight, the
 //!   worker settling); finally every acknowledged CCR-T has exactly one invoice (one in doubt
@@ -1188,6 +1195,220 @@ async fn killed_at_random_moments_every_session_is_settled_once() {
         assert!(mail(&setup.data, number, "invoice").is_some(), "seed {seed}: {number}");
         assert!(mail(&setup.data, number, "payment-confirmation").is_some(), "seed {seed}: {number}");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. The production pieces: an SMTP relay (aiosmtpd) and billing records (PostgreSQL)
+
+/// `tests/interop/smtp_sink.py`: aiosmtpd requiring STARTTLS and AUTH, each message it accepts
+/// parsed by Python's `email` package and written as `<n>.json` (the pattern of
+/// `settlement::smtp::tests`). Stopped (stdin closed, then killed) when dropped.
+struct SmtpSink {
+    child: Child,
+    port: u16,
+    out: tempfile::TempDir,
+}
+
+impl SmtpSink {
+    fn start(cert: &Path, key: &Path, user: &str, password: &str) -> Self {
+        use std::io::BufRead;
+        let out = tempfile::tempdir().unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/smtp_sink.py");
+        let mut child = Command::new("python3")
+            .arg(&script)
+            .args(["--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap()])
+            .args(["--user", user, "--password", password, "--out", out.path().to_str().unwrap()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 must be installed for this test (.ci/run installs aiosmtpd)");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
+        let Some(port) = line.trim().strip_prefix("READY ").and_then(|p| p.parse().ok()) else {
+            let _ = child.kill();
+            panic!(
+                "the SMTP sink did not start (is aiosmtpd installed? `python3 -m pip install \
+                 aiosmtpd`; .ci/run does it): {line:?}"
+            );
+        };
+        Self { child, port, out }
+    }
+
+    /// The messages received so far, in order.
+    fn received(&self) -> Vec<serde_json::Value> {
+        (1..)
+            .map_while(|n| std::fs::read_to_string(self.out.path().join(format!("{n}.json"))).ok())
+            .map(|text| serde_json::from_str(&text).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_for_log(gyro: &Gyro, what: &str, n: usize) {
+    let started = Instant::now();
+    while gyro.log_text().matches(what).count() < n {
+        assert!(started.elapsed() < SETTLE_MAX, "{n} × {what:?} within {SETTLE_MAX:?}:\n{}", gyro.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Needs python3 with aiosmtpd and PostgreSQL on 127.0.0.1:5432 (database `test`, trust
+/// authentication; `GYRO_TEST_PG_URL` overrides): run by `.ci/run`, which installs and starts
+/// them; without them it fails, never skips.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs python3 with aiosmtpd and PostgreSQL on 127.0.0.1:5432; .ci/run runs it"]
+async fn with_smtp_and_postgres_configured_serve_mails_through_the_relay_and_records_billing_once() {
+    let url =
+        std::env::var("GYRO_TEST_PG_URL").unwrap_or_else(|_| "host=127.0.0.1 port=5432 dbname=test".into());
+    let connected =
+        tokio::time::timeout(STEP * 4, tokio_postgres::connect(&url, tokio_postgres::NoTls)).await;
+    let (db, connection) = connected
+        .expect("PostgreSQL answers within 20 s")
+        .unwrap_or_else(|e| panic!("PostgreSQL at {url} must be running for this test: {e}"));
+    tokio::spawn(connection);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let schema = format!("gyro_settle_{}_{nanos}", std::process::id());
+
+    let setup = Setup::new();
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .expect("a self-signed certificate");
+    let (cert, key, password) = (
+        setup.dir.path().join("cert.pem"),
+        setup.dir.path().join("key.pem"),
+        setup.dir.path().join("smtp.pw"),
+    );
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
+    std::fs::write(&password, "s3cret\n").unwrap();
+    let sink = SmtpSink::start(&cert, &key, "gyro", "s3cret");
+    let mut text = std::fs::read_to_string(&setup.config).unwrap();
+    text.push_str(&format!(
+        "\n[settlement.smtp]\nhost = \"127.0.0.1\"\nport = {}\nusername = \"gyro\"\npassword_file = \"{}\"\n\
+         ca_file = \"{}\"\ntimeout_ms = 20000\n\n[settlement.postgres]\nurl = \"{url}\"\nschema = \"{schema}\"\n",
+        sink.port,
+        password.display(),
+        cert.display()
+    ));
+    std::fs::write(&setup.config, text).unwrap();
+
+    let mut gyro = Gyro::start(&setup, 0);
+    let mut peer = Peer::open(gyro.addr).await;
+    let mut debited = HashMap::new();
+    for (session, sub, customer) in
+        [("s-pre", PREPAID, "c-pre"), ("s-card", CARD, "c-card"), ("s-declined", DECLINED, "c-declined")]
+    {
+        let (_, ans) = peer.session(session, sub).await;
+        debited.insert(customer, cost(&ans));
+    }
+    wait_for_log(&gyro, "invoice settled", 3);
+    let files = invoices(&setup.data);
+    assert_eq!(files.len(), 3, "{:?}", files.keys());
+    let number_of = |customer: &str| {
+        files.values().find(|v| v["buyer"]["id"] == customer).unwrap()["number"].as_str().unwrap().to_owned()
+    };
+
+    // The e-mails reached the relay over STARTTLS, each once; none became a file.
+    let started = Instant::now();
+    while sink.received().len() < 6 {
+        assert!(started.elapsed() < SETTLE_MAX, "6 e-mails at the relay: {:?}", sink.received());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let received = sink.received();
+    let mut ids: Vec<&str> = received.iter().map(|m| m["message_id"].as_str().unwrap()).collect();
+    ids.sort_unstable();
+    let mut expected = Vec::new();
+    for (customer, notice) in [
+        ("c-pre", "payment-confirmation"),
+        ("c-card", "payment-confirmation"),
+        ("c-declined", "payment-failed"),
+    ] {
+        let n = number_of(customer);
+        expected.push(format!("<invoice.{n}@gyro.example>"));
+        expected.push(format!("<{notice}.{n}@gyro.example>"));
+    }
+    expected.sort_unstable();
+    assert_eq!(ids, expected, "each e-mail once");
+    for m in &received {
+        assert_eq!((m["tls"].as_bool(), m["auth"].as_bool()), (Some(true), Some(true)), "{m}");
+        assert_eq!(m["mail_from"], "billing@gyro.example", "{m}");
+        assert_eq!(m["defects"], serde_json::json!([]), "{m}");
+    }
+    let mailed = std::fs::read_dir(setup.data.join("mail")).map_or(0, |d| d.count());
+    assert_eq!(mailed, 0, "no .eml files with a relay");
+
+    // The billing rows: one invoice each with the outcome's status, its line and usage, and
+    // one payment row each (the wallet, the card's charge, the decline).
+    db.batch_execute(&format!("SET search_path TO \"{schema}\"")).await.unwrap();
+    let rows = db
+        .query(
+            "SELECT i.customer_id, i.number, i.status, i.tax_inclusive_minor + i.rounding_minor,
+                    (SELECT count(*) FROM invoice_lines l WHERE l.invoice_number = i.number),
+                    (SELECT count(*) FROM usage_records u WHERE u.invoice_number = i.number),
+                    p.attempt, p.outcome, p.amount_minor
+             FROM invoices i LEFT JOIN payments p ON p.invoice_number = i.number
+             ORDER BY i.customer_id, p.attempt",
+            &[],
+        )
+        .await
+        .unwrap();
+    let got: Vec<(String, String, String, i64, i64, i64, i32, String, i64)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6), r.get(7), r.get(8)))
+        .collect();
+    let row = |customer: &str, status: &str, outcome: &str| {
+        let total = debited[customer];
+        (
+            customer.to_owned(),
+            number_of(customer),
+            status.to_owned(),
+            total,
+            1,
+            1,
+            1,
+            outcome.to_owned(),
+            total,
+        )
+    };
+    assert_eq!(
+        got,
+        vec![
+            row("c-card", "paid", "succeeded"),
+            row("c-declined", "payment_failed", "declined"),
+            row("c-pre", "paid", "wallet"),
+        ]
+    );
+    let key = files[&number_of("c-card")]["settlement_key"].as_str().unwrap().to_owned();
+    assert_eq!(successes(&setup.data).get(&key), Some(&(1, debited["c-card"])), "one charge");
+
+    // A restart settles nothing again: no new e-mail, no new row.
+    peer.client.close().await.unwrap();
+    gyro.terminate();
+    let mut gyro = Gyro::start(&setup, 1);
+    assert!(gyro.log_text().contains("pending=0"), "{}", gyro.log_text());
+    wait_for_log(&gyro, "billing records on", 1);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(sink.received().len(), 6);
+    let counted: i64 = db
+        .query_one("SELECT (SELECT count(*) FROM invoices) + (SELECT count(*) FROM payments)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(counted, 6);
+    gyro.terminate();
+    db.batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE")).await.unwrap();
 }
 
 /// A rough rate: `GYRO_SETTLE_RATE_SESSIONS` (default 200) sessions, half on the card, settled
