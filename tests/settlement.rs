@@ -1257,6 +1257,20 @@ impl Drop for SmtpSink {
     }
 }
 
+/// An invoice's billing rows as the test reads them back (one payment row joined).
+#[derive(Debug, PartialEq, Eq)]
+struct BillingRow {
+    customer: String,
+    number: String,
+    status: String,
+    total: i64,
+    lines: i64,
+    usage: i64,
+    attempt: i32,
+    outcome: String,
+    amount: i64,
+}
+
 fn wait_for_log(gyro: &Gyro, what: &str, n: usize) {
     let started = Instant::now();
     while gyro.log_text().matches(what).count() < n {
@@ -1364,23 +1378,30 @@ async fn with_smtp_and_postgres_configured_serve_mails_through_the_relay_and_rec
         )
         .await
         .unwrap();
-    let got: Vec<(String, String, String, i64, i64, i64, i32, String, i64)> = rows
+    let got: Vec<BillingRow> = rows
         .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6), r.get(7), r.get(8)))
+        .map(|r| BillingRow {
+            customer: r.get(0),
+            number: r.get(1),
+            status: r.get(2),
+            total: r.get(3),
+            lines: r.get(4),
+            usage: r.get(5),
+            attempt: r.get(6),
+            outcome: r.get(7),
+            amount: r.get(8),
+        })
         .collect();
-    let row = |customer: &str, status: &str, outcome: &str| {
-        let total = debited[customer];
-        (
-            customer.to_owned(),
-            number_of(customer),
-            status.to_owned(),
-            total,
-            1,
-            1,
-            1,
-            outcome.to_owned(),
-            total,
-        )
+    let row = |customer: &str, status: &str, outcome: &str| BillingRow {
+        customer: customer.to_owned(),
+        number: number_of(customer),
+        status: status.to_owned(),
+        total: debited[customer],
+        lines: 1,
+        usage: 1,
+        attempt: 1,
+        outcome: outcome.to_owned(),
+        amount: debited[customer],
     };
     assert_eq!(
         got,
