@@ -31,6 +31,12 @@
 //!   a prepaid, a card and a declined session: six e-mails at the relay, each once, no `.eml`
 //!   files; one invoice row each with the outcome's status, its line and usage rows, one payment
 //!   row each (wallet, succeeded, declined) for the debited amount; a restart adds nothing.
+//! - `with_the_stripe_adapter_a_settlement_is_charged_once_through_a_failure`: the worker with
+//!   `ConfiguredAdapter` (`adapter = "stripe"`) against a fake Stripe on loopback that answers
+//!   the first POST with a 500: retried under the same key, one PaymentIntent for the debited
+//!   amount, the invoice paid. `start_up_stops_on_a_missing_secret_or_an_unreachable_billing_database_naming_the_key`:
+//!   `gyro serve` exits before listening, naming `settlement.stripe.secret_key_file` or
+//!   `settlement.postgres`.
 //! - `killed_at_random_moments_every_session_is_settled_once`: rounds of three connections
 //!   running sessions, each round ended by SIGKILL at a random moment (requests in flight, the
 //!   worker settling); finally every acknowledged CCR-T has exactly one invoice (one in doubt
@@ -1085,6 +1091,161 @@ async fn a_recipient_refused_for_good_does_not_hold_the_settlement() {
     relay.abort();
     drop(worker);
     node.close();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2c. The configured adapter: Stripe through the worker; start-up refuses a missing secret
+
+/// A Stripe-compatible server, just what a charge needs: PaymentIntents created under an
+/// `Idempotency-Key` (a repeated key gets the saved answer and charges nothing; the first POST
+/// fails with a 500 when `fail_first`), and the search by metadata.
+#[derive(Default)]
+struct FakeStripe {
+    fail_first: bool,
+    posts: usize,
+    /// (the key, the intent's JSON) of each PaymentIntent that charged.
+    intents: Vec<(String, serde_json::Value)>,
+}
+
+async fn fake_stripe(stripe: Arc<std::sync::Mutex<FakeStripe>>) -> SocketAddr {
+    use axum::extract::{Query, State};
+    use axum::http::{HeaderMap, StatusCode};
+    type Shared = Arc<std::sync::Mutex<FakeStripe>>;
+    async fn create(
+        State(stripe): State<Shared>,
+        headers: HeaderMap,
+        axum::Form(form): axum::Form<HashMap<String, String>>,
+    ) -> (StatusCode, axum::Json<serde_json::Value>) {
+        let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        let authorised =
+            headers.get("authorization").and_then(|v| v.to_str().ok()) == Some("Bearer sk_test_gyro");
+        let mut s = stripe.lock().unwrap();
+        s.posts += 1;
+        if !authorised || key.is_empty() {
+            return (
+                StatusCode::UNAUTHORIZED,
+                axum::Json(serde_json::json!({"error": {"type": "invalid_request_error"}})),
+            );
+        }
+        if s.fail_first && s.posts == 1 {
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                axum::Json(serde_json::json!({"error": {"type": "api_error"}})),
+            );
+        }
+        if let Some((_, intent)) = s.intents.iter().find(|(k, _)| *k == key) {
+            return (StatusCode::OK, axum::Json(intent.clone()));
+        }
+        let intent = serde_json::json!({
+            "id": format!("pi_{}", s.intents.len() + 1), "object": "payment_intent", "status": "succeeded",
+            "amount": form.get("amount").and_then(|a| a.parse::<i64>().ok()), "currency": form.get("currency"),
+            "metadata": {"idempotency_key": key},
+        });
+        s.intents.push((key, intent.clone()));
+        (StatusCode::OK, axum::Json(intent))
+    }
+    async fn search(
+        State(stripe): State<Shared>,
+        Query(query): Query<HashMap<String, String>>,
+    ) -> axum::Json<serde_json::Value> {
+        let q = query.get("query").cloned().unwrap_or_default();
+        let s = stripe.lock().unwrap();
+        let data: Vec<_> =
+            s.intents.iter().filter(|(k, _)| q.contains(&format!("'{k}'"))).map(|(_, i)| i.clone()).collect();
+        axum::Json(serde_json::json!({"object": "search_result", "data": data, "has_more": false}))
+    }
+    let app = axum::Router::new()
+        .route("/v1/payment_intents", axum::routing::post(create))
+        .route("/v1/payment_intents/search", axum::routing::get(search))
+        .with_state(stripe);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+fn unix_now() -> i64 {
+    T0 as i64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_stripe_adapter_a_settlement_is_charged_once_through_a_failure() {
+    use gyro::settlement::payment::ConfiguredAdapter;
+    let stripe = Arc::new(std::sync::Mutex::new(FakeStripe { fail_first: true, ..FakeStripe::default() }));
+    let addr = fake_stripe(Arc::clone(&stripe)).await;
+    let dir = tempfile::Builder::new().prefix("gyro-settle-stripe-").tempdir().unwrap();
+    let data = dir.path().join("data");
+    let text = format!(
+        "[settlement.payment]\nadapter = \"stripe\"\n[settlement.stripe]\nbase_url = \"http://{addr}/\"\n\
+         timeout_ms = 10000\n[settlement.retry]\nbase_ms = 1\ncap_ms = 5\n"
+    );
+    let cfg = gyro::config::Config::parse("gyro.toml", &text).expect("a valid configuration").settlement;
+    let secret = |name: &str| (name == "GYRO_STRIPE_SECRET_KEY").then(|| "sk_test_gyro".to_owned());
+    let adapter = ConfiguredAdapter::build(&cfg, secret, unix_now).expect("the stripe adapter");
+    let node = Node::start_with(&data, CATALOG, cfg);
+    let t = node.session("s-card", CARD);
+    // The CCR-T again: its original answer, with what the session cost.
+    let debited = cost(&node.handle(&retransmission(&t)));
+    let key = node.engine.outbox().pending()[0].entry.key;
+    let worker = node.worker(&data, adapter);
+    let steps = run_steps(&worker, 10).await;
+    assert!(node.engine.outbox().is_empty(), "{steps:?}");
+    assert_eq!(steps.iter().filter(|s| matches!(s, Advanced::RetryAfter(_))).count(), 1, "{steps:?}");
+    let paid = steps.iter().find_map(|s| match s {
+        Advanced::Paid(gyro::settlement::outbox::Outcome::Paid { payment_id, .. }) => {
+            Some(payment_id.clone())
+        }
+        _ => None,
+    });
+    assert_eq!(paid.as_deref(), Some("pi_1"), "{steps:?}");
+    let s = stripe.lock().unwrap();
+    assert_eq!(s.posts, 2, "a 500, then the retry under the same key");
+    assert_eq!(s.intents.len(), 1, "charged once");
+    assert_eq!(s.intents[0].0, key.to_string());
+    assert_eq!(s.intents[0].1["amount"], debited);
+    let found = invoices(&data);
+    let invoice = found.values().next().unwrap();
+    assert_eq!(cents(invoice["totals"]["paid_amount"].as_str().unwrap()), debited);
+    drop(s);
+    drop(worker);
+    node.close();
+}
+
+/// `gyro serve` with `extra` added to the test configuration: exits before listening, and its
+/// output is returned.
+fn start_fails(extra: &str) -> String {
+    let setup = Setup::new();
+    let mut text = std::fs::read_to_string(&setup.config).unwrap();
+    text.push_str(extra);
+    std::fs::write(&setup.config, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gyro"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&setup.config)
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&setup.data)
+        .env("NO_COLOR", "1")
+        .env_remove("GYRO_STRIPE_SECRET_KEY")
+        .env_remove("GYRO_PG_PASSWORD")
+        .stdin(Stdio::null())
+        .output()
+        .expect("gyro runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "gyro must not start:\n{text}");
+    assert!(!text.contains("gyro listening"), "{text}");
+    text
+}
+
+#[test]
+fn start_up_stops_on_a_missing_secret_or_an_unreachable_billing_database_naming_the_key() {
+    let text = start_fails("\n[settlement.payment]\nadapter = \"stripe\"\n");
+    assert!(text.contains("settlement.stripe.secret_key_file"), "{text}");
+    assert!(text.contains("GYRO_STRIPE_SECRET_KEY"), "{text}");
+    let port = closed_port();
+    let text = start_fails(&format!(
+        "\n[settlement.postgres]\nurl = \"host=127.0.0.1 port={port} dbname=none\"\nconnect_timeout_ms = 2000\n"
+    ));
+    assert!(text.contains("settlement.postgres"), "{text}");
 }
 
 // ---------------------------------------------------------------------------------------------
