@@ -37,6 +37,9 @@
 //!   amount, the invoice paid. `start_up_stops_on_a_missing_secret_or_an_unreachable_billing_database_naming_the_key`:
 //!   `gyro serve` exits before listening, naming `settlement.stripe.secret_key_file` or
 //!   `settlement.postgres`.
+//!   `with_postgres_a_lost_connection_is_reconnected_before_the_next_rows` (ignored, in
+//!   process): the server ends the worker's database connection; the next settlement's rows
+//!   are written over a new one before its `Done`.
 //! - `killed_at_random_moments_every_session_is_settled_once`: rounds of three connections
 //!   running sessions, each round ended by SIGKILL at a random moment (requests in flight, the
 //!   worker settling); finally every acknowledged CCR-T has exactly one invoice (one in doubt
@@ -1591,6 +1594,53 @@ async fn with_smtp_and_postgres_configured_serve_mails_through_the_relay_and_rec
     assert_eq!(counted, 6);
     gyro.terminate();
     db.batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE")).await.unwrap();
+}
+
+/// Needs PostgreSQL on 127.0.0.1:5432, as above; run by `.ci/run`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL on 127.0.0.1:5432; .ci/run runs it"]
+async fn with_postgres_a_lost_connection_is_reconnected_before_the_next_rows() {
+    use gyro::settlement::billing::{PgBilling, PostgresConfig};
+    let url =
+        std::env::var("GYRO_TEST_PG_URL").unwrap_or_else(|_| "host=127.0.0.1 port=5432 dbname=test".into());
+    let (admin, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {url} must be running for this test: {e}"));
+    tokio::spawn(connection);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let schema = format!("gyro_reconnect_{}_{nanos}", std::process::id());
+    let pg = PostgresConfig { url: Some(url.clone()), schema: schema.clone(), ..PostgresConfig::default() };
+    let billing = PgBilling::connect(&pg, |_| None).await.expect("the billing database");
+    let pid: i32 = billing.client().query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+
+    let dir = tempfile::Builder::new().prefix("gyro-settle-pg-").tempdir().unwrap();
+    let data = dir.path().join("data");
+    let retry = gyro::settlement::RetryPolicy { base_ms: 1, cap_ms: 5, attempts_max: 8 };
+    let cfg = SettlementConfig { retry, postgres: pg, ..SettlementConfig::default() };
+    let node = Node::start_with(&data, CATALOG, cfg);
+    let worker = node.worker(&data, Gateway::new(&data, Crash::Never)).with_billing(billing);
+    node.session("s-1", PREPAID);
+    let steps = run_steps(&worker, 5).await;
+    assert_eq!(steps.last(), Some(&Advanced::Done), "{steps:?}");
+
+    // The server ends the worker's connection (a restart, a cut): the next settlement's rows
+    // are written over a new connection, before its `Done`.
+    admin.execute("SELECT pg_terminate_backend($1)", &[&pid]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    node.session("s-2", CARD);
+    let steps = run_steps(&worker, 10).await;
+    assert_eq!(steps.last(), Some(&Advanced::Done), "{steps:?}");
+    assert!(node.engine.outbox().is_empty());
+    admin.batch_execute(&format!("SET search_path TO \"{schema}\"")).await.unwrap();
+    let rows = admin
+        .query("SELECT i.status, p.outcome FROM invoices i JOIN payments p ON p.invoice_number = i.number ORDER BY i.number", &[])
+        .await
+        .unwrap();
+    let got: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(got, [("paid".to_owned(), "wallet".to_owned()), ("paid".to_owned(), "succeeded".to_owned())]);
+    drop(worker);
+    node.close();
+    admin.batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE")).await.unwrap();
 }
 
 /// A rough rate: `GYRO_SETTLE_RATE_SESSIONS` (default 200) sessions, half on the card, settled

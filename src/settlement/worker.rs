@@ -590,7 +590,9 @@ impl<J: StepLog, P: PaymentAdapter + 'static> Worker<J, P> {
         payment_id: Option<&str>,
         detail: Option<&str>,
     ) {
-        let Some(db) = &self.billing else { return };
+        if self.billing.is_none() {
+            return;
+        }
         let record = PaymentRecord {
             invoice_number: &invoice.number,
             attempt,
@@ -602,15 +604,39 @@ impl<J: StepLog, P: PaymentAdapter + 'static> Worker<J, P> {
             detail,
             at_unix_s: i64::try_from((self.clock)()).unwrap_or(i64::MAX),
         };
-        if let Err(error) = db.lock().await.record_payment(&record).await {
+        let written = match self.billing().await {
+            Some(Ok(db)) => db.record_payment(&record).await,
+            Some(Err(error)) => Err(error),
+            None => Ok(()),
+        };
+        if let Err(error) = written {
             tracing::warn!(invoice = %invoice.number, attempt, %error, "payment row not written");
         }
     }
 
+    /// The billing database, if billing records are on; reconnected first when its connection
+    /// was lost (the server restarted, the network cut): a failed reconnect is a database error
+    /// like any other, and the step is tried again later.
+    async fn billing(&self) -> Option<Result<tokio::sync::MutexGuard<'_, PgBilling>, BillingError>> {
+        let mut db = self.billing.as_ref()?.lock().await;
+        if db.client().is_closed() {
+            match PgBilling::connect(&self.cfg.postgres, |name| std::env::var(name).ok()).await {
+                Ok(fresh) => {
+                    tracing::info!("billing database reconnected");
+                    *db = fresh;
+                }
+                Err(error) => return Some(Err(error)),
+            }
+        }
+        Some(Ok(db))
+    }
+
     /// The invoice's row as issued (before its first charge attempt), if billing records are on.
     async fn record_issued(&self, invoice: &Invoice) -> Result<(), BillingError> {
-        let Some(db) = &self.billing else { return Ok(()) };
-        db.lock().await.record_invoice(invoice, InvoiceStatus::Issued).await
+        match self.billing().await {
+            Some(db) => db?.record_invoice(invoice, InvoiceStatus::Issued).await,
+            None => Ok(()),
+        }
     }
 
     /// The invoice's row with its final status and the row of the payment that settled it (the
@@ -622,7 +648,9 @@ impl<J: StepLog, P: PaymentAdapter + 'static> Worker<J, P> {
         funding: Funding,
         status: InvoiceStatus,
     ) -> Result<(), BillingError> {
-        let Some(db) = &self.billing else { return Ok(()) };
+        if self.billing.is_none() {
+            return Ok(());
+        }
         let at = |t: u64| i64::try_from(t).unwrap_or(i64::MAX);
         let wallet = format!("wallet-{}", p.entry.key);
         let row = match (&p.outcome, funding) {
@@ -637,7 +665,8 @@ impl<J: StepLog, P: PaymentAdapter + 'static> Worker<J, P> {
             }
             _ => None,
         };
-        let mut db = db.lock().await;
+        let Some(db) = self.billing().await else { return Ok(()) };
+        let mut db = db?;
         db.record_invoice(invoice, status).await?;
         if let Some((attempt, outcome, payment_id, detail, at_unix_s)) = row {
             let record = PaymentRecord {
