@@ -34,7 +34,8 @@
 //! [`billing::PgBilling`].
 //!
 //! # Not yet here
-//! Per-period aggregation, unbarring on payment, and the admin endpoints. See ARCHITECTURE.md, "Settlement".
+//! Per-period aggregation, unbarring on payment, and the admin endpoints. See
+//! ARCHITECTURE.md, "Settlement".
 
 pub mod billing;
 pub mod email;
