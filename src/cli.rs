@@ -315,8 +315,13 @@ async fn bind(cfg: &Config, shared: Arc<Shared>, defaults: bool) -> anyhow::Resu
 
 async fn serve_async(cfg: Config, dict: Arc<Dictionary>, defaults: bool) -> anyhow::Result<()> {
     let peer = peer_config(&cfg, dict);
-    let Charged { charging, accounts, catalog_name, checkpointer: _checkpointer, worker } =
+    let Charged { charging, accounts, catalog_name, checkpointer: _checkpointer, mut worker } =
         charging(&cfg, &peer.local)?;
+    if cfg.settlement.postgres.enabled() {
+        if let Some(w) = worker.take() {
+            worker = Some(w.with_billing(billing(&cfg).await?));
+        }
+    }
     let apps: Vec<Arc<dyn crate::net::Application>> = vec![charging.clone()];
     let shared = Arc::new(Shared::new(peer, apps, cfg.server_limits()));
     let server = bind(&cfg, shared, defaults).await?;
@@ -389,10 +394,12 @@ async fn echo_async(cfg: Config, dict: Arc<Dictionary>, defaults: bool) -> anyho
     Ok(())
 }
 
-/// The settlement worker `gyro serve` runs: on the data directory's journal, with the sandbox
-/// gateway keeping its books in the data directory.
-type ServeWorker =
-    crate::settlement::worker::Worker<Arc<crate::durable::ChargingJournal>, crate::settlement::Sandbox>;
+/// The settlement worker `gyro serve` runs: on the data directory's journal, with the gateway
+/// `[settlement.payment] adapter` names (the sandbox keeps its books in the data directory).
+type ServeWorker = crate::settlement::worker::Worker<
+    Arc<crate::durable::ChargingJournal>,
+    crate::settlement::payment::ConfiguredAdapter,
+>;
 
 /// What `charging` built.
 struct Charged {
@@ -404,8 +411,10 @@ struct Charged {
     worker: Option<ServeWorker>,
 }
 
-/// The settlement worker on `dir`: invoices in `dir/invoices`, e-mails in `dir/mail`, the
-/// sandbox's books in `dir/sandbox-books.tsv`.
+/// The settlement worker on `dir`: invoices in `dir/invoices`; payments through the configured
+/// adapter (the sandbox with its books in `dir/sandbox-books.tsv`); e-mails to the configured
+/// SMTP relay, else as files in `dir/mail`. A secret that cannot be read stops start-up with an
+/// error naming its key. (Billing records are connected by `serve_async`: that is async.)
 fn settlement_worker(
     cfg: &Config,
     dir: &std::path::Path,
@@ -413,29 +422,68 @@ fn settlement_worker(
     journal: Arc<crate::durable::ChargingJournal>,
     catalog: Catalog,
 ) -> anyhow::Result<ServeWorker> {
-    use crate::settlement::{payment::SANDBOX_BOOKS_FILE, worker, Sandbox};
-    let books = dir.join(SANDBOX_BOOKS_FILE);
-    let sandbox = Sandbox::with_books(&books).with_context(|| format!("{}", books.display()))?;
+    use crate::settlement::payment::{AdapterKind, ConfiguredAdapter, SANDBOX_BOOKS_FILE};
+    use crate::settlement::smtp::{Mailer, SmtpMailer};
+    use crate::settlement::{worker, Sandbox};
+    let st = &cfg.settlement;
+    let payments = match st.payment.adapter {
+        AdapterKind::Sandbox => {
+            let books = dir.join(SANDBOX_BOOKS_FILE);
+            let sandbox = Sandbox::with_books(&books).with_context(|| format!("{}", books.display()))?;
+            ConfiguredAdapter::Sandbox(sandbox)
+        }
+        AdapterKind::Stripe | AdapterKind::Webhook => {
+            ConfiguredAdapter::from_config(st).map_err(|e| anyhow::anyhow!("{}: {e}", e.key()))?
+        }
+    };
     let out = worker::Output::in_data_dir(dir).with_context(|| format!("{}", dir.display()))?;
+    let (mailer, mail) = if st.smtp.enabled() {
+        let smtp = SmtpMailer::new(&st.smtp, &st.seller.email, |name| std::env::var(name).ok())
+            .map_err(|e| anyhow::anyhow!("{}: {e}", e.key()))?;
+        let relay = format!("smtp://{}", smtp.relay());
+        (Mailer::Smtp(Box::new(smtp)), relay)
+    } else {
+        (Mailer::Files(out.mail.clone()), out.mail.dir().display().to_string())
+    };
     let clock: worker::Clock = Arc::new(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs()
     });
     tracing::info!(
         pending = engine.outbox().len(),
         invoices = %out.invoices.display(),
-        mail = %out.mail.dir().display(),
-        "settlement worker ready (sandbox payments)"
+        %mail,
+        payments = ?payments.kind(),
+        billing = st.postgres.enabled(),
+        "settlement worker ready"
     );
-    Ok(worker::Worker::new(
+    let worker = worker::Worker::new(
         Arc::clone(engine.outbox()),
         Arc::clone(engine.ledger()),
         journal,
-        Arc::new(sandbox),
+        Arc::new(payments),
         catalog,
-        cfg.settlement.clone(),
+        st.clone(),
         out,
         clock,
-    ))
+    );
+    Ok(worker.with_mailer(mailer))
+}
+
+/// `[settlement.postgres]`: the billing database, connected and migrated before anything is
+/// settled; a failure stops start-up.
+async fn billing(cfg: &Config) -> anyhow::Result<crate::settlement::billing::PgBilling> {
+    let pg = &cfg.settlement.postgres;
+    let db = crate::settlement::billing::PgBilling::connect(pg, |name| std::env::var(name).ok())
+        .await
+        .with_context(|| {
+            format!(
+                "settlement.postgres: cannot use the billing database (schema {:?}) at {:?}",
+                pg.schema,
+                pg.url.as_deref().unwrap_or_default()
+            )
+        })?;
+    tracing::info!(schema = %pg.schema, "billing records on: PostgreSQL connected, schema current");
+    Ok(db)
 }
 
 /// Builds the ledger and the engine from the catalog (the embedded demo one by default) and,

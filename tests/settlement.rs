@@ -18,6 +18,28 @@
 //!   reached the invoice stays open and the account is not barred.
 //! - `an_expired_session_is_settled_when_it_is_forgotten`: a session silent past Tcc and the
 //!   retention period is settled by the sweep that forgets it, and recovered from that record.
+//! - `a_relay_out_of_reach_delays_done_and_the_e_mails_go_when_it_answers`: with
+//!   `Mailer::Smtp` to a loopback port that refuses connections, the invoice files are written
+//!   but the delivery is put off (`RetryAfter`, the settlement still pending, charged once);
+//!   once a relay listens there, the next try sends the invoice and the confirmation once each
+//!   and journals `Done`. `a_recipient_refused_for_good_does_not_hold_the_settlement`: a 550
+//!   for the recipient is logged and the settlement finishes.
+//! - `with_smtp_and_postgres_configured_serve_mails_through_the_relay_and_records_billing_once`
+//!   (`#[ignore]`d: it needs aiosmtpd and PostgreSQL; `.ci/run` runs it): `gyro serve` with
+//!   `[settlement.smtp]` pointing at `tests/interop/smtp_sink.py` (STARTTLS + AUTH) and
+//!   `[settlement.postgres]` at the local server in a schema of its own (dropped after) settles
+//!   a prepaid, a card and a declined session: six e-mails at the relay, each once, no `.eml`
+//!   files; one invoice row each with the outcome's status, its line and usage rows, one payment
+//!   row each (wallet, succeeded, declined) for the debited amount; a restart adds nothing.
+//! - `with_the_stripe_adapter_a_settlement_is_charged_once_through_a_failure`: the worker with
+//!   `ConfiguredAdapter` (`adapter = "stripe"`) against a fake Stripe on loopback that answers
+//!   the first POST with a 500: retried under the same key, one PaymentIntent for the debited
+//!   amount, the invoice paid. `start_up_stops_on_a_missing_secret_or_an_unreachable_billing_database_naming_the_key`:
+//!   `gyro serve` exits before listening, naming `settlement.stripe.secret_key_file` or
+//!   `settlement.postgres`.
+//!   `with_postgres_a_lost_connection_is_reconnected_before_the_next_rows` (ignored, in
+//!   process): the server ends the worker's database connection; the next settlement's rows
+//!   are written over a new one before its `Done`.
 //! - `killed_at_random_moments_every_session_is_settled_once`: rounds of three connections
 //!   running sessions, each round ended by SIGKILL at a random moment (requests in flight, the
 //!   worker settling); finally every acknowledged CCR-T has exactly one invoice (one in doubt
@@ -49,6 +71,7 @@ use gyro::settlement::payment::{
     read_books, ChargeOutcome, ChargeRequest, IdempotencyKey, PaymentAdapter, PaymentError,
     SANDBOX_BOOKS_FILE,
 };
+use gyro::settlement::smtp::{Mailer, SmtpConfig, SmtpMailer, SmtpSecurity};
 use gyro::settlement::worker::{Advanced, Output, Worker};
 use gyro::settlement::{Sandbox, SettlementConfig};
 
@@ -925,6 +948,310 @@ async fn a_settlement_key_is_stable_and_printable() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// 2b. E-mail through an SMTP relay: transient failures wait, permanent ones do not block
+
+/// A plain SMTP relay on loopback, just enough for lettre: every message accepted (its bytes
+/// kept in `got`), unless RCPT is answered with `rcpt` (a 5yz refuses the recipient for good).
+async fn fake_relay(
+    listener: tokio::net::TcpListener,
+    rcpt: &'static str,
+    got: Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    while let Ok((socket, _)) = listener.accept().await {
+        tokio::spawn(relay_session(socket, rcpt, Arc::clone(&got)));
+    }
+}
+
+async fn relay_session(
+    socket: tokio::net::TcpStream,
+    rcpt: &'static str,
+    got: Arc<std::sync::Mutex<Vec<String>>>,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let (read, mut write) = socket.into_split();
+    let mut read = tokio::io::BufReader::new(read);
+    write.write_all(b"220 fake.relay ESMTP\r\n").await?;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if read.read_line(&mut line).await? == 0 {
+            return Ok(());
+        }
+        let verb = line.get(..4).unwrap_or_default().to_ascii_uppercase();
+        let reply = match verb.as_str() {
+            "EHLO" | "HELO" | "MAIL" | "RSET" | "NOOP" => "250 OK\r\n",
+            "RCPT" => rcpt,
+            "QUIT" => {
+                write.write_all(b"221 bye\r\n").await?;
+                return Ok(());
+            }
+            "DATA" => {
+                write.write_all(b"354 go on\r\n").await?;
+                let mut message = String::new();
+                loop {
+                    line.clear();
+                    if read.read_line(&mut line).await? == 0 {
+                        return Ok(());
+                    }
+                    if line == ".\r\n" {
+                        break;
+                    }
+                    message.push_str(&line);
+                }
+                got.lock().unwrap().push(message);
+                "250 2.0.0 queued\r\n"
+            }
+            _ => "502 5.5.2 not implemented\r\n",
+        };
+        write.write_all(reply.as_bytes()).await?;
+    }
+}
+
+/// Plain SMTP to `127.0.0.1:port`, as the seller of the default configuration.
+fn relay_mailer(port: u16) -> Mailer {
+    let smtp = SmtpConfig {
+        host: "127.0.0.1".into(),
+        port: Some(port),
+        security: SmtpSecurity::None,
+        timeout_ms: 5_000,
+        ..SmtpConfig::default()
+    };
+    let seller = SettlementConfig::default().seller.email;
+    Mailer::Smtp(Box::new(SmtpMailer::new(&smtp, &seller, |_| None).expect("a valid relay")))
+}
+
+/// A loopback port nothing listens on: connecting is refused (a transient failure).
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_out_of_reach_delays_done_and_the_e_mails_go_when_it_answers() {
+    let dir = tempfile::Builder::new().prefix("gyro-settle-relay-").tempdir().unwrap();
+    let data = dir.path().join("data");
+    let retry = gyro::settlement::RetryPolicy { base_ms: 1, cap_ms: 5, attempts_max: 8 };
+    let node = Node::start_with(&data, CATALOG, SettlementConfig { retry, ..SettlementConfig::default() });
+    node.session("s-card", CARD);
+    let key = node.engine.outbox().pending()[0].entry.key;
+    let port = closed_port();
+    let worker = node.worker(&data, Gateway::new(&data, Crash::Never)).with_mailer(relay_mailer(port));
+
+    // Number, charge, deliver: the invoice files are written, the e-mail cannot go, so the
+    // settlement is not done and is tried again later; trying again changes nothing.
+    let numbered = worker.advance(key).await.unwrap();
+    assert!(matches!(numbered, Advanced::Numbered(_)), "{numbered:?}");
+    let paid = worker.advance(key).await.unwrap();
+    assert!(matches!(paid, Advanced::Paid(_)), "{paid:?}");
+    for _ in 0..2 {
+        let step = worker.advance(key).await.unwrap();
+        assert!(matches!(step, Advanced::RetryAfter(_)), "{step:?}");
+        assert_eq!(node.engine.outbox().len(), 1, "not done while its e-mails wait");
+    }
+    assert_eq!(worker.stats().deliveries_deferred, 2);
+    assert_eq!(worker.stats().emails_written, 0);
+    let found = invoices(&data);
+    assert_eq!(found.len(), 1, "the invoice files are written before the e-mails");
+    assert_eq!(successes(&data).get(&key.to_string()).map(|s| s.0), Some(1), "charged once");
+
+    // The relay answers on that port now: the next try delivers both e-mails and finishes.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let relay = tokio::spawn(fake_relay(listener, "250 OK\r\n", Arc::clone(&got)));
+    assert_eq!(worker.advance(key).await.unwrap(), Advanced::Done);
+    assert!(node.engine.outbox().is_empty());
+    let number = found.keys().next().unwrap();
+    let messages = got.lock().unwrap().clone();
+    assert_eq!(messages.len(), 2, "the invoice and the confirmation, once each");
+    assert!(messages[0].contains(&format!("Message-ID: <invoice.{number}@")), "{}", messages[0]);
+    assert!(messages[1].contains(&format!("Message-ID: <payment-confirmation.{number}@")));
+    assert!(mail(&data, number, "invoice").is_none(), "no .eml files with a relay");
+    let stats = worker.stats();
+    assert_eq!((stats.emails_written, stats.settled, stats.charge_attempts), (2, 1, 1), "{stats:?}");
+    relay.abort();
+    drop(worker);
+    node.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recipient_refused_for_good_does_not_hold_the_settlement() {
+    let dir = tempfile::Builder::new().prefix("gyro-settle-refused-").tempdir().unwrap();
+    let data = dir.path().join("data");
+    let node = Node::start(&data);
+    node.session("s-pre", PREPAID);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let relay = tokio::spawn(fake_relay(listener, "550 5.1.1 no such mailbox\r\n", Arc::clone(&got)));
+    let worker = node.worker(&data, Gateway::new(&data, Crash::Never)).with_mailer(relay_mailer(port));
+    let steps = run_steps(&worker, 5).await;
+    assert_eq!(steps.last(), Some(&Advanced::Done), "{steps:?}");
+    assert!(node.engine.outbox().is_empty());
+    let stats = worker.stats();
+    assert_eq!((stats.emails_refused, stats.emails_written, stats.settled), (2, 0, 1), "{stats:?}");
+    assert!(got.lock().unwrap().is_empty());
+    assert_eq!(invoices(&data).len(), 1, "the invoice stands");
+    relay.abort();
+    drop(worker);
+    node.close();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2c. The configured adapter: Stripe through the worker; start-up refuses a missing secret
+
+/// A Stripe-compatible server, just what a charge needs: PaymentIntents created under an
+/// `Idempotency-Key` (a repeated key gets the saved answer and charges nothing; the first POST
+/// fails with a 500 when `fail_first`), and the search by metadata.
+#[derive(Default)]
+struct FakeStripe {
+    fail_first: bool,
+    posts: usize,
+    /// (the key, the intent's JSON) of each PaymentIntent that charged.
+    intents: Vec<(String, serde_json::Value)>,
+}
+
+async fn fake_stripe(stripe: Arc<std::sync::Mutex<FakeStripe>>) -> SocketAddr {
+    use axum::extract::{Query, State};
+    use axum::http::{HeaderMap, StatusCode};
+    type Shared = Arc<std::sync::Mutex<FakeStripe>>;
+    async fn create(
+        State(stripe): State<Shared>,
+        headers: HeaderMap,
+        axum::Form(form): axum::Form<HashMap<String, String>>,
+    ) -> (StatusCode, axum::Json<serde_json::Value>) {
+        let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        let authorised =
+            headers.get("authorization").and_then(|v| v.to_str().ok()) == Some("Bearer sk_test_gyro");
+        let mut s = stripe.lock().unwrap();
+        s.posts += 1;
+        if !authorised || key.is_empty() {
+            return (
+                StatusCode::UNAUTHORIZED,
+                axum::Json(serde_json::json!({"error": {"type": "invalid_request_error"}})),
+            );
+        }
+        if s.fail_first && s.posts == 1 {
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                axum::Json(serde_json::json!({"error": {"type": "api_error"}})),
+            );
+        }
+        if let Some((_, intent)) = s.intents.iter().find(|(k, _)| *k == key) {
+            return (StatusCode::OK, axum::Json(intent.clone()));
+        }
+        let intent = serde_json::json!({
+            "id": format!("pi_{}", s.intents.len() + 1), "object": "payment_intent", "status": "succeeded",
+            "amount": form.get("amount").and_then(|a| a.parse::<i64>().ok()), "currency": form.get("currency"),
+            "metadata": {"idempotency_key": key},
+        });
+        s.intents.push((key, intent.clone()));
+        (StatusCode::OK, axum::Json(intent))
+    }
+    async fn search(
+        State(stripe): State<Shared>,
+        Query(query): Query<HashMap<String, String>>,
+    ) -> axum::Json<serde_json::Value> {
+        let q = query.get("query").cloned().unwrap_or_default();
+        let s = stripe.lock().unwrap();
+        let data: Vec<_> =
+            s.intents.iter().filter(|(k, _)| q.contains(&format!("'{k}'"))).map(|(_, i)| i.clone()).collect();
+        axum::Json(serde_json::json!({"object": "search_result", "data": data, "has_more": false}))
+    }
+    let app = axum::Router::new()
+        .route("/v1/payment_intents", axum::routing::post(create))
+        .route("/v1/payment_intents/search", axum::routing::get(search))
+        .with_state(stripe);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+fn unix_now() -> i64 {
+    T0 as i64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_stripe_adapter_a_settlement_is_charged_once_through_a_failure() {
+    use gyro::settlement::payment::ConfiguredAdapter;
+    let stripe = Arc::new(std::sync::Mutex::new(FakeStripe { fail_first: true, ..FakeStripe::default() }));
+    let addr = fake_stripe(Arc::clone(&stripe)).await;
+    let dir = tempfile::Builder::new().prefix("gyro-settle-stripe-").tempdir().unwrap();
+    let data = dir.path().join("data");
+    let text = format!(
+        "[settlement.payment]\nadapter = \"stripe\"\n[settlement.stripe]\nbase_url = \"http://{addr}/\"\n\
+         timeout_ms = 10000\n[settlement.retry]\nbase_ms = 1\ncap_ms = 5\n"
+    );
+    let cfg = gyro::config::Config::parse("gyro.toml", &text).expect("a valid configuration").settlement;
+    let secret = |name: &str| (name == "GYRO_STRIPE_SECRET_KEY").then(|| "sk_test_gyro".to_owned());
+    let adapter = ConfiguredAdapter::build(&cfg, secret, unix_now).expect("the stripe adapter");
+    let node = Node::start_with(&data, CATALOG, cfg);
+    let t = node.session("s-card", CARD);
+    // The CCR-T again: its original answer, with what the session cost.
+    let debited = cost(&node.handle(&retransmission(&t)));
+    let key = node.engine.outbox().pending()[0].entry.key;
+    let worker = node.worker(&data, adapter);
+    let steps = run_steps(&worker, 10).await;
+    assert!(node.engine.outbox().is_empty(), "{steps:?}");
+    assert_eq!(steps.iter().filter(|s| matches!(s, Advanced::RetryAfter(_))).count(), 1, "{steps:?}");
+    let paid = steps.iter().find_map(|s| match s {
+        Advanced::Paid(gyro::settlement::outbox::Outcome::Paid { payment_id, .. }) => {
+            Some(payment_id.clone())
+        }
+        _ => None,
+    });
+    assert_eq!(paid.as_deref(), Some("pi_1"), "{steps:?}");
+    let s = stripe.lock().unwrap();
+    assert_eq!(s.posts, 2, "a 500, then the retry under the same key");
+    assert_eq!(s.intents.len(), 1, "charged once");
+    assert_eq!(s.intents[0].0, key.to_string());
+    assert_eq!(s.intents[0].1["amount"], debited);
+    let found = invoices(&data);
+    let invoice = found.values().next().unwrap();
+    assert_eq!(cents(invoice["totals"]["paid_amount"].as_str().unwrap()), debited);
+    drop(s);
+    drop(worker);
+    node.close();
+}
+
+/// `gyro serve` with `extra` added to the test configuration: exits before listening, and its
+/// output is returned.
+fn start_fails(extra: &str) -> String {
+    let setup = Setup::new();
+    let mut text = std::fs::read_to_string(&setup.config).unwrap();
+    text.push_str(extra);
+    std::fs::write(&setup.config, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gyro"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&setup.config)
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&setup.data)
+        .env("NO_COLOR", "1")
+        .env_remove("GYRO_STRIPE_SECRET_KEY")
+        .env_remove("GYRO_PG_PASSWORD")
+        .stdin(Stdio::null())
+        .output()
+        .expect("gyro runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "gyro must not start:\n{text}");
+    assert!(!text.contains("gyro listening"), "{text}");
+    text
+}
+
+#[test]
+fn start_up_stops_on_a_missing_secret_or_an_unreachable_billing_database_naming_the_key() {
+    let text = start_fails("\n[settlement.payment]\nadapter = \"stripe\"\n");
+    assert!(text.contains("settlement.stripe.secret_key_file"), "{text}");
+    assert!(text.contains("GYRO_STRIPE_SECRET_KEY"), "{text}");
+    let port = closed_port();
+    let text = start_fails(&format!(
+        "\n[settlement.postgres]\nurl = \"host=127.0.0.1 port={port} dbname=none\"\nconnect_timeout_ms = 2000\n"
+    ));
+    assert!(text.contains("settlement.postgres"), "{text}");
+}
+
+// ---------------------------------------------------------------------------------------------
 // 3. SIGKILL at random moments
 
 struct Rng(u64);
@@ -1032,6 +1359,288 @@ async fn killed_at_random_moments_every_session_is_settled_once() {
         assert!(mail(&setup.data, number, "invoice").is_some(), "seed {seed}: {number}");
         assert!(mail(&setup.data, number, "payment-confirmation").is_some(), "seed {seed}: {number}");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. The production pieces: an SMTP relay (aiosmtpd) and billing records (PostgreSQL)
+
+/// `tests/interop/smtp_sink.py`: aiosmtpd requiring STARTTLS and AUTH, each message it accepts
+/// parsed by Python's `email` package and written as `<n>.json` (the pattern of
+/// `settlement::smtp::tests`). Stopped (stdin closed, then killed) when dropped.
+struct SmtpSink {
+    child: Child,
+    port: u16,
+    out: tempfile::TempDir,
+}
+
+impl SmtpSink {
+    fn start(cert: &Path, key: &Path, user: &str, password: &str) -> Self {
+        use std::io::BufRead;
+        let out = tempfile::tempdir().unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/smtp_sink.py");
+        let mut child = Command::new("python3")
+            .arg(&script)
+            .args(["--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap()])
+            .args(["--user", user, "--password", password, "--out", out.path().to_str().unwrap()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 must be installed for this test (.ci/run installs aiosmtpd)");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
+        let Some(port) = line.trim().strip_prefix("READY ").and_then(|p| p.parse().ok()) else {
+            let _ = child.kill();
+            panic!(
+                "the SMTP sink did not start (is aiosmtpd installed? `python3 -m pip install \
+                 aiosmtpd`; .ci/run does it): {line:?}"
+            );
+        };
+        Self { child, port, out }
+    }
+
+    /// The messages received so far, in order.
+    fn received(&self) -> Vec<serde_json::Value> {
+        (1..)
+            .map_while(|n| std::fs::read_to_string(self.out.path().join(format!("{n}.json"))).ok())
+            .map(|text| serde_json::from_str(&text).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An invoice's billing rows as the test reads them back (one payment row joined).
+#[derive(Debug, PartialEq, Eq)]
+struct BillingRow {
+    customer: String,
+    number: String,
+    status: String,
+    total: i64,
+    lines: i64,
+    usage: i64,
+    attempt: i32,
+    outcome: String,
+    amount: i64,
+}
+
+fn wait_for_log(gyro: &Gyro, what: &str, n: usize) {
+    let started = Instant::now();
+    while gyro.log_text().matches(what).count() < n {
+        assert!(started.elapsed() < SETTLE_MAX, "{n} × {what:?} within {SETTLE_MAX:?}:\n{}", gyro.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Needs python3 with aiosmtpd and PostgreSQL on 127.0.0.1:5432 (database `test`, trust
+/// authentication; `GYRO_TEST_PG_URL` overrides): run by `.ci/run`, which installs and starts
+/// them; without them it fails, never skips.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs python3 with aiosmtpd and PostgreSQL on 127.0.0.1:5432; .ci/run runs it"]
+async fn with_smtp_and_postgres_configured_serve_mails_through_the_relay_and_records_billing_once() {
+    let url =
+        std::env::var("GYRO_TEST_PG_URL").unwrap_or_else(|_| "host=127.0.0.1 port=5432 dbname=test".into());
+    let connected =
+        tokio::time::timeout(STEP * 4, tokio_postgres::connect(&url, tokio_postgres::NoTls)).await;
+    let (db, connection) = connected
+        .expect("PostgreSQL answers within 20 s")
+        .unwrap_or_else(|e| panic!("PostgreSQL at {url} must be running for this test: {e}"));
+    tokio::spawn(connection);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let schema = format!("gyro_settle_{}_{nanos}", std::process::id());
+
+    let setup = Setup::new();
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .expect("a self-signed certificate");
+    let (cert, key, password) = (
+        setup.dir.path().join("cert.pem"),
+        setup.dir.path().join("key.pem"),
+        setup.dir.path().join("smtp.pw"),
+    );
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
+    std::fs::write(&password, "s3cret\n").unwrap();
+    let sink = SmtpSink::start(&cert, &key, "gyro", "s3cret");
+    let mut text = std::fs::read_to_string(&setup.config).unwrap();
+    text.push_str(&format!(
+        "\n[settlement.smtp]\nhost = \"127.0.0.1\"\nport = {}\nusername = \"gyro\"\npassword_file = \"{}\"\n\
+         ca_file = \"{}\"\ntimeout_ms = 20000\n\n[settlement.postgres]\nurl = \"{url}\"\nschema = \"{schema}\"\n",
+        sink.port,
+        password.display(),
+        cert.display()
+    ));
+    std::fs::write(&setup.config, text).unwrap();
+
+    let mut gyro = Gyro::start(&setup, 0);
+    let mut peer = Peer::open(gyro.addr).await;
+    let mut debited = HashMap::new();
+    for (session, sub, customer) in
+        [("s-pre", PREPAID, "c-pre"), ("s-card", CARD, "c-card"), ("s-declined", DECLINED, "c-declined")]
+    {
+        let (_, ans) = peer.session(session, sub).await;
+        debited.insert(customer, cost(&ans));
+    }
+    wait_for_log(&gyro, "invoice settled", 3);
+    let files = invoices(&setup.data);
+    assert_eq!(files.len(), 3, "{:?}", files.keys());
+    let number_of = |customer: &str| {
+        files.values().find(|v| v["buyer"]["id"] == customer).unwrap()["number"].as_str().unwrap().to_owned()
+    };
+
+    // The e-mails reached the relay over STARTTLS, each once; none became a file.
+    let started = Instant::now();
+    while sink.received().len() < 6 {
+        assert!(started.elapsed() < SETTLE_MAX, "6 e-mails at the relay: {:?}", sink.received());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let received = sink.received();
+    let mut ids: Vec<&str> = received.iter().map(|m| m["message_id"].as_str().unwrap()).collect();
+    ids.sort_unstable();
+    let mut expected = Vec::new();
+    for (customer, notice) in [
+        ("c-pre", "payment-confirmation"),
+        ("c-card", "payment-confirmation"),
+        ("c-declined", "payment-failed"),
+    ] {
+        let n = number_of(customer);
+        expected.push(format!("<invoice.{n}@gyro.example>"));
+        expected.push(format!("<{notice}.{n}@gyro.example>"));
+    }
+    expected.sort_unstable();
+    assert_eq!(ids, expected, "each e-mail once");
+    for m in &received {
+        assert_eq!((m["tls"].as_bool(), m["auth"].as_bool()), (Some(true), Some(true)), "{m}");
+        assert_eq!(m["mail_from"], "billing@gyro.example", "{m}");
+        assert_eq!(m["defects"], serde_json::json!([]), "{m}");
+    }
+    let mailed = std::fs::read_dir(setup.data.join("mail")).map_or(0, |d| d.count());
+    assert_eq!(mailed, 0, "no .eml files with a relay");
+
+    // The billing rows: one invoice each with the outcome's status, its line and usage, and
+    // one payment row each (the wallet, the card's charge, the decline).
+    db.batch_execute(&format!("SET search_path TO \"{schema}\"")).await.unwrap();
+    let rows = db
+        .query(
+            "SELECT i.customer_id, i.number, i.status, i.tax_inclusive_minor + i.rounding_minor,
+                    (SELECT count(*) FROM invoice_lines l WHERE l.invoice_number = i.number),
+                    (SELECT count(*) FROM usage_records u WHERE u.invoice_number = i.number),
+                    p.attempt, p.outcome, p.amount_minor
+             FROM invoices i LEFT JOIN payments p ON p.invoice_number = i.number
+             ORDER BY i.customer_id, p.attempt",
+            &[],
+        )
+        .await
+        .unwrap();
+    let got: Vec<BillingRow> = rows
+        .iter()
+        .map(|r| BillingRow {
+            customer: r.get(0),
+            number: r.get(1),
+            status: r.get(2),
+            total: r.get(3),
+            lines: r.get(4),
+            usage: r.get(5),
+            attempt: r.get(6),
+            outcome: r.get(7),
+            amount: r.get(8),
+        })
+        .collect();
+    let row = |customer: &str, status: &str, outcome: &str| BillingRow {
+        customer: customer.to_owned(),
+        number: number_of(customer),
+        status: status.to_owned(),
+        total: debited[customer],
+        lines: 1,
+        usage: 1,
+        attempt: 1,
+        outcome: outcome.to_owned(),
+        amount: debited[customer],
+    };
+    assert_eq!(
+        got,
+        vec![
+            row("c-card", "paid", "succeeded"),
+            row("c-declined", "payment_failed", "declined"),
+            row("c-pre", "paid", "wallet"),
+        ]
+    );
+    let key = files[&number_of("c-card")]["settlement_key"].as_str().unwrap().to_owned();
+    assert_eq!(successes(&setup.data).get(&key), Some(&(1, debited["c-card"])), "one charge");
+
+    // A restart settles nothing again: no new e-mail, no new row.
+    peer.client.close().await.unwrap();
+    gyro.terminate();
+    let mut gyro = Gyro::start(&setup, 1);
+    assert!(gyro.log_text().contains("pending=0"), "{}", gyro.log_text());
+    wait_for_log(&gyro, "billing records on", 1);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(sink.received().len(), 6);
+    let counted: i64 = db
+        .query_one("SELECT (SELECT count(*) FROM invoices) + (SELECT count(*) FROM payments)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(counted, 6);
+    gyro.terminate();
+    db.batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE")).await.unwrap();
+}
+
+/// Needs PostgreSQL on 127.0.0.1:5432, as above; run by `.ci/run`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL on 127.0.0.1:5432; .ci/run runs it"]
+async fn with_postgres_a_lost_connection_is_reconnected_before_the_next_rows() {
+    use gyro::settlement::billing::{PgBilling, PostgresConfig};
+    let url =
+        std::env::var("GYRO_TEST_PG_URL").unwrap_or_else(|_| "host=127.0.0.1 port=5432 dbname=test".into());
+    let (admin, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {url} must be running for this test: {e}"));
+    tokio::spawn(connection);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let schema = format!("gyro_reconnect_{}_{nanos}", std::process::id());
+    let pg = PostgresConfig { url: Some(url.clone()), schema: schema.clone(), ..PostgresConfig::default() };
+    let billing = PgBilling::connect(&pg, |_| None).await.expect("the billing database");
+    let pid: i32 = billing.client().query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+
+    let dir = tempfile::Builder::new().prefix("gyro-settle-pg-").tempdir().unwrap();
+    let data = dir.path().join("data");
+    let retry = gyro::settlement::RetryPolicy { base_ms: 1, cap_ms: 5, attempts_max: 8 };
+    let cfg = SettlementConfig { retry, postgres: pg, ..SettlementConfig::default() };
+    let node = Node::start_with(&data, CATALOG, cfg);
+    let worker = node.worker(&data, Gateway::new(&data, Crash::Never)).with_billing(billing);
+    node.session("s-1", PREPAID);
+    let steps = run_steps(&worker, 5).await;
+    assert_eq!(steps.last(), Some(&Advanced::Done), "{steps:?}");
+
+    // The server ends the worker's connection (a restart, a cut): the next settlement's rows
+    // are written over a new connection, before its `Done`.
+    admin.execute("SELECT pg_terminate_backend($1)", &[&pid]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    node.session("s-2", CARD);
+    let steps = run_steps(&worker, 10).await;
+    assert_eq!(steps.last(), Some(&Advanced::Done), "{steps:?}");
+    assert!(node.engine.outbox().is_empty());
+    admin.batch_execute(&format!("SET search_path TO \"{schema}\"")).await.unwrap();
+    let rows = admin
+        .query("SELECT i.status, p.outcome FROM invoices i JOIN payments p ON p.invoice_number = i.number ORDER BY i.number", &[])
+        .await
+        .unwrap();
+    let got: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(got, [("paid".to_owned(), "wallet".to_owned()), ("paid".to_owned(), "succeeded".to_owned())]);
+    drop(worker);
+    node.close();
+    admin.batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE")).await.unwrap();
 }
 
 /// A rough rate: `GYRO_SETTLE_RATE_SESSIONS` (default 200) sessions, half on the card, settled

@@ -29,10 +29,13 @@
 //! the ledger only by the effect a journaled payment outcome names, and reaches the journal only
 //! through `StepLog`.
 //!
+//! The worker is given the configured pieces by `gyro serve`: the adapter
+//! ([`payment::ConfiguredAdapter`]), the [`smtp::Mailer`] and, when configured,
+//! [`billing::PgBilling`].
+//!
 //! # Not yet here
-//! The worker's use of the `stripe`/`webhook` adapters, SMTP and the PostgreSQL billing sink
-//! (each built and tested on its own), per-period aggregation, unbarring on payment and the
-//! admin endpoints. See ARCHITECTURE.md, "Settlement".
+//! Per-period aggregation, unbarring on payment, and the admin endpoints. See
+//! ARCHITECTURE.md, "Settlement".
 
 pub mod billing;
 pub mod email;

@@ -21,13 +21,25 @@
 //!    dead-lettered after `attempts_max`; an unknown outcome, and any attempt found journaled
 //!    without an outcome after a restart, is looked up before a new attempt.
 //! 3. **Deliver.** The invoice (paid, or open after a decline or dead letter) is written as
-//!    `<number>.json` and `<number>.xml` under the invoice directory, then the invoice e-mail
-//!    and the payment confirmation (or payment-failed notice) through the `.eml` directory;
-//!    `Done` is journaled and the settlement leaves the outbox. Files and messages are pure
-//!    functions of the journaled state, written atomically under names derived from the
-//!    number, so a repeat after a crash rewrites the same bytes.
+//!    `<number>.json` and `<number>.xml` under the invoice directory; with billing records on,
+//!    its row (status from the outcome) and the final payment row are written; then the
+//!    invoice e-mail and the payment confirmation (or payment-failed notice) go through the
+//!    [`Mailer`] (an SMTP relay, or the `.eml` directory); `Done` is journaled and the
+//!    settlement leaves the outbox. Files, rows and messages are pure functions of the
+//!    journaled state, written atomically or as idempotent upserts under names derived from
+//!    the number, so a repeat after a crash rewrites the same bytes and rows; an e-mail may be
+//!    sent twice then (at least once), with the same Message-ID.
 //!
-//! Must not touch: sockets, the engine. Time comes in through [`Clock`].
+//! A database error or a transient mail failure (a 4yz reply, a relay that cannot be reached)
+//! leaves the step undone: the settlement is tried again after a backoff (`[settlement.retry]`'s
+//! delays, never dead-lettered), other settlements go on meanwhile, and `Done` waits. E-mails a
+//! relay accepted are remembered in memory, so a retry does not send them again (a restart
+//! does). A permanent mail failure (a 5yz: a bad customer address, a refused message) is
+//! logged (warn) and the settlement finishes: the invoice and the payment stand, and one bad
+//! address must not hold the queue.
+//!
+//! Must not touch: the engine. Its sockets are the adapter's, the relay's and the database's,
+//! each behind its own type. Time comes in through [`Clock`].
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -42,13 +54,15 @@ use crate::catalog::{Catalog, Funding, SharedPackage};
 use crate::ledger::{AccountId, Ledger};
 use crate::limits::SETTLEMENTS_IN_FLIGHT_MAX;
 
-use super::email::{self, EmlDir};
+use super::billing::{BillingError, InvoiceStatus, PaymentOutcome, PaymentRecord, PgBilling};
+use super::email::{self, EmlDir, MessageKind, Rendered};
 use super::invoice::{Buyer, Date, Invoice, InvoiceDraft, PaymentMeans, UsageLine, Vat};
 use super::outbox::{encode_step, Effect, FailReason, Outbox, Outcome, Pending, SettlementKey, Step};
 use super::payment::{
     ChargeOutcome, ChargeRequest, CustomerRef, DeclineReason, IdempotencyKey, PaymentAdapter, PaymentError,
     PaymentId, PaymentMethod, Retry, SplitMix64,
 };
+use super::smtp::{Mailer, SendError};
 use super::{render, SettlementConfig};
 
 /// Where the worker's step records go: the journal.
@@ -78,6 +92,15 @@ pub enum WorkerError {
     Payment(PaymentError),
 }
 
+/// Why a delivery step must be tried again (nothing journaled, nothing lost).
+#[derive(Debug, thiserror::Error)]
+enum NotYet {
+    #[error("billing records: {0}")]
+    Billing(#[from] BillingError),
+    #[error("e-mail: {0}")]
+    Mail(SendError),
+}
+
 /// What one call of [`Worker::advance`] did.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum Advanced {
@@ -95,7 +118,12 @@ pub enum Advanced {
 pub struct WorkerStats {
     pub settled: u64,
     pub invoices_written: u64,
+    /// E-mails delivered (written as `.eml` files, or accepted by the relay).
     pub emails_written: u64,
+    /// E-mails the relay refused for good (logged; the settlement finished anyway).
+    pub emails_refused: u64,
+    /// Delivery steps put off by a database error or a transient mail failure.
+    pub deliveries_deferred: u64,
     pub charge_attempts: u64,
     pub failed: u64,
 }
@@ -127,6 +155,12 @@ pub struct Worker<J: StepLog, P: PaymentAdapter> {
     packages: HashMap<String, SharedPackage>,
     cfg: SettlementConfig,
     out: Output,
+    /// Where e-mails go: `out.mail` unless [`Self::with_mailer`] says otherwise.
+    mailer: Arc<Mailer>,
+    /// Billing records, when `[settlement.postgres]` is on. A tokio mutex: a write is a
+    /// transaction held across `.await`s, and settlements in flight take turns on the one
+    /// connection (the rows are small; the journal's syncs dominate a settlement anyway).
+    billing: Option<Arc<tokio::sync::Mutex<PgBilling>>>,
     clock: Clock,
     sched: Mutex<Sched>,
     /// Held from allocating a number until its record is appended: numbers reach the journal
@@ -141,7 +175,17 @@ struct Sched {
     /// Settlements waiting for a retry, with the Unix ms they are due.
     not_before: HashMap<SettlementKey, u64>,
     in_flight: HashSet<SettlementKey>,
+    /// Settlements whose delivery was put off (database, mail), with what already went out.
+    deferred: HashMap<SettlementKey, Deferred>,
     rng: Option<SplitMix64>,
+}
+
+/// A delivery put off: how many times (for the backoff) and which e-mails the relay already
+/// accepted (not sent again by the retry; a restart forgets this and sends them again).
+#[derive(Default)]
+struct Deferred {
+    times: u32,
+    sent: HashSet<MessageKind>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -169,6 +213,7 @@ impl<J: StepLog, P: PaymentAdapter + 'static> Worker<J, P> {
     ) -> Self {
         let packages = catalog.packages();
         let seed = clock();
+        let mailer = Arc::new(Mailer::Files(out.mail.clone()));
         Self {
             outbox,
             ledger,
@@ -178,11 +223,25 @@ impl<J: StepLog, P: PaymentAdapter + 'static> Worker<J, P> {
             packages,
             cfg,
             out,
+            mailer,
+            billing: None,
             clock,
             sched: Mutex::new(Sched { rng: Some(SplitMix64(seed)), ..Sched::default() }),
             numbering: Mutex::new(()),
             stats: Mutex::new(WorkerStats::default()),
         }
+    }
+
+    /// Sends e-mails through `mailer` instead of the `.eml` directory of [`Output`].
+    pub fn with_mailer(mut self, mailer: Mailer) -> Self {
+        self.mailer = Arc::new(mailer);
+        self
+    }
+
+    /// Writes billing records to `billing` (connected and migrated by the caller).
+    pub fn with_billing(mut self, billing: PgBilling) -> Self {
+        self.billing = Some(Arc::new(tokio::sync::Mutex::new(billing)));
+        self
     }
 
     pub fn stats(&self) -> WorkerStats {
@@ -405,13 +464,17 @@ impl<J: StepLog, P: PaymentAdapter + 'static> Worker<J, P> {
         if 0 < p.attempts {
             // An attempt was journaled and its outcome was not: it may have charged.
             match self.payments.lookup(&idempotency).await {
-                Ok(Some(outcome)) => return self.outcome(p, outcome).await,
+                Ok(Some(outcome)) => return self.outcome(p, invoice, p.attempts, outcome).await,
                 Ok(None) => {}
                 Err(e) => return Ok(self.retry(p, p.attempts, e)),
             }
         }
         if self.cfg.retry.attempts_max <= p.attempts {
             return self.dead_letter(p).await;
+        }
+        // The payment rows refer to the invoice's row: it is written (issued) first.
+        if let Err(error) = self.record_issued(invoice).await {
+            return Ok(self.defer(key, &error.into()));
         }
         let attempt = p.attempts + 1;
         self.step(key, Step::Attempt { attempt }).await?;
@@ -425,12 +488,21 @@ impl<J: StepLog, P: PaymentAdapter + 'static> Worker<J, P> {
             method,
         };
         match self.payments.charge(&request).await {
-            Ok(outcome) => self.outcome(p, outcome).await,
+            Ok(outcome) => self.outcome(p, invoice, attempt, outcome).await,
             Err(PaymentError::KeyReused) => {
                 tracing::error!(key = %key, "the gateway says the key was used for another charge");
+                let detail = Some("the idempotency key was used for another charge");
+                self.note_payment(invoice, attempt, PaymentOutcome::Failed, None, detail).await;
                 self.dead_letter(p).await
             }
-            Err(e) => Ok(self.retry(p, attempt, e)),
+            Err(e) => {
+                let outcome = match e {
+                    PaymentError::Unknown => PaymentOutcome::Unknown,
+                    _ => PaymentOutcome::Failed,
+                };
+                self.note_payment(invoice, attempt, outcome, None, Some(&e.to_string())).await;
+                Ok(self.retry(p, attempt, e))
+            }
         }
     }
 
@@ -455,7 +527,14 @@ impl<J: StepLog, P: PaymentAdapter + 'static> Worker<J, P> {
         Ok(Advanced::Paid(outcome))
     }
 
-    async fn outcome(&self, p: &Pending, outcome: ChargeOutcome) -> Result<Advanced, WorkerError> {
+    /// The gateway's answer to `attempt`: applied, journaled, and its payment row written.
+    async fn outcome(
+        &self,
+        p: &Pending,
+        invoice: &Invoice,
+        attempt: u32,
+        outcome: ChargeOutcome,
+    ) -> Result<Advanced, WorkerError> {
         let at_unix_s = (self.clock)();
         let (outcome, credit) = match outcome {
             ChargeOutcome::Succeeded { payment_id } => {
@@ -466,6 +545,8 @@ impl<J: StepLog, P: PaymentAdapter + 'static> Worker<J, P> {
                 // advance looks it up (an attempt is journaled without an outcome) until the
                 // gateway says succeeded or declined.
                 tracing::info!(key = %p.entry.key, payment_id = %payment_id.0, "payment pending at the gateway");
+                let id = Some(payment_id.0.as_str());
+                self.note_payment(invoice, attempt, PaymentOutcome::Pending, id, None).await;
                 return Ok(self.retry(p, p.attempts.max(1), PaymentError::Unknown));
             }
             ChargeOutcome::Declined { reason } => {
@@ -481,10 +562,130 @@ impl<J: StepLog, P: PaymentAdapter + 'static> Worker<J, P> {
             apply_effect(&self.ledger, effect);
         }
         self.step(p.entry.key, step).await?;
+        // After the record: the charge is a fact whatever the database says. This row is
+        // written again, from the journaled outcome, before the settlement is done.
+        match &outcome {
+            Outcome::Paid { payment_id, .. } => {
+                let id = Some(payment_id.as_str());
+                self.note_payment(invoice, attempt, PaymentOutcome::Succeeded, id, None).await;
+            }
+            Outcome::Declined { reason, .. } => {
+                let detail = Some(reason.code());
+                self.note_payment(invoice, attempt, PaymentOutcome::Declined, None, detail).await;
+            }
+            Outcome::DeadLetter { .. } => {}
+        }
         Ok(Advanced::Paid(outcome))
     }
 
-    /// Step 3: invoice files, e-mails, `Done`.
+    /// Writes one payment attempt's row, if billing records are on. Best effort: a failure is
+    /// logged and the settlement goes on, because the charge has happened either way; the
+    /// final outcome's row is written again by [`Self::record`] before `Done`, while the row of
+    /// an attempt that failed on the way (its detail is not journaled) may then be missing.
+    async fn note_payment(
+        &self,
+        invoice: &Invoice,
+        attempt: u32,
+        outcome: PaymentOutcome,
+        payment_id: Option<&str>,
+        detail: Option<&str>,
+    ) {
+        if self.billing.is_none() {
+            return;
+        }
+        let record = PaymentRecord {
+            invoice_number: &invoice.number,
+            attempt,
+            idempotency_key: &invoice.settlement_key,
+            outcome,
+            payment_id,
+            amount: invoice.totals.collected(),
+            currency: invoice.currency.code,
+            detail,
+            at_unix_s: i64::try_from((self.clock)()).unwrap_or(i64::MAX),
+        };
+        let written = match self.billing().await {
+            Some(Ok(db)) => db.record_payment(&record).await,
+            Some(Err(error)) => Err(error),
+            None => Ok(()),
+        };
+        if let Err(error) = written {
+            tracing::warn!(invoice = %invoice.number, attempt, %error, "payment row not written");
+        }
+    }
+
+    /// The billing database, if billing records are on; reconnected first when its connection
+    /// was lost (the server restarted, the network cut): a failed reconnect is a database error
+    /// like any other, and the step is tried again later.
+    async fn billing(&self) -> Option<Result<tokio::sync::MutexGuard<'_, PgBilling>, BillingError>> {
+        let mut db = self.billing.as_ref()?.lock().await;
+        if db.client().is_closed() {
+            match PgBilling::connect(&self.cfg.postgres, |name| std::env::var(name).ok()).await {
+                Ok(fresh) => {
+                    tracing::info!("billing database reconnected");
+                    *db = fresh;
+                }
+                Err(error) => return Some(Err(error)),
+            }
+        }
+        Some(Ok(db))
+    }
+
+    /// The invoice's row as issued (before its first charge attempt), if billing records are on.
+    async fn record_issued(&self, invoice: &Invoice) -> Result<(), BillingError> {
+        match self.billing().await {
+            Some(db) => db?.record_invoice(invoice, InvoiceStatus::Issued).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The invoice's row with its final status and the row of the payment that settled it (the
+    /// gateway's charge or its decline, or the prepaid wallet), if billing records are on.
+    async fn record(
+        &self,
+        p: &Pending,
+        invoice: &Invoice,
+        funding: Funding,
+        status: InvoiceStatus,
+    ) -> Result<(), BillingError> {
+        if self.billing.is_none() {
+            return Ok(());
+        }
+        let at = |t: u64| i64::try_from(t).unwrap_or(i64::MAX);
+        let wallet = format!("wallet-{}", p.entry.key);
+        let row = match (&p.outcome, funding) {
+            (_, Funding::Prepaid) => {
+                Some((1, PaymentOutcome::Wallet, Some(wallet.as_str()), None, invoice.issued_at_unix_s))
+            }
+            (Some(Outcome::Paid { payment_id, at_unix_s }), _) => {
+                Some((p.attempts, PaymentOutcome::Succeeded, Some(payment_id.as_str()), None, at(*at_unix_s)))
+            }
+            (Some(Outcome::Declined { reason, at_unix_s }), _) => {
+                Some((p.attempts, PaymentOutcome::Declined, None, Some(reason.code()), at(*at_unix_s)))
+            }
+            _ => None,
+        };
+        let Some(db) = self.billing().await else { return Ok(()) };
+        let mut db = db?;
+        db.record_invoice(invoice, status).await?;
+        if let Some((attempt, outcome, payment_id, detail, at_unix_s)) = row {
+            let record = PaymentRecord {
+                invoice_number: &invoice.number,
+                attempt: attempt.max(1),
+                idempotency_key: &invoice.settlement_key,
+                outcome,
+                payment_id,
+                amount: invoice.totals.collected(),
+                currency: invoice.currency.code,
+                detail,
+                at_unix_s,
+            };
+            db.record_payment(&record).await?;
+        }
+        Ok(())
+    }
+
+    /// Step 3: invoice files, billing rows, e-mails, `Done`.
     async fn deliver(&self, p: &Pending, context: Context) -> Result<Advanced, WorkerError> {
         let key = p.entry.key;
         let means = context.draft.payment.clone();
@@ -507,20 +708,31 @@ impl<J: StepLog, P: PaymentAdapter + 'static> Worker<J, P> {
             }
             _ => Notice::None,
         };
+        let status = match (&p.outcome, context.funding) {
+            (_, Funding::Prepaid) | (Some(Outcome::Paid { .. }), _) => InvoiceStatus::Paid,
+            (Some(Outcome::Declined { .. }), _) => InvoiceStatus::PaymentFailed,
+            (Some(Outcome::DeadLetter { .. }), _) => InvoiceStatus::DeadLetter,
+            (None, _) => InvoiceStatus::Issued,
+        };
         // Rendering and synced writes are blocking work: off the runtime's threads, which
         // serve Diameter connections.
         let out = self.out.clone();
         let files = tokio::task::spawn_blocking(move || write_files(&out, invoice, notice));
-        let (invoice, emails) = files.await.map_err(|e| WorkerError::Io {
+        let (invoice, messages) = files.await.map_err(|e| WorkerError::Io {
             path: self.out.invoices.clone(),
             source: std::io::Error::other(e.to_string()),
         })??;
-        {
-            let mut stats = lock(&self.stats);
-            stats.invoices_written += 1;
-            stats.emails_written += emails;
+        // The rows before the e-mails, so what a customer is told is on record; both before
+        // `Done`, so a failure or a crash in between repeats them (upserts; the same messages).
+        if let Err(error) = self.record(p, &invoice, context.funding, status).await {
+            return Ok(self.defer(key, &error.into()));
         }
+        if let Err(error) = self.mail(key, messages).await {
+            return Ok(self.defer(key, &error));
+        }
+        lock(&self.stats).invoices_written += 1;
         self.step(key, Step::Done).await?;
+        lock(&self.sched).deferred.remove(&key);
         lock(&self.stats).settled += 1;
         if open_without_method {
             tracing::warn!(invoice = %invoice.number, account = p.entry.account,
@@ -536,6 +748,65 @@ impl<J: StepLog, P: PaymentAdapter + 'static> Worker<J, P> {
             "invoice settled"
         );
         Ok(Advanced::Done)
+    }
+
+    /// Delivers the settlement's e-mails in order, skipping those a relay already accepted. A
+    /// permanent refusal is logged and counts as handled (see the module doc); a transient
+    /// failure stops here, to be tried again.
+    async fn mail(&self, key: SettlementKey, messages: Vec<Rendered>) -> Result<(), NotYet> {
+        for message in messages {
+            let sent = lock(&self.sched).deferred.get(&key).is_some_and(|d| d.sent.contains(&message.kind));
+            if sent {
+                continue;
+            }
+            match self.send(&message).await {
+                Ok(at) => {
+                    tracing::debug!(%at, message_id = %message.message_id, "e-mail delivered");
+                    lock(&self.stats).emails_written += 1;
+                }
+                Err(SendError::Permanent(error)) => {
+                    tracing::warn!(invoice = %message.invoice_number, kind = message.kind.slug(),
+                        to = %message.to, %error, "e-mail refused for good: not sent again");
+                    lock(&self.stats).emails_refused += 1;
+                }
+                Err(e @ SendError::Transient(_)) => return Err(NotYet::Mail(e)),
+            }
+            lock(&self.sched).deferred.entry(key).or_default().sent.insert(message.kind);
+        }
+        Ok(())
+    }
+
+    /// One message through the mailer; `.eml` files on the blocking pool (synced writes).
+    async fn send(&self, message: &Rendered) -> Result<String, SendError> {
+        let Mailer::Files(dir) = &*self.mailer else { return self.mailer.deliver(message).await };
+        let (dir, message) = (dir.clone(), message.clone());
+        let shown = dir.dir().display().to_string();
+        tokio::task::spawn_blocking(move || dir.write(&message))
+            .await
+            .map_err(|e| SendError::Transient(e.to_string()))?
+            .map(|path| path.display().to_string())
+            .map_err(|e| SendError::Transient(format!("{shown}: {e}")))
+    }
+
+    /// Puts a delivery off after a database error or a transient mail failure: the next try
+    /// after a backoff (the payment retry policy's delays, but never a dead letter: the invoice
+    /// and the payment stand, only rows or e-mails wait), other settlements going on meanwhile.
+    fn defer(&self, key: SettlementKey, error: &NotYet) -> Advanced {
+        let mut sched = lock(&self.sched);
+        let deferred = sched.deferred.entry(key).or_default();
+        deferred.times = deferred.times.saturating_add(1);
+        let times = deferred.times;
+        let policy = &self.cfg.retry;
+        let n = times.min(policy.attempts_max.saturating_sub(1)).max(1);
+        let rng = sched.rng.get_or_insert(SplitMix64(0));
+        let delay_ms = match policy.next_delay(n, rng) {
+            Retry::After { delay_ms } => delay_ms,
+            Retry::DeadLetter => policy.cap_ms,
+        };
+        drop(sched);
+        lock(&self.stats).deliveries_deferred += 1;
+        tracing::warn!(key = %key, times, %error, delay_ms, "settlement delivery put off; trying again");
+        Advanced::RetryAfter(Duration::from_millis(delay_ms))
     }
 
     /// Journals `step` for `key`, waits until it is durable, then applies it to the outbox.
@@ -556,10 +827,14 @@ enum Notice {
     None,
 }
 
-/// Writes `<number>.json` and `<number>.xml` (each to a temporary name, synced, renamed), then
-/// the invoice e-mail and the notice through the `.eml` directory. Returns the invoice and the
-/// number of e-mails written.
-fn write_files(out: &Output, invoice: Invoice, notice: Notice) -> Result<(Invoice, u64), WorkerError> {
+/// Writes `<number>.json` and `<number>.xml` (each to a temporary name, synced, renamed), and
+/// renders the invoice e-mail and the notice. Returns the invoice and the messages, in the order
+/// they are to be sent.
+fn write_files(
+    out: &Output,
+    invoice: Invoice,
+    notice: Notice,
+) -> Result<(Invoice, Vec<Rendered>), WorkerError> {
     let json = serde_json::to_vec_pretty(&render::json(&invoice)).expect("a JSON value serializes");
     for (ext, bytes) in [("json", json), ("xml", render::ubl(&invoice))] {
         let path = out.invoices.join(format!("{}.{ext}", invoice.number));
@@ -571,15 +846,11 @@ fn write_files(out: &Output, invoice: Invoice, notice: Notice) -> Result<(Invoic
         Notice::Failed(reason, at) => messages.push(email::payment_failed(&invoice, reason, at)),
         Notice::None => {}
     }
-    let mail_error = |source| WorkerError::Io { path: out.mail.dir().to_owned(), source };
-    let mut written = 0;
-    for m in messages {
-        let m = m.map_err(|e| mail_error(std::io::Error::other(e.to_string())))?;
-        let path = out.mail.write(&m).map_err(mail_error)?;
-        tracing::debug!(path = %path.display(), message_id = %m.message_id, "e-mail written");
-        written += 1;
-    }
-    Ok((invoice, written))
+    let rendered = messages.into_iter().collect::<Result<Vec<_>, _>>().map_err(|e| WorkerError::Io {
+        path: out.mail.dir().to_owned(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    Ok((invoice, rendered))
 }
 
 /// A step's ledger change, made live (recovery makes it through `Engine::recover`).
