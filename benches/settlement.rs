@@ -10,7 +10,9 @@
 //! step record to be durable), the synced file writes per settlement (each invoice file and
 //! `.eml` is a temporary file, fsync, rename, directory fsync; the sandbox syncs a books line per
 //! charge), CPU time against wall time, and a probe of one such synced write's latency on the
-//! same disk. `cargo test --benches` runs 200 sessions. `GYRO_SETTLE_BENCH_SESSIONS` overrides.
+//! same disk. `cargo test --benches` runs 200 sessions. `GYRO_SETTLE_BENCH_SESSIONS` overrides
+//! the count, `GYRO_SETTLE_BENCH_DIR` the parent directory (`/dev/shm` shows the rate without
+//! the disk's fsync latency).
 //!
 //! The rate to keep up with: W3 is CCR-I/U/T 1:8:1, so terminations/s = W3 answers/s ÷ 10; the
 //! latest measured W3 rate is 140 200 answers/s (README, Performance).
@@ -126,16 +128,16 @@ fn env(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-/// This process's user + system CPU time, from `/proc/self/stat` (Linux; clock ticks of 10 ms,
-/// the USER_HZ of every mainstream kernel). `None` elsewhere.
-fn cpu_s() -> Option<f64> {
+/// This process's user and system CPU time in seconds, from `/proc/self/stat` (Linux; clock
+/// ticks of 10 ms, the USER_HZ of every mainstream kernel). `None` elsewhere.
+fn cpu_s() -> Option<(f64, f64)> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     let after_name = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = after_name.split_whitespace().collect();
     // Fields 14 and 15 of proc(5), counted from the state (field 3) here.
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / 100.0)
+    Some((utime / 100.0, stime / 100.0))
 }
 
 /// The latency of one synced atomic write as the worker makes it (temporary file, write, fsync,
@@ -159,7 +161,8 @@ fn probe_atomic_write(dir: &Path, bytes: usize, n: usize) -> Duration {
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let sessions = env("GYRO_SETTLE_BENCH_SESSIONS", if full { 20_000 } else { 200 });
-    let dir = tempfile::Builder::new().prefix("gyro-settle-bench-").tempdir().unwrap();
+    let parent = std::env::var_os("GYRO_SETTLE_BENCH_DIR").map_or_else(std::env::temp_dir, Into::into);
+    let dir = tempfile::Builder::new().prefix("gyro-settle-bench-").tempdir_in(parent).unwrap();
     let data = dir.path().join("data");
     let text = catalog_text();
     let catalog = Catalog::from_toml("bench", &text).unwrap();
@@ -215,7 +218,7 @@ fn main() {
         }
     });
     let settle_s = t.elapsed().as_secs_f64();
-    let cpu = cpu_s().zip(cpu_before).map(|(a, b)| a - b);
+    let cpu = cpu_s().zip(cpu_before).map(|(a, b)| (a.0 - b.0, a.1 - b.1));
     shutdown.cancel();
     let stats = runtime.block_on(task).unwrap();
     let after = journal.stats();
@@ -261,11 +264,14 @@ fn main() {
         file_syncs as f64 / n,
         probe.as_secs_f64() * 1e3,
     );
-    if let Some(cpu) = cpu {
+    if let Some((user, system)) = cpu {
         println!(
-            "  CPU: {cpu:.2} s over {settle_s:.2} s of wall time ({:.0} % of one core; {:.0} µs per settlement)",
-            100.0 * cpu / settle_s,
-            cpu / n * 1e6
+            "  CPU: {:.2} s ({user:.2} s user, {system:.2} s system) over {settle_s:.2} s of wall time \
+             ({:.0} % of one core; {:.0} µs per settlement, {:.0} µs of it in the kernel)",
+            user + system,
+            100.0 * (user + system) / settle_s,
+            (user + system) / n * 1e6,
+            system / n * 1e6,
         );
     }
     println!("  worker: {stats:?}");
