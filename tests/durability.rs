@@ -32,7 +32,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -51,8 +51,6 @@ use gyro::net::client::{Client, ClientError, ClientIdentity};
 
 /// Every network step is bounded by this.
 const STEP: Duration = Duration::from_secs(5);
-/// How long a server may take to start (a debug build recovering its journal on a busy machine).
-const START_MAX: Duration = Duration::from_secs(30);
 const MIB: u64 = 1_048_576;
 const DAY_MS: u64 = 86_400_000;
 
@@ -383,123 +381,13 @@ impl Setup {
     }
 }
 
-extern "C" {
-    /// kill(2) from the C library std links anyway (no crate needed for one signal).
-    fn kill(pid: i32, sig: i32) -> i32;
-}
+#[path = "common/serve.rs"]
+mod serve;
+use serve::{read_log, Gyro};
 
-const SIGTERM: i32 = 15;
-
-/// `gyro serve` as a child process; killed when dropped.
-struct Gyro {
-    child: Child,
-    addr: SocketAddr,
-    log: PathBuf,
-    started_in: Duration,
-}
-
-impl Gyro {
-    /// Starts `gyro serve` on the setup's data directory, on a port the kernel picks, and waits
-    /// (bounded) until it listens.
-    fn start(setup: &Setup, run: usize) -> Self {
-        let started = Instant::now();
-        let log = setup.dir.path().join(format!("gyro-{run}.log"));
-        let out = std::fs::File::create(&log).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_gyro"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&setup.config)
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(&setup.data)
-            .env("NO_COLOR", "1")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("gyro starts");
-        loop {
-            let text = read_log(&log);
-            if let Some(addr) = listening_addr(&text) {
-                return Self { child, addr, log, started_in: started.elapsed() };
-            }
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("gyro exited ({status}) before listening:\n{text}");
-            }
-            if started.elapsed() > START_MAX {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("gyro did not listen within {START_MAX:?}:\n{text}");
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    /// SIGKILL: no chance to flush or answer anything.
-    fn kill(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    /// SIGTERM (graceful stop), then waits (bounded) for the exit.
-    fn terminate(&mut self) -> ExitStatus {
-        let pid = i32::try_from(self.child.id()).unwrap();
-        // SAFETY: kill(2) on our own child, which has not been waited for, so the pid is still
-        // its own; kill has no memory-safety preconditions.
-        let r = unsafe { kill(pid, SIGTERM) };
-        assert_eq!(r, 0, "SIGTERM delivered");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                self.kill();
-                panic!("gyro did not stop within 15 s of SIGTERM:\n{}", self.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    fn log_text(&self) -> String {
-        read_log(&self.log)
-    }
-}
-
-impl Drop for Gyro {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// The log without ANSI colour sequences (tracing may colour even with NO_COLOR).
-fn read_log(path: &std::path::Path) -> String {
-    let raw = String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned();
-    let mut out = String::with_capacity(raw.len());
-    let mut chars = raw.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // CSI: ESC [ parameters final-byte (a letter).
-            for d in chars.by_ref() {
-                if d.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// `addr=` of the "gyro listening for Diameter" line.
-fn listening_addr(log: &str) -> Option<SocketAddr> {
-    let line = log.lines().find(|l| l.contains("gyro listening"))?;
-    let at = line.find("addr=")? + "addr=".len();
-    line[at..].split_whitespace().next()?.parse().ok()
+/// Run `run` of `gyro serve` on the setup's directory, its log in `gyro-RUN.log`.
+fn start_gyro(setup: &Setup, run: usize) -> Gyro {
+    Gyro::start(&setup.config, &setup.data, setup.dir.path().join(format!("gyro-{run}.log")))
 }
 
 async fn connect(addr: SocketAddr, origin_host: &str) -> Client {
@@ -600,7 +488,7 @@ async fn retransmissions_after_a_restart_get_the_original_answer_and_cost_nothin
     let sub = "e164:491710000001";
     let s = "pgw.gyro.test;1795593480;1";
 
-    let mut gyro = Gyro::start(&setup, 0);
+    let mut gyro = start_gyro(&setup, 0);
     let mut pgw = Peer::open(&gyro, "pgw.gyro.test").await;
     let (_, i) = pgw.call(&Ccr::new(INITIAL, s, 0, sub, GY).rg(10, Some(0), None)).await;
     assert_eq!(result_code(&i), 2001, "CCR-I: {}", error_message(&i));
@@ -616,7 +504,7 @@ async fn retransmissions_after_a_restart_get_the_original_answer_and_cost_nothin
     drop(pgw);
     gyro.kill();
 
-    let mut gyro = Gyro::start(&setup, 1);
+    let mut gyro = start_gyro(&setup, 1);
     let mut pgw = Peer::open(&gyro, "pgw.gyro.test").await;
     let again = pgw.send(&retransmission(&u1)).await;
     assert_same_answer("CCR-U 1 after SIGKILL", &u1, &a1, &again);
@@ -638,7 +526,7 @@ async fn retransmissions_after_a_restart_get_the_original_answer_and_cost_nothin
     drop(pgw);
     gyro.kill();
 
-    let mut gyro = Gyro::start(&setup, 2);
+    let mut gyro = start_gyro(&setup, 2);
     let mut pgw = Peer::open(&gyro, "pgw.gyro.test").await;
     let again = pgw.send(&retransmission(&t3)).await;
     assert_same_answer("CCR-T after SIGKILL", &t3, &a3, &again);
@@ -1170,7 +1058,7 @@ async fn crash_loop_loses_no_acknowledged_charge_and_charges_nothing_twice() {
     let mut totals = Counts::default();
     for round in 0..=rounds {
         let last = round == rounds;
-        let mut gyro = Gyro::start(&setup, round);
+        let mut gyro = start_gyro(&setup, round);
         let mut workers = Vec::new();
         for c in 0..CONNECTIONS {
             let host = format!("pgw{c}.gyro.test");

@@ -76,7 +76,6 @@ use gyro::settlement::worker::{Advanced, Output, Worker};
 use gyro::settlement::{Sandbox, SettlementConfig};
 
 const STEP: Duration = Duration::from_secs(5);
-const START_MAX: Duration = Duration::from_secs(30);
 /// How long the worker may take to settle what a test sent (a debug build on a busy machine).
 const SETTLE_MAX: Duration = Duration::from_secs(60);
 const MIB: u64 = 1_048_576;
@@ -378,88 +377,13 @@ impl Setup {
     }
 }
 
-extern "C" {
-    fn kill(pid: i32, sig: i32) -> i32;
-}
+#[path = "common/serve.rs"]
+mod serve;
+use serve::Gyro;
 
-struct Gyro {
-    child: Child,
-    addr: SocketAddr,
-    log: PathBuf,
-}
-
-impl Gyro {
-    fn start(setup: &Setup, run: usize) -> Self {
-        let started = Instant::now();
-        let log = setup.dir.path().join(format!("gyro-{run}.log"));
-        let out = std::fs::File::create(&log).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_gyro"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&setup.config)
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(&setup.data)
-            .env("NO_COLOR", "1")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("gyro starts");
-        loop {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if let Some(addr) = listening_addr(&text) {
-                return Self { child, addr, log };
-            }
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("gyro exited ({status}) before listening:\n{text}");
-            }
-            if started.elapsed() > START_MAX {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("gyro did not listen within {START_MAX:?}:\n{text}");
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    fn kill(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    fn terminate(&mut self) {
-        let pid = i32::try_from(self.child.id()).unwrap();
-        // SAFETY: kill(2) on our own child, not yet waited for; no memory-safety preconditions.
-        assert_eq!(unsafe { kill(pid, 15) }, 0, "SIGTERM delivered");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while self.child.try_wait().unwrap().is_none() {
-            if Instant::now() > deadline {
-                self.kill();
-                panic!("gyro did not stop within 15 s of SIGTERM:\n{}", self.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    fn log_text(&self) -> String {
-        String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
-    }
-}
-
-impl Drop for Gyro {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn listening_addr(log: &str) -> Option<SocketAddr> {
-    let line = log.lines().find(|l| l.contains("gyro listening"))?;
-    let at = line.find("addr=")? + "addr=".len();
-    line[at..].split_whitespace().next()?.parse().ok()
+/// Run `run` of `gyro serve` on the setup's directory, its log in `gyro-RUN.log`.
+fn start_gyro(setup: &Setup, run: usize) -> Gyro {
+    Gyro::start(&setup.config, &setup.data, setup.dir.path().join(format!("gyro-{run}.log")))
 }
 
 struct Peer {
@@ -530,7 +454,7 @@ fn wait_for_invoices(data: &Path, n: usize, gyro: &Gyro) -> BTreeMap<String, ser
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_over_diameter_are_invoiced_paid_and_mailed() {
     let setup = Setup::new();
-    let mut gyro = Gyro::start(&setup, 0);
+    let mut gyro = start_gyro(&setup, 0);
     let mut peer = Peer::open(gyro.addr).await;
     let mut debited = HashMap::new();
     for (session, sub) in [("s-pre", PREPAID), ("s-card", CARD), ("s-declined", DECLINED)] {
@@ -610,7 +534,7 @@ async fn sessions_over_diameter_are_invoiced_paid_and_mailed() {
     // A restart settles nothing again.
     peer.client.close().await.unwrap();
     gyro.terminate();
-    let gyro = Gyro::start(&setup, 1);
+    let gyro = start_gyro(&setup, 1);
     assert!(gyro.log_text().contains("pending=0"), "{}", gyro.log_text());
     assert_eq!(invoices(&setup.data).len(), 4);
 }
@@ -1327,7 +1251,7 @@ async fn killed_at_random_moments_every_session_is_settled_once() {
     let setup = Setup::new();
     let sent = Arc::new(std::sync::Mutex::new(Sent::default()));
     for round in 0..rounds {
-        let mut gyro = Gyro::start(&setup, round);
+        let mut gyro = start_gyro(&setup, round);
         // Three connections run sessions while the worker settles them; SIGKILL lands anywhere.
         let clients: Vec<_> = (0..3)
             .map(|c| {
@@ -1340,7 +1264,7 @@ async fn killed_at_random_moments_every_session_is_settled_once() {
             tokio::time::timeout(STEP * 2, c).await.expect("clients see the kill").unwrap();
         }
     }
-    let gyro = Gyro::start(&setup, rounds);
+    let gyro = start_gyro(&setup, rounds);
     let pending: Vec<String> = (1..=rounds)
         .map(|r| {
             let log =
@@ -1498,7 +1422,7 @@ async fn with_smtp_and_postgres_configured_serve_mails_through_the_relay_and_rec
     ));
     std::fs::write(&setup.config, text).unwrap();
 
-    let mut gyro = Gyro::start(&setup, 0);
+    let mut gyro = start_gyro(&setup, 0);
     let mut peer = Peer::open(gyro.addr).await;
     let mut debited = HashMap::new();
     for (session, sub, customer) in
@@ -1597,7 +1521,7 @@ async fn with_smtp_and_postgres_configured_serve_mails_through_the_relay_and_rec
     // A restart settles nothing again: no new e-mail, no new row.
     peer.client.close().await.unwrap();
     gyro.terminate();
-    let mut gyro = Gyro::start(&setup, 1);
+    let mut gyro = start_gyro(&setup, 1);
     assert!(gyro.log_text().contains("pending=0"), "{}", gyro.log_text());
     wait_for_log(&gyro, "billing records on", 1);
     std::thread::sleep(Duration::from_millis(300));
