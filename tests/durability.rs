@@ -42,7 +42,7 @@ use gyro::cc::{Engine, EngineConfig, Now, RecordSink, SweepStats};
 use gyro::diameter::encode::spec;
 use gyro::diameter::{
     validate_request, ApplicationId, AvpCode, AvpIter, AvpSpec, CommandCode, CommandFlags, Dictionary,
-    Encoder, LocalIdentity, MessageRef, VendorId,
+    Encoder, VendorId,
 };
 use gyro::durable::{self, ChargingJournal, Sink};
 use gyro::journal::JournalConfig;
@@ -235,26 +235,11 @@ fn put_units(e: &mut Encoder<'_>, unit: Unit, u: &Units) {
     }
 }
 
-/// The same request marked as a retransmission (RFC 6733 §3: the T flag).
-fn retransmission(req: &[u8]) -> Bytes {
-    let mut b = req.to_vec();
-    b[4] |= CommandFlags::RETRANSMIT;
-    Bytes::from(b)
-}
-
 // ---------------------------------------------------------------------------------------------
 // Answers
 
-fn msg(b: &[u8]) -> MessageRef<'_> {
-    MessageRef::parse(b).expect("a whole Diameter message")
-}
-
 fn hop_by_hop(b: &[u8]) -> u32 {
     msg(b).header.hop_by_hop
-}
-
-fn result_code(a: &[u8]) -> u32 {
-    msg(a).u32(AvpCode::RESULT_CODE).expect("an answer with a Result-Code")
 }
 
 fn error_message(a: &[u8]) -> String {
@@ -293,22 +278,6 @@ fn has_avp(avps: AvpIter<'_>, code: u32) -> bool {
     avps.map_while(Result::ok).any(|m| m.code.0 == code)
 }
 
-/// A Unit-Value money AVP (Cost-Information 423, Remaining-Balance 2021/10415) in cents.
-fn money(a: &[u8], code: u32, vendor: VendorId) -> Option<i64> {
-    let m = msg(a).avps().map_while(Result::ok).find(|m| m.code.0 == code && m.vendor == vendor)?;
-    let uv = m.members().map_while(Result::ok).find(|u| u.code.0 == 445)?;
-    let (mut digits, mut exponent) = (0i64, 0i32);
-    for x in uv.members().map_while(Result::ok) {
-        match x.code.0 {
-            447 => digits = i64::from_be_bytes(x.data.try_into().unwrap()),
-            429 => exponent = i32::from_be_bytes(x.data.try_into().unwrap()),
-            _ => {}
-        }
-    }
-    assert_eq!(exponent, -2, "EUR amounts in cents");
-    Some(digits)
-}
-
 fn cost(a: &[u8]) -> Option<i64> {
     money(a, 423, VendorId::IETF)
 }
@@ -328,18 +297,6 @@ fn assert_echoes(req: &[u8], ans: &[u8]) {
 
 // ---------------------------------------------------------------------------------------------
 // Files, the server process, in-process recovery
-
-fn local() -> LocalIdentity {
-    LocalIdentity {
-        origin_host: "gyro.localdomain".into(),
-        origin_realm: "localdomain".into(),
-        host_ip_addresses: vec![],
-        vendor_id: 0,
-        product_name: "gyro".into(),
-        firmware_revision: 0,
-        origin_state_id: 0,
-    }
-}
 
 /// The clocks of a process started now: a fresh monotonic origin and the wall clock.
 fn wall_now() -> Now {
@@ -434,6 +391,10 @@ impl Peer {
 
 // ---------------------------------------------------------------------------------------------
 // 1. A duplicate across a restart
+
+#[path = "common/answers.rs"]
+mod answers;
+use answers::{local, money, msg, result_code, retransmission};
 
 const SIMPLE_CATALOG: &str = r#"
 [[plans]]

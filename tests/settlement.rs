@@ -59,9 +59,7 @@ use bytes::{Bytes, BytesMut};
 use gyro::catalog::{Catalog, SubscriptionKind};
 use gyro::cc::{Engine, EngineConfig, Now, RecordSink};
 use gyro::diameter::encode::spec;
-use gyro::diameter::{
-    ApplicationId, AvpCode, AvpSpec, CommandCode, CommandFlags, Encoder, LocalIdentity, MessageRef, VendorId,
-};
+use gyro::diameter::{ApplicationId, AvpSpec, CommandCode, CommandFlags, Encoder, VendorId};
 use gyro::durable::{self, ChargingJournal, Sink};
 use gyro::journal::JournalConfig;
 use gyro::ledger::AccountId;
@@ -74,6 +72,10 @@ use gyro::settlement::payment::{
 use gyro::settlement::smtp::{Mailer, SmtpConfig, SmtpMailer, SmtpSecurity};
 use gyro::settlement::worker::{Advanced, Output, Worker};
 use gyro::settlement::{Sandbox, SettlementConfig};
+
+#[path = "common/answers.rs"]
+mod answers;
+use answers::{local, money, msg, result_code, retransmission};
 
 const STEP: Duration = Duration::from_secs(5);
 /// How long the worker may take to settle what a test sent (a debug build on a busy machine).
@@ -252,36 +254,6 @@ impl Ccr {
         e.finish();
         b.freeze()
     }
-}
-
-fn retransmission(req: &[u8]) -> Bytes {
-    let mut b = req.to_vec();
-    b[4] |= CommandFlags::RETRANSMIT;
-    Bytes::from(b)
-}
-
-fn msg(b: &[u8]) -> MessageRef<'_> {
-    MessageRef::parse(b).expect("a whole Diameter message")
-}
-
-fn result_code(a: &[u8]) -> u32 {
-    msg(a).u32(AvpCode::RESULT_CODE).expect("an answer with a Result-Code")
-}
-
-/// A Unit-Value money AVP in cents.
-fn money(a: &[u8], code: u32, vendor: VendorId) -> Option<i64> {
-    let m = msg(a).avps().map_while(Result::ok).find(|m| m.code.0 == code && m.vendor == vendor)?;
-    let uv = m.members().map_while(Result::ok).find(|u| u.code.0 == 445)?;
-    let (mut digits, mut exponent) = (0i64, 0i32);
-    for x in uv.members().map_while(Result::ok) {
-        match x.code.0 {
-            447 => digits = i64::from_be_bytes(x.data.try_into().unwrap()),
-            429 => exponent = i32::from_be_bytes(x.data.try_into().unwrap()),
-            _ => {}
-        }
-    }
-    assert_eq!(exponent, -2, "EUR amounts in cents");
-    Some(digits)
 }
 
 fn cost(a: &[u8]) -> i64 {
@@ -541,18 +513,6 @@ async fn sessions_over_diameter_are_invoiced_paid_and_mailed() {
 
 // ---------------------------------------------------------------------------------------------
 // 2. In process: a crash at every step
-
-fn local() -> LocalIdentity {
-    LocalIdentity {
-        origin_host: "gyro.localdomain".into(),
-        origin_realm: "localdomain".into(),
-        host_ip_addresses: vec![],
-        vendor_id: 0,
-        product_name: "gyro".into(),
-        firmware_revision: 0,
-        origin_state_id: 0,
-    }
-}
 
 const T0: u64 = 1_800_000_000;
 

@@ -34,9 +34,7 @@ use bytes::{Bytes, BytesMut};
 use gyro::catalog::{Catalog, Funding, SubscriptionKind};
 use gyro::cc::{Engine, EngineConfig, Now, RecordSink};
 use gyro::diameter::encode::spec;
-use gyro::diameter::{
-    ApplicationId, AvpCode, AvpSpec, CommandCode, CommandFlags, Encoder, LocalIdentity, MessageRef, VendorId,
-};
+use gyro::diameter::{ApplicationId, AvpSpec, CommandCode, CommandFlags, Encoder, VendorId};
 use gyro::durable::{self, ChargingJournal, Sink};
 use gyro::journal::JournalConfig;
 use gyro::ledger::{AccountId, AccountView};
@@ -45,6 +43,10 @@ use gyro::settlement::worker::{Output, Worker};
 use gyro::settlement::{RetryPolicy, Sandbox, SettlementConfig};
 use rust_decimal::Decimal;
 use tokio_util::sync::CancellationToken;
+
+#[path = "common/answers.rs"]
+mod answers;
+use answers::{local, msg, result_code};
 
 const SESSIONS_DEFAULT: usize = 2_000;
 const ACCOUNTS: usize = 48;
@@ -434,14 +436,6 @@ impl Ccr {
     }
 }
 
-fn msg(b: &[u8]) -> MessageRef<'_> {
-    MessageRef::parse(b).expect("a whole Diameter message")
-}
-
-fn result_code(a: &[u8]) -> u32 {
-    msg(a).u32(AvpCode::RESULT_CODE).expect("an answer with a Result-Code")
-}
-
 /// Cost-Information in cents (0 when the answer has none: nothing was charged).
 fn cost(a: &[u8]) -> i64 {
     let m = msg(a);
@@ -464,18 +458,6 @@ fn cost(a: &[u8]) -> i64 {
 
 // ---------------------------------------------------------------------------------------------
 // The node: engine, journal, worker
-
-fn local() -> LocalIdentity {
-    LocalIdentity {
-        origin_host: "gyro.localdomain".into(),
-        origin_realm: "localdomain".into(),
-        host_ip_addresses: vec![],
-        vendor_id: 0,
-        product_name: "gyro".into(),
-        firmware_revision: 0,
-        origin_state_id: 0,
-    }
-}
 
 struct Node {
     engine: Arc<Engine>,
