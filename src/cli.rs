@@ -44,8 +44,8 @@ pub enum Command {
     /// Run the benchmark responder: the same Diameter server as `serve`, answering every CCR
     /// with one canned 2001 CCA (10 MiB granted). Not an OCS: nothing is rated or charged.
     Echo {
-        /// TOML configuration file; its [diameter] settings apply, [charging] and [journal]
-        /// are ignored.
+        /// TOML configuration file; its diameter section applies, the charging and journal
+        /// sections are ignored.
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// Override diameter.listen, e.g. 127.0.0.1:3868.
