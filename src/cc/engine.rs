@@ -1257,7 +1257,6 @@ impl Engine {
             let (id, n) = (ccr.session_id, ccr.request_number);
             self.events.insert_tagged(now.mono_ms, id, n, print, Bytes::copy_from_slice(answer));
             tx.rec.event(id, n, print, answer);
-            let settle = settle.filter(|_| self.cfg.settle);
             if let Some(entry) = &settle {
                 outbox::encode_entry(&mut tx.rec.buf, entry);
             }
@@ -1275,7 +1274,7 @@ impl Engine {
     }
 
     /// Returns whether the ledger changed (only then is the answer remembered); a money debit
-    /// leaves its outbox entry in `settle`.
+    /// leaves its outbox entry in `settle` when settlement is on (`EngineConfig::settle`).
     #[allow(clippy::too_many_arguments)]
     fn event_inner(
         &self,
@@ -1366,8 +1365,11 @@ impl Engine {
                     match self.ledger.debit(now.mono_ms, account, op, cost, false) {
                         Ok(_) => {
                             rec.debit(account, op, cost, false);
-                            if 0 < cost.0 {
+                            if self.cfg.settle && 0 < cost.0 {
                                 // Keyed by the event's ledger key, and apart from any session's.
+                                // Built only when settling: with settlement off (no data
+                                // directory, benchmarks) a CCR-E hashes and allocates nothing
+                                // for it.
                                 let key = SettlementKey([op, !self.sessions.key(ccr.session_id).0[1]]);
                                 *settle = Some(SettleEntry {
                                     key,
