@@ -30,8 +30,6 @@
 //! saved result instead of charging again, for 24 hours; the retry policy's default span (about
 //! ten minutes) stays well inside that window. Past it, the search has long caught up.
 
-use std::future::Future;
-
 use serde::Deserialize;
 
 use super::http::{self, Timeouts};
@@ -59,8 +57,10 @@ impl Stripe {
             secret_key,
         })
     }
+}
 
-    async fn charge_once(&self, request: &ChargeRequest) -> Result<ChargeOutcome, PaymentError> {
+impl PaymentAdapter for Stripe {
+    async fn charge(&self, request: &ChargeRequest) -> Result<ChargeOutcome, PaymentError> {
         let response = self
             .client
             .post(format!("{}/v1/payment_intents", self.base_url))
@@ -84,7 +84,7 @@ impl Stripe {
         outcome
     }
 
-    async fn lookup_once(&self, key: &IdempotencyKey) -> Result<Option<ChargeOutcome>, PaymentError> {
+    async fn lookup(&self, key: &IdempotencyKey) -> Result<Option<ChargeOutcome>, PaymentError> {
         let response = self
             .client
             .get(format!("{}/v1/payment_intents/search", self.base_url))
@@ -107,22 +107,6 @@ impl Stripe {
             return Err(PaymentError::Transient);
         }
         Err(PaymentError::Rejected { status: status.as_u16() })
-    }
-}
-
-impl PaymentAdapter for Stripe {
-    fn charge(
-        &self,
-        request: &ChargeRequest,
-    ) -> impl Future<Output = Result<ChargeOutcome, PaymentError>> + Send {
-        self.charge_once(request)
-    }
-
-    fn lookup(
-        &self,
-        key: &IdempotencyKey,
-    ) -> impl Future<Output = Result<Option<ChargeOutcome>, PaymentError>> + Send {
-        self.lookup_once(key)
     }
 }
 

@@ -28,8 +28,6 @@
 //! key. Without it `lookup` answers `Err(Unknown)`: the worker can only resend under the same
 //! key, which the receiver's idempotency makes safe.
 
-use std::future::Future;
-
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -70,8 +68,10 @@ impl Webhook {
             clock,
         })
     }
+}
 
-    async fn charge_once(&self, request: &ChargeRequest) -> Result<ChargeOutcome, PaymentError> {
+impl PaymentAdapter for Webhook {
+    async fn charge(&self, request: &ChargeRequest) -> Result<ChargeOutcome, PaymentError> {
         let body = body(request);
         let signature = sign(self.secret.expose().as_bytes(), (self.clock)(), &body);
         let response = self
@@ -93,7 +93,7 @@ impl Webhook {
         outcome
     }
 
-    async fn lookup_once(&self, key: &IdempotencyKey) -> Result<Option<ChargeOutcome>, PaymentError> {
+    async fn lookup(&self, key: &IdempotencyKey) -> Result<Option<ChargeOutcome>, PaymentError> {
         let Some(url) = &self.lookup_url else {
             return Err(PaymentError::Unknown);
         };
@@ -113,22 +113,6 @@ impl Webhook {
         }
         let body = http::body(response).await;
         answer(status, body.as_deref(), &format!("key:{}", key.0)).map(Some)
-    }
-}
-
-impl PaymentAdapter for Webhook {
-    fn charge(
-        &self,
-        request: &ChargeRequest,
-    ) -> impl Future<Output = Result<ChargeOutcome, PaymentError>> + Send {
-        self.charge_once(request)
-    }
-
-    fn lookup(
-        &self,
-        key: &IdempotencyKey,
-    ) -> impl Future<Output = Result<Option<ChargeOutcome>, PaymentError>> + Send {
-        self.lookup_once(key)
     }
 }
 
