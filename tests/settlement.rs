@@ -51,7 +51,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -1264,62 +1264,9 @@ async fn killed_at_random_moments_every_session_is_settled_once() {
 // ---------------------------------------------------------------------------------------------
 // 4. The production pieces: an SMTP relay (aiosmtpd) and billing records (PostgreSQL)
 
-/// `tests/interop/smtp_sink.py`: aiosmtpd requiring STARTTLS and AUTH, each message it accepts
-/// parsed by Python's `email` package and written as `<n>.json` (the pattern of
-/// `settlement::smtp::tests`). Stopped (stdin closed, then killed) when dropped.
-struct SmtpSink {
-    child: Child,
-    port: u16,
-    out: tempfile::TempDir,
-}
-
-impl SmtpSink {
-    fn start(cert: &Path, key: &Path, user: &str, password: &str) -> Self {
-        use std::io::BufRead;
-        let out = tempfile::tempdir().unwrap();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/smtp_sink.py");
-        let mut child = Command::new("python3")
-            .arg(&script)
-            .args(["--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap()])
-            .args(["--user", user, "--password", password, "--out", out.path().to_str().unwrap()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 must be installed for this test (.ci/run installs aiosmtpd)");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
-        let Some(port) = line.trim().strip_prefix("READY ").and_then(|p| p.parse().ok()) else {
-            let _ = child.kill();
-            panic!(
-                "the SMTP sink did not start (is aiosmtpd installed? `python3 -m pip install \
-                 aiosmtpd`; .ci/run does it): {line:?}"
-            );
-        };
-        Self { child, port, out }
-    }
-
-    /// The messages received so far, in order.
-    fn received(&self) -> Vec<serde_json::Value> {
-        (1..)
-            .map_while(|n| std::fs::read_to_string(self.out.path().join(format!("{n}.json"))).ok())
-            .map(|text| serde_json::from_str(&text).unwrap())
-            .collect()
-    }
-}
-
-impl Drop for SmtpSink {
-    fn drop(&mut self) {
-        drop(self.child.stdin.take());
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+#[path = "common/smtp_sink.rs"]
+mod smtp_sink;
+use smtp_sink::SmtpSink;
 
 /// An invoice's billing rows as the test reads them back (one payment row joined).
 #[derive(Debug, PartialEq, Eq)]

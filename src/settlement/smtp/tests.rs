@@ -1,6 +1,6 @@
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+#[path = "../../../tests/common/smtp_sink.rs"]
+mod smtp_sink;
+
 use std::time::{Duration, Instant};
 
 use super::*;
@@ -9,6 +9,7 @@ use crate::settlement::invoice::tests::sample;
 use crate::settlement::invoice::{Invoice, PaymentMeans};
 use crate::settlement::payment::PaymentId;
 use crate::settlement::render;
+use smtp_sink::SmtpSink;
 
 fn parse(text: &str) -> Result<SmtpConfig, String> {
     let c: SmtpConfig = toml::from_str(text).map_err(|e| e.to_string())?;
@@ -97,84 +98,6 @@ async fn a_relay_that_never_answers_is_a_transient_failure_within_the_timeout() 
     silent.abort();
 }
 
-/// The aiosmtpd server of `tests/interop/smtp_sink.py`, stopped (stdin closed, then killed)
-/// when dropped.
-struct Sink {
-    child: Child,
-    port: u16,
-    out: tempfile::TempDir,
-}
-
-impl Sink {
-    fn start(cert: &Path, key: &Path, user: &str, password: &str) -> Self {
-        let out = tempfile::tempdir().unwrap();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/smtp_sink.py");
-        let mut child = Command::new("python3")
-            .arg(&script)
-            .args(["--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap()])
-            .args(["--user", user, "--password", password, "--out", out.path().to_str().unwrap()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 must be installed for the SMTP exchange test (.ci/run installs it)");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
-        let Some(port) = line.trim().strip_prefix("READY ").and_then(|p| p.parse().ok()) else {
-            let _ = child.kill();
-            panic!(
-                "the SMTP sink did not start (is aiosmtpd installed? `python3 -m pip install \
-                 aiosmtpd`; .ci/run does it): {line:?}"
-            );
-        };
-        Self { child, port, out }
-    }
-
-    /// The `n`th message the server accepted, waiting for it at most 20 s.
-    fn received(&self, n: usize) -> serde_json::Value {
-        let path = self.out.path().join(format!("{n}.json"));
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(text) = std::fs::read_to_string(&path) {
-                return serde_json::from_str(&text).unwrap();
-            }
-            assert!(Instant::now() < deadline, "message {n} never reached the SMTP server");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn count(&self) -> usize {
-        std::fs::read_dir(self.out.path())
-            .unwrap()
-            .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "json"))
-            .count()
-    }
-
-    fn part(&self, record: &serde_json::Value, filename: &str) -> Vec<u8> {
-        let part = record["parts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["filename"] == filename)
-            .unwrap_or_else(|| panic!("no part named {filename} in {record}"));
-        assert_eq!(part["disposition"], "attachment");
-        std::fs::read(self.out.path().join(part["file"].as_str().unwrap())).unwrap()
-    }
-}
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        drop(self.child.stdin.take());
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn paid() -> Invoice {
     sample().mark_paid(PaymentMeans::Card { brand: "VISA".into(), last4: "4242".into() })
 }
@@ -192,7 +115,7 @@ async fn a_real_smtp_exchange_with_starttls_and_auth_delivers_the_invoice_and_it
     std::fs::write(&cert, certified.cert.pem()).unwrap();
     std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
     std::fs::write(&password_file, "s3cret\n").unwrap();
-    let sink = Sink::start(&cert, &key, "gyro", "s3cret");
+    let sink = SmtpSink::start(&cert, &key, "gyro", "s3cret");
 
     let text = format!(
         "host = \"127.0.0.1\"\nport = {}\nusername = \"gyro\"\npassword_file = \"{}\"\nca_file = \"{}\"\ntimeout_ms = 20000\n",
@@ -208,7 +131,7 @@ async fn a_real_smtp_exchange_with_starttls_and_auth_delivers_the_invoice_and_it
     let invoice = invoice_email(&inv).unwrap();
     let reply = mailer.deliver(&invoice).await.expect("the relay accepts the invoice e-mail");
     assert!(reply.contains("queued as sink-1"), "{reply}");
-    let got = sink.received(1);
+    let got = sink.wait_for(1);
     assert_eq!(got["tls"], true, "STARTTLS was used: {got}");
     assert_eq!((got["auth"].as_bool(), got["login"].as_str()), (Some(true), Some("gyro")));
     assert_eq!(got["mail_from"], inv.seller.email.as_str());
@@ -228,7 +151,7 @@ async fn a_real_smtp_exchange_with_starttls_and_auth_delivers_the_invoice_and_it
     let confirmation = payment_confirmation(&inv, &PaymentId("pay_1".into()), inv.issued_at_unix_s).unwrap();
     assert_eq!(confirmation.kind, MessageKind::PaymentConfirmation);
     mailer.deliver(&confirmation).await.expect("the relay accepts the confirmation");
-    let got = sink.received(2);
+    let got = sink.wait_for(2);
     assert_eq!(got["message_id"], confirmation.message_id.as_str());
 
     // A 5yz for the recipient is permanent, a 4yz transient; neither delivers anything.
@@ -251,5 +174,5 @@ async fn a_real_smtp_exchange_with_starttls_and_auth_delivers_the_invoice_and_it
     std::fs::write(&password_file, "s3cret").unwrap();
     let untrusted = SmtpMailer::new(&untrusted, &inv.seller.email, |_| None).unwrap();
     assert!(untrusted.send(&invoice).await.is_err());
-    assert_eq!(sink.count(), 2, "only the two accepted messages arrived");
+    assert_eq!(sink.received().len(), 2, "only the two accepted messages arrived");
 }
