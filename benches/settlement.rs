@@ -7,10 +7,10 @@
 //! directory under `$TMPDIR` (a disk, not tmpfs, for the number to mean anything). Then it
 //! starts the settlement worker and times it until the outbox is empty. It prints settlements/s
 //! and where the time goes: journal records and syncs per settlement (the worker waits for each
-//! step record to be durable), the synced file writes per settlement (each invoice file and
-//! `.eml` is a temporary file, fsync, rename, directory fsync; the sandbox syncs a books line per
-//! charge), CPU time against wall time, and a probe of one such synced write's latency on the
-//! same disk. `cargo test --benches` runs 200 sessions. `GYRO_SETTLE_BENCH_SESSIONS` overrides
+//! step record to be durable, except `Done`), the documents per settlement (each invoice file
+//! and `.eml` is a temporary file renamed, unsynced, made durable by the worker's group
+//! `syncfs` before `Done`; the sandbox syncs its books lines in groups), CPU time against wall
+//! time, and a probe of one synced atomic write's latency on the same disk, for comparison. `cargo test --benches` runs 200 sessions. `GYRO_SETTLE_BENCH_SESSIONS` overrides
 //! the count, `GYRO_SETTLE_BENCH_DIR` the parent directory (`/dev/shm` shows the rate without
 //! the disk's fsync latency).
 //!
@@ -196,14 +196,17 @@ fn main() {
     let clock: Clock = Arc::new(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs()
     });
+    let sandbox = Arc::new(sandbox);
+    let output = Output::in_data_dir(&data).unwrap();
+    let docs = Arc::clone(&output.docs);
     let worker = Worker::new(
         Arc::clone(engine.outbox()),
         Arc::clone(engine.ledger()),
         Arc::clone(journal),
-        Arc::new(sandbox),
+        Arc::clone(&sandbox),
         catalog.clone(),
         SettlementConfig::default(),
-        Output::in_data_dir(&data).unwrap(),
+        output,
         clock,
     );
     let before = journal.stats();
@@ -231,10 +234,11 @@ fn main() {
     let needed = W3_ANSWERS_PER_S / W3_REQUESTS_PER_SESSION;
     let syncs = after.syncs - before.syncs;
     let records = after.records - before.records;
-    // Per settlement: the invoice's JSON and XML and each e-mail are one atomic write each (a
-    // file fsync and a directory fsync); each charge is one synced books line.
-    let atomic_writes = stats.invoices_written * 2 + stats.emails_written;
-    let file_syncs = atomic_writes * 2 + stats.charge_attempts;
+    // Per settlement: the invoice's JSON and XML and each e-mail are one file each (temporary
+    // name, renamed, unsynced), made durable by the worker's group `syncfs`; the sandbox's
+    // books lines are synced in groups too.
+    let documents = stats.invoices_written * 2 + stats.emails_written;
+    let (doc_syncs, books_syncs) = (docs.syncs(), sandbox.books_syncs());
     let probe = probe_atomic_write(&dir.path().join("probe"), 4_096, if full { 200 } else { 20 });
     println!(
         "settlement: {sessions} sessions (half prepaid, half on_file card) terminated in {terminate_s:.2} s; \
@@ -257,11 +261,12 @@ fn main() {
         records as f64 / (after.batches - before.batches).max(1) as f64,
     );
     println!(
-        "  files: {:.2} atomic writes (invoice JSON + XML, e-mails) and {:.2} fsyncs per settlement \
-         (file + directory per write, one books line per charge); one atomic 4 KiB write on this disk \
-         takes {:.2} ms alone",
-        atomic_writes as f64 / n,
-        file_syncs as f64 / n,
+        "  files: {:.2} documents (invoice JSON + XML, e-mails) per settlement, made durable by {doc_syncs} \
+         syncfs ({:.1} settlements each); {books_syncs} books syncs for {} charges; one synced atomic \
+         4 KiB write alone takes {:.2} ms on this disk",
+        documents as f64 / n,
+        n / doc_syncs.max(1) as f64,
+        stats.charge_attempts,
         probe.as_secs_f64() * 1e3,
     );
     if let Some((user, system)) = cpu {

@@ -74,14 +74,19 @@ pub fn message_id(invoice_number: &str, kind: MessageKind, domain: &str) -> Stri
 
 /// The invoice e-mail, dated at the invoice's settlement time.
 pub fn invoice_email(inv: &Invoice) -> Result<Rendered, EmailError> {
+    let json = serde_json::to_vec_pretty(&render::json(inv)).expect("a JSON value always serializes");
+    invoice_email_with(inv, render::ubl(inv), json)
+}
+
+/// [`invoice_email`] with the invoice already rendered as UBL (`xml`) and JSON: the worker
+/// renders each invoice once, for its files and for this e-mail's attachments.
+pub fn invoice_email_with(inv: &Invoice, xml: Vec<u8>, json: Vec<u8>) -> Result<Rendered, EmailError> {
     let kind = MessageKind::Invoice;
     let subject = if inv.is_paid() {
         format!("Invoice {} (paid)", inv.number)
     } else {
         format!("Invoice {}", inv.number)
     };
-    let xml = render::ubl(inv);
-    let json = serde_json::to_vec_pretty(&render::json(inv)).expect("a JSON value always serializes");
     let body = MultiPart::mixed()
         .boundary(boundary(inv, kind, "mixed"))
         .multipart(alternative(inv, kind, render::text_body(inv), render::html(inv)))
@@ -170,6 +175,14 @@ fn attachment(name: String, bytes: Vec<u8>, mime: &str) -> SinglePart {
     Attachment::new(name).body(body, content_type)
 }
 
+/// Checks what can make an invoice's e-mails unbuildable — the seller's and the buyer's
+/// addresses — without building one (the worker checks this before numbering an invoice).
+pub fn check_addresses(inv: &Invoice) -> Result<(), EmailError> {
+    inv.seller.email.parse::<lettre::Address>()?;
+    inv.buyer.email.parse::<lettre::Address>()?;
+    Ok(())
+}
+
 fn build(
     inv: &Invoice,
     kind: MessageKind,
@@ -233,8 +246,14 @@ impl EmlDir {
         safe.then(|| format!("{invoice_number}.{}.eml", kind.slug()))
     }
 
-    /// Stores a message; returns its path.
+    /// Stores a message, synced; returns its path.
     pub fn write(&self, message: &Rendered) -> io::Result<PathBuf> {
+        self.write_with(message, true)
+    }
+
+    /// Stores a message; without `sync`, the caller makes it durable later (the worker's
+    /// group sync, [`super::docsync::DocSync`]) — a reader still never sees half a message.
+    pub fn write_with(&self, message: &Rendered, sync: bool) -> io::Result<PathBuf> {
         let name = Self::file_name(&message.invoice_number, message.kind).ok_or_else(|| {
             io::Error::new(io::ErrorKind::InvalidInput, "invoice number unfit for a file name")
         })?;
@@ -242,10 +261,14 @@ impl EmlDir {
         let tmp = self.dir.join(format!(".{name}.tmp"));
         let mut file = fs::File::create(&tmp)?;
         file.write_all(&message.bytes)?;
-        file.sync_all()?;
+        if sync {
+            file.sync_all()?;
+        }
         drop(file);
         fs::rename(&tmp, &path)?;
-        fs::File::open(&self.dir)?.sync_all()?;
+        if sync {
+            fs::File::open(&self.dir)?.sync_all()?;
+        }
         Ok(path)
     }
 }

@@ -38,6 +38,7 @@
 //! ARCHITECTURE.md, "Settlement".
 
 pub mod billing;
+pub mod docsync;
 pub mod email;
 pub mod invoice;
 pub mod numbering;

@@ -31,7 +31,8 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hasher;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde::Deserialize;
 use siphasher::sip::SipHasher13;
@@ -408,7 +409,76 @@ pub struct SandboxCharge {
 #[derive(Debug, Default)]
 pub struct Sandbox {
     state: Mutex<SandboxState>,
-    books: Option<Mutex<std::fs::File>>,
+    books: Option<Arc<Books>>,
+}
+
+/// The sandbox's books file with a group commit, as a gateway's ledger commits: outcomes
+/// decided meanwhile are appended and synced together, by whichever charge flushes first, so
+/// hundreds of charges in flight share one `fdatasync` instead of queueing for one each (and
+/// no runtime thread blocks on the disk: the async path syncs on the blocking pool).
+#[derive(Debug)]
+struct Books {
+    file: std::fs::File,
+    /// Lines decided and not yet written, and the sequence number of the last one.
+    queue: Mutex<(Vec<u8>, u64)>,
+    /// Held while writing and syncing (sync and async flushers alike).
+    writing: Mutex<()>,
+    /// Async charges queue here so that one of them flushes for all.
+    flusher: tokio::sync::Mutex<()>,
+    /// Lines up to this sequence number are durable.
+    synced: AtomicU64,
+    /// A write or sync failed: the books can no longer commit (fsyncgate: no retry).
+    failed: AtomicBool,
+    syncs: AtomicU64,
+}
+
+impl Books {
+    /// Queues `line`; returns its sequence number.
+    fn queue(&self, line: &str) -> u64 {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        q.0.extend_from_slice(line.as_bytes());
+        q.1 += 1;
+        q.1
+    }
+
+    /// Writes and syncs what is queued (blocking). Ok when line `seq` is durable.
+    fn flush_now(&self, seq: u64) -> Result<(), PaymentError> {
+        use std::io::Write;
+        let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        if self.synced.load(Ordering::Acquire) < seq && !self.failed.load(Ordering::Acquire) {
+            let (buf, upto) = {
+                let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+                (std::mem::take(&mut q.0), q.1)
+            };
+            self.syncs.fetch_add(1, Ordering::Relaxed);
+            match (&self.file).write_all(&buf).and_then(|()| self.file.sync_data()) {
+                Ok(()) => self.synced.store(upto, Ordering::Release),
+                Err(e) => {
+                    tracing::error!(error = %e, "sandbox books cannot be written");
+                    self.failed.store(true, Ordering::Release);
+                }
+            }
+        }
+        // A gateway that cannot commit has charged nothing: a transient failure.
+        if self.synced.load(Ordering::Acquire) >= seq {
+            Ok(())
+        } else {
+            Err(PaymentError::Transient)
+        }
+    }
+
+    /// The async flush: waits its turn, then flushes on the blocking pool unless a flush
+    /// meanwhile made `seq` durable.
+    async fn flush(self: &Arc<Self>, seq: u64) -> Result<(), PaymentError> {
+        let _turn = self.flusher.lock().await;
+        if self.synced.load(Ordering::Acquire) >= seq {
+            return Ok(());
+        }
+        let books = Arc::clone(self);
+        tokio::task::spawn_blocking(move || books.flush_now(seq))
+            .await
+            .map_err(|_| PaymentError::Transient)?
+    }
 }
 
 /// What a repeated key must match: the charge's invoice, amount, currency and instrument.
@@ -525,13 +595,25 @@ impl Sandbox {
         if std::fs::read(path)?.last().is_some_and(|&b| b != b'\n') {
             std::io::Write::write_all(&mut file, b"\n")?;
         }
-        Ok(Self { state: Mutex::new(state), books: Some(Mutex::new(file)) })
+        let books = Books {
+            file,
+            queue: Mutex::new((Vec::new(), 0)),
+            writing: Mutex::new(()),
+            flusher: tokio::sync::Mutex::new(()),
+            synced: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
+            syncs: AtomicU64::new(0),
+        };
+        Ok(Self { state: Mutex::new(state), books: Some(Arc::new(books)) })
     }
 
-    /// Appends a final outcome to the books, synced (a gateway's commit).
-    fn book(&self, request: &ChargeRequest, outcome: &ChargeOutcome) -> Result<(), PaymentError> {
-        use std::io::Write;
-        let Some(books) = &self.books else { return Ok(()) };
+    /// Queues a final outcome's line in the books; returns its sequence number (`None`: no
+    /// books). The charge returns once that line is durable (a gateway's commit).
+    fn book(&self, request: &ChargeRequest, outcome: &ChargeOutcome) -> Result<Option<u64>, PaymentError> {
+        let Some(books) = &self.books else { return Ok(None) };
+        if books.failed.load(Ordering::Acquire) {
+            return Err(PaymentError::Transient);
+        }
         let outcome = match outcome {
             ChargeOutcome::Succeeded { payment_id } => format!("succeeded:{}", payment_id.0),
             ChargeOutcome::Pending { payment_id } => format!("pending:{}", payment_id.0),
@@ -545,12 +627,12 @@ impl Sandbox {
             request.currency.numeric,
             request.method.instrument()
         );
-        let mut file = books.lock().unwrap_or_else(|e| e.into_inner());
-        // A gateway that cannot commit has charged nothing: a transient failure.
-        file.write_all(line.as_bytes()).and_then(|()| file.sync_data()).map_err(|e| {
-            tracing::error!(error = %e, "sandbox books cannot be written");
-            PaymentError::Transient
-        })
+        Ok(Some(books.queue(&line)))
+    }
+
+    /// Syncs of the books file so far (for the benchmark's accounting).
+    pub fn books_syncs(&self) -> u64 {
+        self.books.as_ref().map_or(0, |b| b.syncs.load(Ordering::Relaxed))
     }
 
     /// Every successful charge so far, in order.
@@ -558,13 +640,23 @@ impl Sandbox {
         self.state.lock().expect("sandbox lock poisoned only by a panic in it").charges.clone()
     }
 
-    /// The synchronous core of `charge` (the sandbox never waits).
+    /// `charge` without a runtime: the books, if any, are synced on this thread.
     pub fn charge_now(&self, request: &ChargeRequest) -> Result<ChargeOutcome, PaymentError> {
+        let decided = self.decide(request)?;
+        if let (Some(books), Some(seq)) = (&self.books, decided.booked) {
+            books.flush_now(seq)?;
+        }
+        decided.answer()
+    }
+
+    /// The outcome of `request`: already known under its key, or decided now and queued in the
+    /// books.
+    fn decide(&self, request: &ChargeRequest) -> Result<Decided, PaymentError> {
         use test_instruments as t;
         let mut state = self.state.lock().expect("sandbox lock poisoned only by a panic in it");
         if let Some((first, outcome)) = state.outcomes.get(&request.key) {
             return if *first == Fingerprint::of(request) {
-                Ok(outcome.clone())
+                Ok(Decided { outcome: outcome.clone(), booked: None, lose_reply: false })
             } else {
                 Err(PaymentError::KeyReused)
             };
@@ -587,7 +679,7 @@ impl Sandbox {
             t::IBAN_MANDATE_REFUSED => ChargeOutcome::Declined { reason: DeclineReason::MandateRefused },
             _ => ChargeOutcome::Succeeded { payment_id: payment_id(&request.key) },
         };
-        self.book(request, &outcome)?;
+        let booked = self.book(request, &outcome)?;
         if let ChargeOutcome::Succeeded { payment_id } = &outcome {
             state.charges.push(SandboxCharge {
                 key: request.key.clone(),
@@ -597,10 +689,7 @@ impl Sandbox {
             });
         }
         state.outcomes.insert(request.key.clone(), (Fingerprint::of(request), outcome.clone()));
-        if instrument == t::CARD_LOST_REPLY && attempt == 1 {
-            return Err(PaymentError::Unknown);
-        }
-        Ok(outcome)
+        Ok(Decided { outcome, booked, lose_reply: instrument == t::CARD_LOST_REPLY && attempt == 1 })
     }
 
     pub fn lookup_now(&self, key: &IdempotencyKey) -> Option<ChargeOutcome> {
@@ -609,12 +698,39 @@ impl Sandbox {
     }
 }
 
+/// An outcome the sandbox decided, with its books line's sequence number when it was booked
+/// just now.
+struct Decided {
+    outcome: ChargeOutcome,
+    booked: Option<u64>,
+    /// The lost-reply instrument's first attempt: committed, but the reply never arrives.
+    lose_reply: bool,
+}
+
+impl Decided {
+    /// The gateway's reply, once the outcome is committed.
+    fn answer(self) -> Result<ChargeOutcome, PaymentError> {
+        if self.lose_reply {
+            return Err(PaymentError::Unknown);
+        }
+        Ok(self.outcome)
+    }
+}
+
 impl PaymentAdapter for Sandbox {
     fn charge(
         &self,
         request: &ChargeRequest,
     ) -> impl Future<Output = Result<ChargeOutcome, PaymentError>> + Send {
-        std::future::ready(self.charge_now(request))
+        let decided = self.decide(request);
+        let books = self.books.clone();
+        async move {
+            let decided = decided?;
+            if let (Some(books), Some(seq)) = (books, decided.booked) {
+                books.flush(seq).await?;
+            }
+            decided.answer()
+        }
     }
 
     fn lookup(

@@ -55,6 +55,7 @@ use crate::ledger::{AccountId, Ledger};
 use crate::limits::SETTLEMENTS_IN_FLIGHT_MAX;
 
 use super::billing::{BillingError, InvoiceStatus, PaymentOutcome, PaymentRecord, PgBilling};
+use super::docsync::DocSync;
 use super::email::{self, EmlDir, MessageKind, Rendered};
 use super::invoice::{Buyer, Date, Invoice, InvoiceDraft, PaymentMeans, UsageLine, Vat};
 use super::outbox::{encode_step, Effect, FailReason, Outbox, Outcome, Pending, SettlementKey, Step};
@@ -128,11 +129,13 @@ pub struct WorkerStats {
     pub failed: u64,
 }
 
-/// Where invoices and e-mails go.
+/// Where invoices and e-mails go, and the group sync that makes them durable.
 #[derive(Clone, Debug)]
 pub struct Output {
     pub invoices: PathBuf,
     pub mail: EmlDir,
+    /// Syncs the data directory's filesystem once for every settlement that asked meanwhile.
+    pub docs: Arc<DocSync>,
 }
 
 impl Output {
@@ -140,7 +143,8 @@ impl Output {
     pub fn in_data_dir(dir: &Path) -> std::io::Result<Self> {
         let invoices = dir.join("invoices");
         std::fs::create_dir_all(&invoices)?;
-        Ok(Self { invoices, mail: EmlDir::open(dir.join("mail"))? })
+        let docs = Arc::new(DocSync::open(dir)?);
+        Ok(Self { invoices, mail: EmlDir::open(dir.join("mail"))?, docs })
     }
 }
 
@@ -153,6 +157,9 @@ pub struct Worker<J: StepLog, P: PaymentAdapter> {
     payments: Arc<P>,
     catalog: Catalog,
     packages: HashMap<String, SharedPackage>,
+    /// Customers and plans by id: [`Self::context`] runs for every step.
+    customers: HashMap<String, usize>,
+    plans: HashMap<String, usize>,
     cfg: SettlementConfig,
     out: Output,
     /// Where e-mails go: `out.mail` unless [`Self::with_mailer`] says otherwise.
@@ -212,6 +219,8 @@ impl<J: StepLog, P: PaymentAdapter + 'static> Worker<J, P> {
         clock: Clock,
     ) -> Self {
         let packages = catalog.packages();
+        let customers = catalog.customers.iter().enumerate().map(|(i, c)| (c.id.clone(), i)).collect();
+        let plans = catalog.plans.iter().enumerate().map(|(i, p)| (p.id.clone(), i)).collect();
         let seed = clock();
         let mailer = Arc::new(Mailer::Files(out.mail.clone()));
         Self {
@@ -221,6 +230,8 @@ impl<J: StepLog, P: PaymentAdapter + 'static> Worker<J, P> {
             payments,
             catalog,
             packages,
+            customers,
+            plans,
             cfg,
             out,
             mailer,
@@ -345,13 +356,15 @@ impl<J: StepLog, P: PaymentAdapter + 'static> Worker<J, P> {
         let e = &p.entry;
         let account = self.catalog.accounts.get(e.account as usize).ok_or(FailReason::NotInCatalog)?;
         let customer = self
-            .catalog
             .customers
-            .iter()
-            .find(|c| c.id == account.customer)
+            .get(&account.customer)
+            .and_then(|&i| self.catalog.customers.get(i))
             .ok_or(FailReason::NotInCatalog)?;
-        let plan =
-            self.catalog.plans.iter().find(|pl| pl.id == customer.plan).ok_or(FailReason::NotInCatalog)?;
+        let plan = self
+            .plans
+            .get(&customer.plan)
+            .and_then(|&i| self.catalog.plans.get(i))
+            .ok_or(FailReason::NotInCatalog)?;
         let package = self.packages.get(&customer.id).ok_or(FailReason::NotInCatalog)?;
         let buyer = Buyer::from_customer(customer).map_err(|_| FailReason::InvoiceRejected)?;
         let vat = Vat::from_plan_rate(plan.vat_rate);
@@ -413,7 +426,7 @@ impl<J: StepLog, P: PaymentAdapter + 'static> Worker<J, P> {
         let series = draft.series.clone();
         let renders = Invoice::build(draft)
             .map_err(|e| e.to_string())
-            .and_then(|inv| email::invoice_email(&inv).map(|_| inv).map_err(|e| e.to_string()));
+            .and_then(|inv| email::check_addresses(&inv).map_err(|e| e.to_string()));
         if let Err(error) = renders {
             tracing::warn!(key = %p.entry.key, %error, "the invoice cannot be made");
             return self.fail(p, FailReason::InvoiceRejected).await;
@@ -730,8 +743,14 @@ impl<J: StepLog, P: PaymentAdapter + 'static> Worker<J, P> {
         if let Err(error) = self.mail(key, messages).await {
             return Ok(self.defer(key, &error));
         }
+        // The files and `.eml`s were written unsynced: durable before `Done` stops a repeat.
+        self.out
+            .docs
+            .sync()
+            .await
+            .map_err(|source| WorkerError::Io { path: self.out.invoices.clone(), source })?;
         lock(&self.stats).invoices_written += 1;
-        self.step(key, Step::Done).await?;
+        self.done(key)?;
         lock(&self.sched).deferred.remove(&key);
         lock(&self.stats).settled += 1;
         if open_without_method {
@@ -781,7 +800,7 @@ impl<J: StepLog, P: PaymentAdapter + 'static> Worker<J, P> {
         let Mailer::Files(dir) = &*self.mailer else { return self.mailer.deliver(message).await };
         let (dir, message) = (dir.clone(), message.clone());
         let shown = dir.dir().display().to_string();
-        tokio::task::spawn_blocking(move || dir.write(&message))
+        tokio::task::spawn_blocking(move || dir.write_with(&message, false))
             .await
             .map_err(|e| SendError::Transient(e.to_string()))?
             .map(|path| path.display().to_string())
@@ -809,6 +828,18 @@ impl<J: StepLog, P: PaymentAdapter + 'static> Worker<J, P> {
         Advanced::RetryAfter(Duration::from_millis(delay_ms))
     }
 
+    /// Journals `Done` for `key` and applies it without waiting for it to be durable: nothing
+    /// follows it, and if a crash loses it the settlement is delivered again — the same files
+    /// and rows, the e-mails once more under the same Message-IDs (delivery is at least once
+    /// anyway). Not waiting takes one journal sync off every settlement's path. A journal
+    /// failure surfaces at the next step that waits.
+    fn done(&self, key: SettlementKey) -> Result<(), WorkerError> {
+        let mut record = Vec::with_capacity(32);
+        encode_step(&mut record, key, &Step::Done);
+        drop(self.journal.append_step(&record));
+        self.outbox.apply(key, &Step::Done).map_err(|e| WorkerError::Journal(StepLogError(e.to_string())))
+    }
+
     /// Journals `step` for `key`, waits until it is durable, then applies it to the outbox.
     async fn step(&self, key: SettlementKey, step: Step) -> Result<(), WorkerError> {
         let mut record = Vec::with_capacity(64);
@@ -827,20 +858,22 @@ enum Notice {
     None,
 }
 
-/// Writes `<number>.json` and `<number>.xml` (each to a temporary name, synced, renamed), and
-/// renders the invoice e-mail and the notice. Returns the invoice and the messages, in the order
-/// they are to be sent.
+/// Renders the invoice once as JSON and UBL, writes `<number>.json` and `<number>.xml` (each to
+/// a temporary name, renamed; unsynced: the group sync before `Done` makes them durable), and
+/// renders the invoice e-mail (with the same bytes attached) and the notice. Returns the invoice
+/// and the messages, in the order they are to be sent.
 fn write_files(
     out: &Output,
     invoice: Invoice,
     notice: Notice,
 ) -> Result<(Invoice, Vec<Rendered>), WorkerError> {
     let json = serde_json::to_vec_pretty(&render::json(&invoice)).expect("a JSON value serializes");
-    for (ext, bytes) in [("json", json), ("xml", render::ubl(&invoice))] {
+    let xml = render::ubl(&invoice);
+    for (ext, bytes) in [("json", &json), ("xml", &xml)] {
         let path = out.invoices.join(format!("{}.{ext}", invoice.number));
-        write_atomically(&path, &bytes).map_err(|source| WorkerError::Io { path: path.clone(), source })?;
+        write_renamed(&path, bytes).map_err(|source| WorkerError::Io { path: path.clone(), source })?;
     }
-    let mut messages = vec![email::invoice_email(&invoice)];
+    let mut messages = vec![email::invoice_email_with(&invoice, xml, json)];
     match notice {
         Notice::Paid(payment, at) => messages.push(email::payment_confirmation(&invoice, &payment, at)),
         Notice::Failed(reason, at) => messages.push(email::payment_failed(&invoice, reason, at)),
@@ -866,14 +899,14 @@ fn apply_effect(ledger: &Ledger, effect: Effect) {
     }
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes `bytes` to a temporary name and renames it over `path`, so a reader never sees half a
+/// document. Not synced: see [`DocSync`].
+fn write_renamed(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp"));
     let mut file = std::fs::File::create(&tmp)?;
     file.write_all(bytes)?;
-    file.sync_all()?;
     drop(file);
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
+    std::fs::rename(&tmp, path)
 }
