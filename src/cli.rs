@@ -40,6 +40,9 @@ pub enum Command {
         /// Override journal.dir: keep the journal (and so every charge) in this directory.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Override http.listen (metrics, probes, admin API), e.g. 127.0.0.1:0.
+        #[arg(long)]
+        http_listen: Option<std::net::SocketAddr>,
     },
     /// Run the benchmark responder: the same Diameter server as `serve`, answering every CCR
     /// with one canned 2001 CCA (10 MiB granted). Not an OCS: nothing is rated or charged.
@@ -124,7 +127,9 @@ pub enum DictCommand {
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { config, listen, workers, data_dir } => serve(config, listen, workers, data_dir),
+        Command::Serve { config, listen, workers, data_dir, http_listen } => {
+            serve(config, listen, workers, data_dir, http_listen)
+        }
         Command::Echo { config, listen, workers } => echo(config, listen, workers),
         Command::Config { command: ConfigCommand::Check { file } } => {
             let cfg = Config::load(&file)?;
@@ -265,10 +270,14 @@ fn serve(
     listen: Option<std::net::SocketAddr>,
     workers: Option<usize>,
     data_dir: Option<PathBuf>,
+    http_listen: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<()> {
     let mut cfg = load_config(config.as_ref(), listen)?;
     if let Some(d) = data_dir {
         cfg.journal.dir = Some(d);
+    }
+    if let Some(h) = http_listen {
+        cfg.http.listen = h;
     }
     init_tracing(&cfg.log.level);
     let dict = Arc::new(load_dictionary(&cfg)?);
@@ -315,16 +324,34 @@ async fn bind(cfg: &Config, shared: Arc<Shared>, defaults: bool) -> anyhow::Resu
 
 async fn serve_async(cfg: Config, dict: Arc<Dictionary>, defaults: bool) -> anyhow::Result<()> {
     let peer = peer_config(&cfg, dict);
-    let Charged { charging, accounts, catalog_name, checkpointer: _checkpointer, mut worker } =
-        charging(&cfg, &peer.local)?;
+    // The operations listener first, so probes see "alive, recovering" during a long replay.
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let ready = Arc::new(crate::http::Readiness::default());
+    let http_shutdown = CancellationToken::new();
+    let http = http_listener(&cfg, Arc::clone(&metrics), Arc::clone(&ready)).await?;
+    let http_task = tokio::spawn(crate::http::serve(http.0, http.1, http_shutdown.clone()));
+    let (charging_cfg, local) = (cfg.clone(), peer.local.clone());
+    let Charged { charging, accounts, catalog_name, catalog_digest, checkpointer: _checkpointer, mut worker } =
+        tokio::task::spawn_blocking(move || charging(&charging_cfg, &local)).await??;
     if cfg.settlement.postgres.enabled() {
         if let Some(w) = worker.take() {
             worker = Some(w.with_billing(billing(&cfg).await?));
         }
     }
+    ready.recovered.store(true, std::sync::atomic::Ordering::Release);
+    let worker_stats = worker.as_ref().map(|w| w.stats_handle());
+    metrics.update(|s| {
+        s.engine = Some(Arc::clone(charging.engine()));
+        s.journal = charging.journal().cloned();
+        s.worker = worker_stats;
+        s.allowed_peers = cfg.diameter.allowed_peers.clone().unwrap_or_default();
+        s.catalog = Some((catalog_name.clone(), catalog_digest));
+    });
     let apps: Vec<Arc<dyn crate::net::Application>> = vec![charging.clone()];
     let shared = Arc::new(Shared::new(peer, apps, cfg.server_limits()));
-    let server = bind(&cfg, shared, defaults).await?;
+    let server = bind(&cfg, Arc::clone(&shared), defaults).await?;
+    metrics.update(|s| s.net = Some(shared));
+    ready.listening.store(true, std::sync::atomic::Ordering::Release);
     let addr = server.local_addr()?;
     tracing::info!(catalog = %catalog_name, accounts, "credit control ready (application 4)");
     if cfg.charging.catalog.is_none() {
@@ -338,6 +365,7 @@ async fn serve_async(cfg: Config, dict: Arc<Dictionary>, defaults: bool) -> anyh
     tokio::spawn(Arc::clone(&charging).supervise(shutdown.clone()));
     let worker = worker.map(|w| tokio::spawn(w.run(shutdown.clone())));
     server.run(shutdown).await;
+    ready.listening.store(false, std::sync::atomic::Ordering::Release);
     if let Some(w) = worker {
         // Finishes the steps under way; whatever is pending resumes at the next start.
         if let Ok(stats) = w.await {
@@ -357,8 +385,45 @@ async fn serve_async(cfg: Config, dict: Arc<Dictionary>, defaults: bool) -> anyh
             "journal closed"
         );
     }
+    http_shutdown.cancel();
+    let _ = http_task.await;
     tracing::info!("gyro stopped");
     Ok(())
+}
+
+/// Binds `[http] listen` and builds the listener's state: the admin token from
+/// `http.admin_token_file` or `GYRO_ADMIN_TOKEN` (none: the admin API answers 503), the
+/// invoices under the data directory. Logs "gyro listening for HTTP" with the bound address.
+async fn http_listener(
+    cfg: &Config,
+    metrics: Arc<crate::metrics::Metrics>,
+    ready: Arc<crate::http::Readiness>,
+) -> anyhow::Result<(tokio::net::TcpListener, crate::http::HttpState)> {
+    let listener = tokio::net::TcpListener::bind(cfg.http.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (http.listen)", cfg.http.listen))?;
+    let addr = listener.local_addr()?;
+    let mut state = crate::http::HttpState::new(metrics, ready);
+    let token = match &cfg.http.admin_token_file {
+        Some(path) => Some((
+            std::fs::read_to_string(path)
+                .with_context(|| format!("http.admin_token_file: cannot read {}", path.display()))?,
+            "http.admin_token_file",
+        )),
+        None => std::env::var("GYRO_ADMIN_TOKEN").ok().map(|t| (t, "GYRO_ADMIN_TOKEN")),
+    };
+    let admin = token.is_some();
+    if let Some((token, source)) = token {
+        state = state.with_admin_token(&token).map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
+    }
+    if let Some(dir) = &cfg.journal.dir {
+        state = state.with_invoices(dir.join("invoices"));
+    }
+    if !addr.ip().is_loopback() && !admin {
+        tracing::warn!(%addr, "the HTTP listener is not on loopback; /metrics is open to that network");
+    }
+    tracing::info!(%addr, admin_api = admin, "gyro listening for HTTP (/metrics, /healthz, /readyz, /v1)");
+    Ok((listener, state))
 }
 
 fn echo(
@@ -406,6 +471,7 @@ struct Charged {
     charging: Arc<Charging>,
     accounts: usize,
     catalog_name: String,
+    catalog_digest: String,
     checkpointer: Option<crate::durable::Checkpointer>,
     /// With a data directory only (see `settlement_worker`).
     worker: Option<ServeWorker>,
@@ -540,7 +606,15 @@ fn charging(cfg: &Config, local: &LocalIdentity) -> anyhow::Result<Charged> {
             Charging::new(Arc::clone(&engine))
         }
     };
-    Ok(Charged { charging: Arc::new(charging), accounts, catalog_name: name, checkpointer, worker })
+    let catalog_digest = crate::durable::catalog_digest(&text);
+    Ok(Charged {
+        charging: Arc::new(charging),
+        accounts,
+        catalog_name: name,
+        catalog_digest,
+        checkpointer,
+        worker,
+    })
 }
 
 /// SIGTERM and SIGINT start a graceful shutdown: stop accepting, DPR to peers, drain, exit 0.

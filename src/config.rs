@@ -25,6 +25,26 @@ pub struct Config {
     /// `[settlement]`: seller, invoice numbering, payment retries, price basis (issue 6; used
     /// by the settlement worker, which runs with a data directory).
     pub settlement: crate::settlement::SettlementConfig,
+    /// `[http]`: the operations listener (`/metrics`, `/healthz`, `/readyz`, the admin API).
+    pub http: HttpConfig,
+}
+
+/// The `[http]` section.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address of the HTTP listener. Loopback by default: metrics and the admin API are for
+    /// the host's Prometheus and operators, not for the network the peers are on.
+    pub listen: SocketAddr,
+    /// A file holding the admin API's bearer token (or `GYRO_ADMIN_TOKEN`); without either the
+    /// admin endpoints answer 503 and only `/metrics`, `/healthz` and `/readyz` are served.
+    pub admin_token_file: Option<PathBuf>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self { listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9464), admin_token_file: None }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -347,7 +347,7 @@ fn read_log(path: &std::path::Path) -> String {
 
 /// `addr=` of the "gyro listening for Diameter" line.
 fn listening_addr(log: &str) -> Option<std::net::SocketAddr> {
-    let line = log.lines().find(|l| l.contains("gyro listening"))?;
+    let line = log.lines().find(|l| l.contains("gyro listening for Diameter"))?;
     let at = line.find("addr=")? + "addr=".len();
     line[at..].split_whitespace().next()?.parse().ok()
 }

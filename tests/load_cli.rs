@@ -122,7 +122,16 @@ impl Served {
         let log = dir.path().join("serve.log");
         let file = std::fs::File::create(&log).unwrap();
         let mut child = Command::new(gyro_bin())
-            .args(["serve", "--listen", "127.0.0.1:0", "--workers", "2", "--config"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+                "--workers",
+                "2",
+                "--config",
+            ])
             .arg(&config)
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")
@@ -169,7 +178,7 @@ fn config_for(dir: &Path, catalog: &Path) -> PathBuf {
 
 /// The address in the "gyro listening for Diameter addr=..." log line.
 fn listening_addr(log: &str) -> Option<SocketAddr> {
-    let line = log.lines().find(|l| l.contains("gyro listening"))?;
+    let line = log.lines().find(|l| l.contains("gyro listening for Diameter"))?;
     let at = line.find("addr=")? + "addr=".len();
     line[at..].split_whitespace().next()?.parse().ok()
 }

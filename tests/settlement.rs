@@ -1125,7 +1125,7 @@ fn start_fails(extra: &str) -> String {
         .arg("serve")
         .arg("--config")
         .arg(&setup.config)
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir"])
         .arg(&setup.data)
         .env("NO_COLOR", "1")
         .env_remove("GYRO_STRIPE_SECRET_KEY")
@@ -1135,7 +1135,7 @@ fn start_fails(extra: &str) -> String {
         .expect("gyro runs");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(!out.status.success(), "gyro must not start:\n{text}");
-    assert!(!text.contains("gyro listening"), "{text}");
+    assert!(!text.contains("gyro listening for Diameter"), "{text}");
     text
 }
 

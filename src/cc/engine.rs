@@ -3,6 +3,7 @@
 //! different sessions run in parallel). Lock order is always session → ledger account.
 
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use bytes::{Bytes, BytesMut};
@@ -588,6 +589,30 @@ pub struct Engine {
     events: DuplicateCache,
     /// Settlements waiting for the worker (entries added after their record was appended).
     outbox: Arc<Outbox>,
+    counters: EngineCounters,
+}
+
+/// Counters for metrics: relaxed atomic adds, one per grant or replayed answer (the metrics
+/// endpoint reads them; nothing decides by them).
+#[derive(Debug, Default)]
+pub struct EngineCounters {
+    /// Units granted (reserved) by unit kind, bundles and money alike.
+    pub granted_seconds: AtomicU64,
+    pub granted_octets: AtomicU64,
+    pub granted_events: AtomicU64,
+    /// Retransmitted CCRs answered again from the session or the event cache.
+    pub replayed: AtomicU64,
+}
+
+impl EngineCounters {
+    fn granted(&self, unit: UnitKind, units: u64) {
+        let counter = match unit {
+            UnitKind::Time => &self.granted_seconds,
+            UnitKind::Octets => &self.granted_octets,
+            UnitKind::Events => &self.granted_events,
+        };
+        counter.fetch_add(units, Ordering::Relaxed);
+    }
 }
 
 /// Why a grant could not be made for one MSCC.
@@ -633,6 +658,7 @@ impl Engine {
             packages: RwLock::default(),
             events: DuplicateCache::with_defaults(KeyCase::Sensitive),
             outbox: Arc::new(Outbox::new()),
+            counters: EngineCounters::default(),
         }
     }
 
@@ -643,6 +669,11 @@ impl Engine {
     /// The pending settlements (shared with the settlement worker).
     pub fn outbox(&self) -> &Arc<Outbox> {
         &self.outbox
+    }
+
+    /// Grants and replays so far, for metrics.
+    pub fn counters(&self) -> &EngineCounters {
+        &self.counters
     }
 
     /// Applies a settlement step's ledger effect on recovery (the worker makes the same change
@@ -835,6 +866,7 @@ impl Engine {
         if let Some(s) = shard.get_mut(key) {
             let start = out.len();
             if self.replay(s, msg, ccr, out) {
+                self.counters.replayed.fetch_add(1, Ordering::Relaxed);
                 tx.send(out, start);
             } else {
                 let text = Some("session already exists");
@@ -917,6 +949,7 @@ impl Engine {
         };
         let start = out.len();
         if self.replay(session, msg, ccr, out) {
+            self.counters.replayed.fetch_add(1, Ordering::Relaxed);
             // Not before the original's record is durable.
             tx.send(out, start);
             return;
@@ -1095,6 +1128,7 @@ impl Engine {
             {
                 rec.reserve(now, account, key, MoneyMinor(0), Some((bundle, units)), expires_at_ms);
                 shape.record(rg, units, Funds::Bundle);
+                self.counters.granted(rate.unit, units);
                 return Ok(());
             }
         }
@@ -1118,6 +1152,7 @@ impl Engine {
         self.ledger.reserve(now.mono_ms, account, key, hold, None, expires_at_ms).map_err(reject_code)?;
         rec.reserve(now, account, key, hold, None, expires_at_ms);
         shape.record(rg, units, Funds::Money);
+        self.counters.granted(rate.unit, units);
         // The last grant the funds allow (RFC 4006 §5.6.2 Final-Unit-Indication). A grant cut
         // by the fair share is not final: more funds remain for later requests.
         rg.set(LAST_FINAL, all < target && units == all);
@@ -1244,6 +1279,7 @@ impl Engine {
                 return;
             }
             let start = out.len();
+            self.counters.replayed.fetch_add(1, Ordering::Relaxed);
             answer_again(&answer, &msg.header, out);
             // Not before the original's record is durable.
             tx.send(out, start);

@@ -393,6 +393,24 @@ pub struct JournalStats {
     /// Every record up to this one is durable.
     pub durable_lsn: Lsn,
     pub failed: bool,
+    /// Batches by record count: `[i]` counts batches of at most `BATCH_RECORDS_BUCKETS[i]`
+    /// records and more than the bound before (the last slot: more than every bound).
+    pub batch_records_hist: [u64; BATCH_RECORDS_BUCKETS.len() + 1],
+    /// Syncs by latency, likewise against `SYNC_SECONDS_BUCKETS`.
+    pub sync_seconds_hist: [u64; SYNC_SECONDS_BUCKETS.len() + 1],
+}
+
+/// Upper bounds of the batch-size histogram (records per batch).
+pub const BATCH_RECORDS_BUCKETS: [f64; 12] =
+    [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0];
+/// Upper bounds of the fsync-latency histogram, in seconds (50 µs to 1 s: a healthy NVMe
+/// `fdatasync` takes tens of µs, a cloud disk ms, a sick one hundreds).
+pub const SYNC_SECONDS_BUCKETS: [f64; 14] =
+    [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
+
+/// The slot of `value` in a histogram with upper `bounds` (the last slot: above them all).
+pub fn bucket_of(bounds: &[f64], value: f64) -> usize {
+    bounds.iter().position(|&b| value <= b).unwrap_or(bounds.len())
 }
 
 impl JournalStats {

@@ -207,6 +207,7 @@ impl<W: Waiter> Shared<W> {
         s.bytes += done.bytes;
         s.batches += 1;
         s.last_batch_records = done.records;
+        s.batch_records_hist[super::bucket_of(&super::BATCH_RECORDS_BUCKETS, done.records as f64)] += 1;
         s.last_batch_bytes = done.bytes;
         s.segments_created += done.segments_created;
         s.segments_from_spare += done.segments_from_spare;
@@ -215,6 +216,7 @@ impl<W: Waiter> Shared<W> {
             s.syncs += 1;
             s.sync_ns_sum += ns;
             s.sync_ns_max = s.sync_ns_max.max(ns);
+            s.sync_seconds_hist[super::bucket_of(&super::SYNC_SECONDS_BUCKETS, ns as f64 / 1e9)] += 1;
         }
         s.durable_lsn = done.last_lsn;
         if g.lsn_waiters > 0 {

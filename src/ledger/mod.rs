@@ -310,6 +310,9 @@ pub struct LedgerStats {
     /// One entry per currency the ledger has seen (at most [`CURRENCIES_MAX`]), by numeric
     /// code ascending, zeros included so metric series do not come and go.
     pub reserved_money_by_currency: Vec<(Currency, MoneyMinor)>,
+    /// Money debited since the ledger was built (the journal's replay at start included), per
+    /// currency, in the same order: a counter for metrics.
+    pub debited_money_by_currency: Vec<(Currency, i128)>,
 }
 
 /// The account store. `Send + Sync`; share it as `Arc<Ledger>`.
@@ -700,13 +703,24 @@ impl Ledger {
     pub fn stats(&self) -> LedgerStats {
         let mut open_reservations = 0u64;
         let mut reserved = [0i64; CURRENCIES_MAX];
+        let mut debited = [0i128; CURRENCIES_MAX];
         for slot in self.shards.iter() {
             let shard = slot.lock();
             open_reservations += shard.sums.open_reservations;
             for (sum, add) in reserved.iter_mut().zip(shard.sums.reserved_by_currency) {
                 *sum += add;
             }
+            for (sum, add) in debited.iter_mut().zip(shard.sums.debited_by_currency) {
+                *sum += add;
+            }
         }
+        let mut debited_money_by_currency: Vec<(Currency, i128)> = self
+            .currencies
+            .iter()
+            .zip(debited)
+            .filter_map(|(currency, sum)| Some((*currency.get()?, sum)))
+            .collect();
+        debited_money_by_currency.sort_by_key(|(currency, _)| currency.numeric);
         let mut reserved_money_by_currency: Vec<(Currency, MoneyMinor)> = self
             .currencies
             .iter()
@@ -718,6 +732,7 @@ impl Ledger {
             accounts: self.accounts.load(Ordering::Acquire),
             open_reservations,
             reserved_money_by_currency,
+            debited_money_by_currency,
         }
     }
 

@@ -66,6 +66,8 @@ struct Chunk {
 pub(super) struct Sums {
     pub(super) open_reservations: u64,
     pub(super) reserved_by_currency: [i64; CURRENCIES_MAX],
+    /// Money debited since start (replay included), per currency slot: a metrics counter.
+    pub(super) debited_by_currency: [i128; CURRENCIES_MAX],
     balances: i128,
     funded: i128,
     debited: i128,
@@ -258,6 +260,7 @@ impl Sums {
         self.balances += i128::from(effect.balance);
         self.funded += i128::from(effect.funded);
         self.debited += i128::from(effect.debited);
+        self.debited_by_currency[usize::from(currency)] += i128::from(effect.debited);
         let reserved = &mut self.reserved_by_currency[usize::from(currency)];
         *reserved += effect.reserved;
         assert!(0 <= *reserved, "held money below 0");

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::metrics::Class;
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -43,6 +44,10 @@ pub(super) struct Connection {
     shedding: Shedding,
     /// The peer's Origin-Host, shared by the duplicate-cache keys of its requests.
     peer_host: Option<Arc<str>>,
+    /// When the current read arrived: the start of its requests' latency.
+    read_at: std::time::Instant,
+    /// The Origin-Host this connection counts as an open peer in metrics, once its CER passed.
+    counted_open: Option<String>,
 }
 
 /// Queue-delay overload control. The in-flight limits see only requests the server has read;
@@ -64,6 +69,9 @@ struct Held {
     seq: u64,
     len: usize,
     key: Option<(Arc<str>, u32)>,
+    /// For metrics, counted when the answer is released.
+    class: Class,
+    received: std::time::Instant,
 }
 
 impl Drop for Connection {
@@ -71,6 +79,9 @@ impl Drop for Connection {
     /// answers are dropped); they no longer count against the server-wide limit.
     fn drop(&mut self) {
         self.shared.in_flight_total.fetch_sub(self.in_flight, Ordering::Relaxed);
+        if let Some(host) = &self.counted_open {
+            self.shared.metrics.peer_closed(host);
+        }
     }
 }
 
@@ -95,6 +106,8 @@ impl Connection {
             behind_since_ms: None,
             shedding: Shedding::Nothing,
             peer_host: None,
+            read_at: std::time::Instant::now(),
+            counted_open: None,
         }
     }
 
@@ -113,6 +126,7 @@ impl Connection {
                 r = self.stream.read_buf(&mut self.rbuf) => match r {
                     Ok(0) => Action::Close,
                     Ok(n) => {
+                        self.read_at = std::time::Instant::now();
                         self.queue_delay(n == room);
                         self.on_read()
                     }
@@ -240,13 +254,26 @@ impl Connection {
             return Action::Close;
         };
         let now = self.shared.now_ms();
-        match self.peer.handle(now, &msg, &mut self.wbuf) {
+        let start = self.wbuf.len();
+        let action = match self.peer.handle(now, &msg, &mut self.wbuf) {
             Action::Dispatch => {
                 self.dispatch(now, &msg, f);
                 Action::Continue
             }
             other => other,
+        };
+        // Answers written now (the peer layer's, refusals, replays, answers from memory); held
+        // ones are counted when released.
+        if msg.header.flags.is_request() && self.wbuf.len() > start {
+            self.shared.metrics.answered(Class::of(&msg), &self.wbuf[start..], self.read_at);
         }
+        if self.counted_open.is_none() {
+            if let Some(remote) = self.peer.remote() {
+                self.shared.metrics.peer_opened(&remote.origin_host);
+                self.counted_open = Some(remote.origin_host.clone());
+            }
+        }
+        action
     }
 
     fn dispatch(&mut self, now: u64, msg: &MessageRef<'_>, f: &Bytes) {
@@ -354,7 +381,8 @@ impl Connection {
                 // Kept aside, not in the write buffer: it leaves when its record is durable
                 // (ARCHITECTURE.md, invariant 1), in one write with the others released then.
                 self.held.extend_from_slice(&self.wbuf[start..]);
-                self.held_marks.push_back(Held { seq, len: self.wbuf.len() - start, key });
+                let (class, received) = (Class::of(msg), self.read_at);
+                self.held_marks.push_back(Held { seq, len: self.wbuf.len() - start, key, class, received });
                 self.wbuf.truncate(start);
             }
             Handled::Deferred => {}
@@ -378,6 +406,7 @@ impl Connection {
                 let answer = Bytes::copy_from_slice(&self.held[bytes..bytes + h.len]);
                 self.shared.dedupe.insert(now, host, *e2e, answer);
             }
+            self.shared.metrics.answered(h.class, &self.held[bytes..bytes + h.len], h.received);
             bytes += h.len;
             released += 1;
         }

@@ -8,6 +8,7 @@ pub mod charging;
 pub mod client;
 mod connection;
 pub mod echo;
+pub mod metrics;
 mod server;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -32,6 +32,8 @@ pub struct Shared {
     pub shed_new_work_at: usize,
     /// Requests answered 3004 because of the server-wide limits (for metrics and logs).
     pub shed: AtomicU64,
+    /// Requests, latency and open peers, for metrics.
+    pub metrics: super::metrics::NetMetrics,
     pub connections_max: usize,
     pub message_size_max: usize,
     seed: AtomicU64,
@@ -77,6 +79,7 @@ impl Shared {
             in_flight_total_max: limits.in_flight_total,
             shed_new_work_at: (limits.in_flight_total * crate::limits::SHED_NEW_WORK_PERCENT / 100).max(1),
             shed: AtomicU64::new(0),
+            metrics: super::metrics::NetMetrics::new(),
             connections_max: limits.connections,
             message_size_max: limits.message_size_bytes,
             seed: AtomicU64::new(seed),

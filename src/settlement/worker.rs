@@ -173,7 +173,8 @@ pub struct Worker<J: StepLog, P: PaymentAdapter> {
     /// Held from allocating a number until its record is appended: numbers reach the journal
     /// in order (recovery refuses a gap).
     numbering: Mutex<()>,
-    stats: Mutex<WorkerStats>,
+    /// Shared with the metrics endpoint ([`Self::stats_handle`]).
+    stats: Arc<Mutex<WorkerStats>>,
 }
 
 /// Which settlements are being advanced or wait for a retry.
@@ -239,7 +240,7 @@ impl<J: StepLog, P: PaymentAdapter + 'static> Worker<J, P> {
             clock,
             sched: Mutex::new(Sched { rng: Some(SplitMix64(seed)), ..Sched::default() }),
             numbering: Mutex::new(()),
-            stats: Mutex::new(WorkerStats::default()),
+            stats: Arc::new(Mutex::new(WorkerStats::default())),
         }
     }
 
@@ -257,6 +258,11 @@ impl<J: StepLog, P: PaymentAdapter + 'static> Worker<J, P> {
 
     pub fn stats(&self) -> WorkerStats {
         lock(&self.stats).clone()
+    }
+
+    /// The worker's counters, readable while it runs (for metrics).
+    pub fn stats_handle(&self) -> Arc<Mutex<WorkerStats>> {
+        Arc::clone(&self.stats)
     }
 
     /// Runs until `shutdown`: ready settlements (in outbox order, at most

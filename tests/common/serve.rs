@@ -38,7 +38,7 @@ impl Gyro {
             .arg("serve")
             .arg("--config")
             .arg(config)
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir"])
             .arg(data)
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")
@@ -125,8 +125,15 @@ pub fn read_log(path: &Path) -> String {
 }
 
 /// `addr=` of the "gyro listening for Diameter" line.
+/// `addr=` of the "gyro listening for HTTP" line (the operations listener).
+pub fn http_addr(log: &str) -> Option<SocketAddr> {
+    let line = log.lines().find(|l| l.contains("gyro listening for HTTP"))?;
+    let at = line.find("addr=")? + "addr=".len();
+    line[at..].split_whitespace().next()?.parse().ok()
+}
+
 pub fn listening_addr(log: &str) -> Option<SocketAddr> {
-    let line = log.lines().find(|l| l.contains("gyro listening"))?;
+    let line = log.lines().find(|l| l.contains("gyro listening for Diameter"))?;
     let at = line.find("addr=")? + "addr=".len();
     line[at..].split_whitespace().next()?.parse().ok()
 }

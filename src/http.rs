@@ -1,0 +1,303 @@
+//! The operations HTTP listener (issue 7): `/metrics`, `/healthz`, `/readyz`, and the admin
+//! API under `/v1` (bearer token). Default 127.0.0.1:9464 (`[http] listen`).
+//!
+//! Owns: routing, authentication and the JSON error shape (`{"error": …, "field": …}` with a
+//! 4xx naming what was wrong). Must not touch: Diameter, the ledger's or the engine's state
+//! directly — it reads [`Metrics`] and files the settlement worker wrote, and it changes
+//! nothing yet. Started before the journal is recovered, so a probe can tell "alive but
+//! recovering" (`/healthz` 200, `/readyz` 503) from "dead".
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+
+/// What `/readyz` waits for.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    /// The journal has been recovered (or there is none) and the engine built.
+    pub recovered: AtomicBool,
+    /// The Diameter listener is bound.
+    pub listening: AtomicBool,
+}
+
+impl Readiness {
+    fn waiting_for(&self) -> Vec<&'static str> {
+        let mut waiting = Vec::new();
+        if !self.recovered.load(Ordering::Acquire) {
+            waiting.push("journal recovery");
+        }
+        if !self.listening.load(Ordering::Acquire) {
+            waiting.push("diameter listener");
+        }
+        waiting
+    }
+}
+
+/// The listener's shared state.
+#[derive(Clone)]
+pub struct HttpState {
+    pub metrics: Arc<Metrics>,
+    pub ready: Arc<Readiness>,
+    /// SHA-256 of the admin bearer token; `None`: the admin API is off.
+    admin_token: Option<[u8; 32]>,
+    /// `<data dir>/invoices`, when there is a data directory.
+    invoices: Option<PathBuf>,
+}
+
+impl HttpState {
+    pub fn new(metrics: Arc<Metrics>, ready: Arc<Readiness>) -> Self {
+        Self { metrics, ready, admin_token: None, invoices: None }
+    }
+
+    /// Turns the admin API on with `token` (at least 16 bytes: a token short enough to guess is
+    /// refused at start-up, naming its source).
+    pub fn with_admin_token(mut self, token: &str) -> Result<Self, String> {
+        let token = token.trim();
+        if token.len() < ADMIN_TOKEN_MIN_BYTES {
+            return Err(format!("the admin token must be at least {ADMIN_TOKEN_MIN_BYTES} bytes"));
+        }
+        self.admin_token = Some(Sha256::digest(token.as_bytes()).into());
+        Ok(self)
+    }
+
+    /// Serves the invoices the settlement worker wrote under `dir`.
+    pub fn with_invoices(mut self, dir: PathBuf) -> Self {
+        self.invoices = Some(dir);
+        self
+    }
+}
+
+const ADMIN_TOKEN_MIN_BYTES: usize = 16;
+/// Invoices listed per page at most.
+const INVOICES_PAGE_MAX: usize = 1_000;
+
+/// The routes (a function of its own so tests drive it without a socket).
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/v1/invoices", get(list_invoices))
+        .route("/v1/invoices/{number}", get(get_invoice))
+        .fallback(|uri: axum::http::Uri| async move {
+            error(StatusCode::NOT_FOUND, format!("no such endpoint: {}", uri.path()), None)
+        })
+        .with_state(state)
+}
+
+/// Serves `router(state)` on `listener` until `shutdown`.
+pub async fn serve(listener: TcpListener, state: HttpState, shutdown: CancellationToken) {
+    let app = router(state);
+    let served = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await });
+    if let Err(e) = served.await {
+        tracing::error!(error = %e, "the HTTP listener failed");
+    }
+}
+
+async fn metrics(State(state): State<HttpState>) -> Response {
+    let text = tokio::task::spawn_blocking(move || state.metrics.render()).await.unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+}
+
+async fn readyz(State(state): State<HttpState>) -> Response {
+    let waiting = state.ready.waiting_for();
+    if waiting.is_empty() {
+        (StatusCode::OK, Json(json!({ "ready": true }))).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "ready": false, "waiting_for": waiting })))
+            .into_response()
+    }
+}
+
+/// A JSON error body: what was wrong, and the field (query parameter, path segment, header)
+/// that was.
+fn error(status: StatusCode, message: String, field: Option<&'static str>) -> Response {
+    ApiError { status, message, field }.into_response()
+}
+
+/// An error answer, before it becomes a [`Response`] (small, so `Result`s stay cheap).
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    field: Option<&'static str>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>, field: Option<&'static str>) -> Self {
+        Self { status, message: message.into(), field }
+    }
+
+    fn bad_query(e: &axum::extract::rejection::QueryRejection) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, e.body_text(), Some("query"))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message, "field": self.field }))).into_response()
+    }
+}
+
+/// Checks the bearer token (RFC 6750 §2.1). Compares SHA-256 digests, so the comparison's
+/// time says nothing about the token.
+fn authorize(state: &HttpState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(expected) = state.admin_token else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the admin API is off: set http.admin_token_file or GYRO_ADMIN_TOKEN",
+            None,
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| <[u8; 32]>::from(Sha256::digest(t.trim().as_bytes())));
+    match given {
+        Some(digest) if digest == expected => Ok(()),
+        Some(_) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "wrong bearer token", Some("Authorization"))),
+        None => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing `Authorization: Bearer <token>`",
+            Some("Authorization"),
+        )),
+    }
+}
+
+/// Invoice numbers as the worker names files: letters, digits, `-` and `_`, not starting with
+/// `-` (so a number cannot escape the directory).
+fn check_number(number: &str, field: &'static str) -> Result<(), ApiError> {
+    let ok = !number.is_empty()
+        && number.len() <= 64
+        && !number.starts_with('-')
+        && number.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        let message = format!("not an invoice number: {number:?} (letters, digits, '-', '_')");
+        Err(ApiError::new(StatusCode::BAD_REQUEST, message, Some(field)))
+    }
+}
+
+fn invoices_dir(state: &HttpState) -> Result<PathBuf, ApiError> {
+    state.invoices.clone().ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, "no invoices: gyro runs without a data directory", None)
+    })
+}
+
+fn internal(message: String) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message, None)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    /// Invoice numbers after this one (the last of the previous page).
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /v1/invoices?after=&limit=`: invoice summaries in number order.
+async fn list_invoices(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let Query(q) = query.map_err(|e| ApiError::bad_query(&e))?;
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > INVOICES_PAGE_MAX {
+        let message = format!("limit must be 1..={INVOICES_PAGE_MAX}");
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, message, Some("limit")));
+    }
+    if let Some(after) = &q.after {
+        check_number(after, "after")?;
+    }
+    let dir = invoices_dir(&state)?;
+    let listed = tokio::task::spawn_blocking(move || list(&dir, q.after.as_deref(), limit)).await;
+    match listed {
+        Ok(Ok(page)) => Ok(Json(page).into_response()),
+        Ok(Err(e)) => Err(internal(format!("cannot list invoices: {e}"))),
+        Err(e) => Err(internal(e.to_string())),
+    }
+}
+
+/// A page of invoice summaries from `<number>.json` files (sorted by number: numbers of one
+/// series are zero-padded, so name order is issue order).
+fn list(dir: &std::path::Path, after: Option<&str>, limit: usize) -> std::io::Result<serde_json::Value> {
+    let mut numbers: Vec<String> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| !n.starts_with('.'))
+        .filter_map(|n| n.strip_suffix(".json").map(str::to_owned))
+        .filter(|n| after.is_none_or(|a| n.as_str() > a))
+        .collect();
+    numbers.sort();
+    let more = numbers.len() > limit;
+    numbers.truncate(limit);
+    let mut items = Vec::with_capacity(numbers.len());
+    for number in &numbers {
+        let Ok(bytes) = std::fs::read(dir.join(format!("{number}.json"))) else { continue };
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else { continue };
+        items.push(json!({
+            "number": v["number"],
+            "issue_date": v["issue_date"],
+            "buyer_id": v["buyer"]["id"],
+            "currency": v["currency"],
+            "total": v["totals"]["tax_inclusive_amount"],
+            "payable": v["totals"]["payable_amount"],
+            "paid": v["paid"],
+        }));
+    }
+    let next = if more { numbers.last().cloned() } else { None };
+    Ok(json!({ "invoices": items, "next_after": next }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GetQuery {
+    /// `json` (default) or `ubl` (the UBL 2.1 XML).
+    format: Option<String>,
+}
+
+/// `GET /v1/invoices/{number}?format=json|ubl`: the invoice document as archived.
+async fn get_invoice(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Path(number): Path<String>,
+    query: Result<Query<GetQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let Query(q) = query.map_err(|e| ApiError::bad_query(&e))?;
+    check_number(&number, "number")?;
+    let (ext, content_type) = match q.format.as_deref().unwrap_or("json") {
+        "json" => ("json", "application/json"),
+        "ubl" => ("xml", "application/xml"),
+        other => {
+            let message = format!("format must be json or ubl, not {other:?}");
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, message, Some("format")));
+        }
+    };
+    let path = invoices_dir(&state)?.join(format!("{number}.{ext}"));
+    let read = tokio::task::spawn_blocking(move || std::fs::read(&path)).await;
+    match read.unwrap_or_else(|e| Err(std::io::Error::other(e.to_string()))) {
+        Ok(bytes) => Ok(([(header::CONTENT_TYPE, content_type)], bytes).into_response()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(ApiError::new(StatusCode::NOT_FOUND, format!("no invoice {number}"), Some("number")))
+        }
+        Err(e) => Err(internal(format!("cannot read invoice {number}: {e}"))),
+    }
+}

@@ -1,0 +1,298 @@
+//! Operations (issue 7): `gyro serve`'s HTTP listener — metrics scraped and parsed after a
+//! scripted session mix (the counters match the traffic sent), the probes, and the admin API's
+//! invoice endpoints with their errors. Real processes on loopback: `gyro serve` and `gyro ccr`
+//! as a Diameter client.
+
+#[path = "common/serve.rs"]
+mod serve;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serve::Gyro;
+
+const TOKEN: &str = "test-admin-token-0123456789";
+
+/// One sample of the text exposition format: name, labels, value.
+#[derive(Debug)]
+struct Sample {
+    name: String,
+    labels: HashMap<String, String>,
+    value: f64,
+}
+
+/// Parses the Prometheus text format (0.0.4) strictly enough to catch a malformed line: every
+/// non-comment line is `name{l="v",...} value`, and every family has HELP and TYPE.
+fn parse(text: &str) -> Vec<Sample> {
+    let mut typed = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut it = rest.split(' ');
+            typed.insert(it.next().unwrap().to_owned());
+            let kind = it.next().unwrap();
+            assert!(["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind), "{line}");
+            continue;
+        }
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value: {line}"));
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value: {line}"));
+        let (name, labels) = match series.split_once('{') {
+            Some((name, rest)) => {
+                let body = rest.strip_suffix('}').unwrap_or_else(|| panic!("unclosed labels: {line}"));
+                let labels = body
+                    .split("\",")
+                    .filter(|p| !p.is_empty())
+                    .map(|p| {
+                        let (k, v) = p.split_once("=\"").unwrap_or_else(|| panic!("bad label: {line}"));
+                        (k.to_owned(), v.trim_end_matches('"').to_owned())
+                    })
+                    .collect();
+                (name.to_owned(), labels)
+            }
+            None => (series.to_owned(), HashMap::new()),
+        };
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|f| typed.contains(*f)))
+            .unwrap_or(&name);
+        assert!(typed.contains(family), "no TYPE line before {line}");
+        out.push(Sample { name, labels, value });
+    }
+    out
+}
+
+fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples
+        .iter()
+        .find(|s| {
+            s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|s| s.value)
+}
+
+/// A minimal HTTP/1.1 GET on loopback (bounded), returning (status, body).
+fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\n{auth}Connection: close\r\n\r\n").unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).expect("a status line");
+    let (head, body) = text.split_once("\r\n\r\n").expect("headers end");
+    // axum answers with Content-Length or chunked; de-chunk the simple case.
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        let mut out = String::new();
+        let mut rest = body;
+        while let Some((size, tail)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            out.push_str(&tail[..n]);
+            rest = &tail[n + 2..];
+        }
+        out
+    } else {
+        body.to_owned()
+    };
+    (status, body)
+}
+
+/// `gyro ccr --script` against `addr`; asserts it met every expectation.
+fn ccr_script(addr: SocketAddr, subscriber: &str, script: &str, dir: &Path) {
+    let file = dir.join(format!("{}.script", subscriber.replace(':', "_")));
+    std::fs::write(&file, script).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gyro"))
+        .args(["ccr", "--server", &addr.to_string(), "--subscriber", subscriber, "--script"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "gyro ccr failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn start(dir: &Path) -> (Gyro, SocketAddr) {
+    let token = dir.join("admin-token");
+    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+    let config = dir.join("gyro.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[diameter]\nallowed_peers = [\"ccr.gyro.test\", \"pgw.absent.test\"]\n\n[http]\nadmin_token_file = {:?}\n",
+            token.display().to_string()
+        ),
+    )
+    .unwrap();
+    let gyro = Gyro::start(&config, &dir.join("data"), dir.join("gyro.log"));
+    let http = serve::http_addr(&gyro.log_text()).expect("the HTTP listener's address is logged");
+    (gyro, http)
+}
+
+#[test]
+fn metrics_count_the_traffic_sent_and_probes_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gyro, http) = start(dir.path());
+    assert_eq!(get(http, "/healthz", None).0, 200);
+    let (status, body) = get(http, "/readyz", None);
+    assert_eq!((status, body.contains("\"ready\":true")), (200, true), "{body}");
+
+    // Bob (on_file): a whole data session, charged in money. Then three refusals.
+    ccr_script(
+        gyro.addr,
+        "e164:491700000002",
+        "initial rg=10 requested=0 expect=2001\n\
+         update rg=10 used=1048576 requested=0 expect=2001\n\
+         terminate rg=10 used=524288 expect=2001\n",
+        dir.path(),
+    );
+    ccr_script(gyro.addr, "e164:491700000003", "initial rg=10 requested=0 expect=4012\n", dir.path());
+    ccr_script(gyro.addr, "e164:491700000004", "initial rg=10 requested=0 expect=4010\n", dir.path());
+    ccr_script(gyro.addr, "e164:491799999999", "initial rg=10 requested=0 expect=5030\n", dir.path());
+
+    let (status, text) = get(http, "/metrics", None);
+    assert_eq!(status, 200);
+    let m = parse(&text);
+    let requests = |t: &str, rc: &str| {
+        value(
+            &m,
+            "gyro_diameter_requests_total",
+            &[("command", "CCR"), ("request_type", t), ("result_code", rc)],
+        )
+    };
+    assert_eq!(requests("initial", "2001"), Some(1.0), "{text}");
+    assert_eq!(requests("update", "2001"), Some(1.0));
+    assert_eq!(requests("termination", "2001"), Some(1.0));
+    assert_eq!(requests("initial", "4012"), Some(1.0));
+    assert_eq!(requests("initial", "4010"), Some(1.0));
+    assert_eq!(requests("initial", "5030"), Some(1.0));
+    let cer = value(&m, "gyro_diameter_requests_total", &[("command", "CER"), ("result_code", "2001")]);
+    assert_eq!(cer, Some(4.0), "one capabilities exchange per gyro ccr run");
+    // Every answered CCR is in the latency histogram.
+    assert_eq!(value(&m, "gyro_diameter_request_duration_seconds_count", &[("command", "CCR")]), Some(6.0));
+    assert_eq!(value(&m, "gyro_sessions_open", &[]), Some(0.0));
+    assert_eq!(value(&m, "gyro_reservations_open", &[]), Some(0.0));
+    assert!(value(&m, "gyro_granted_volume_bytes_total", &[]).unwrap() > 0.0);
+    assert!(
+        value(&m, "gyro_debited_money_total", &[("currency", "EUR")]).unwrap() > 0.0,
+        "Bob paid in money"
+    );
+    assert_eq!(value(&m, "gyro_diameter_peer_up", &[("peer", "pgw.absent.test")]), Some(0.0));
+    assert!(value(&m, "gyro_journal_fsync_duration_seconds_count", &[]).unwrap() >= 1.0);
+    assert!(value(&m, "gyro_journal_records_total", &[]).unwrap() >= 3.0);
+    assert_eq!(value(&m, "gyro_overload_shed_total", &[]), Some(0.0));
+    assert!(value(&m, "gyro_config_info", &[("catalog", "embedded demo")]).is_some());
+    assert!(value(&m, "process_resident_memory_bytes", &[]).unwrap() > 0.0);
+    // Histogram buckets are cumulative and end at the count.
+    let buckets: Vec<f64> = m
+        .iter()
+        .filter(|s| s.name == "gyro_diameter_request_duration_seconds_bucket" && s.labels["command"] == "CCR")
+        .map(|s| s.value)
+        .collect();
+    assert!(buckets.windows(2).all(|w| w[0] <= w[1]) && buckets.last() == Some(&6.0), "{buckets:?}");
+
+    // Bob's settlement reaches the metrics once the worker is done.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = parse(&get(http, "/metrics", None).1);
+        let paid = value(&m, "gyro_settlement_payments_total", &[("outcome", "paid")]);
+        let settled = value(&m, "gyro_settlement_settled_total", &[]);
+        if paid == Some(1.0) && settled == Some(1.0) {
+            assert_eq!(value(&m, "gyro_settlement_queue_depth", &[]), Some(0.0));
+            assert_eq!(value(&m, "gyro_emails_sent_total", &[]), Some(2.0), "invoice and confirmation");
+            break;
+        }
+        assert!(Instant::now() < deadline, "not settled: paid {paid:?}, settled {settled:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_admin_api_serves_invoices_and_names_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gyro, http) = start(dir.path());
+    ccr_script(
+        gyro.addr,
+        "e164:491700000002",
+        "initial rg=10 requested=0 expect=2001\nterminate rg=10 used=2097152 expect=2001\n",
+        dir.path(),
+    );
+    // Authentication first, on every admin endpoint.
+    let (status, body) = get(http, "/v1/invoices", None);
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("\"field\":\"Authorization\""), "{body}");
+    assert_eq!(get(http, "/v1/invoices", Some("wrong-token-wrong-token")).0, 401);
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let list = loop {
+        let (status, body) = get(http, "/v1/invoices", Some(TOKEN));
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if !v["invoices"].as_array().unwrap().is_empty() {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "no invoice listed: {body}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let invoice = &list["invoices"][0];
+    let number = invoice["number"].as_str().unwrap().to_owned();
+    assert_eq!(invoice["paid"], true, "{list}");
+    assert_eq!(invoice["buyer_id"], "c-bob");
+    assert_eq!(list["next_after"], serde_json::Value::Null);
+
+    let (status, body) = get(http, &format!("/v1/invoices/{number}"), Some(TOKEN));
+    assert_eq!(status, 200);
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(doc["number"], number.as_str());
+    assert_eq!(doc["totals"]["payable_amount"], "0.00");
+    let (status, xml) = get(http, &format!("/v1/invoices/{number}?format=ubl"), Some(TOKEN));
+    assert_eq!(status, 200);
+    assert!(xml.starts_with("<?xml") && xml.contains(&format!("<cbc:ID>{number}</cbc:ID>")), "{xml}");
+
+    // Bad input: 4xx with a JSON body naming the field.
+    for (path, status, field) in [
+        (format!("/v1/invoices/{number}?format=pdf"), 400, "format"),
+        ("/v1/invoices/GYR-2026-999999".to_owned(), 404, "number"),
+        ("/v1/invoices/..%2Fgyro".to_owned(), 400, "number"),
+        ("/v1/invoices?limit=0".to_owned(), 400, "limit"),
+        ("/v1/invoices?limit=many".to_owned(), 400, "query"),
+        ("/v1/invoices?colour=red".to_owned(), 400, "query"),
+    ] {
+        let (got, body) = get(http, &path, Some(TOKEN));
+        assert_eq!(got, status, "{path}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("{path}: {body}"));
+        assert_eq!(v["field"], field, "{path}: {body}");
+        assert!(!v["error"].as_str().unwrap().is_empty());
+    }
+    let (status, body) = get(http, "/v1/nothing-here", Some(TOKEN));
+    assert_eq!(status, 404);
+    assert!(body.contains("no such endpoint: /v1/nothing-here"), "{body}");
+    // Paging: after the only invoice there is nothing.
+    let (_, body) = get(http, &format!("/v1/invoices?after={number}"), Some(TOKEN));
+    assert!(body.contains("\"invoices\":[]"), "{body}");
+}
+
+#[test]
+fn a_bad_http_section_is_refused_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gyro.toml");
+    std::fs::write(&config, "[http]\nlisten = \"not-an-address\"\n").unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_gyro")).args(["config", "check"]).arg(&config).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    // The TOML error points at the line and the key, with serde's reason.
+    assert!(err.contains("listen = \"not-an-address\"") && err.contains("invalid socket address"), "{err}");
+}
