@@ -45,11 +45,21 @@ METRICS=(
   gyro_duplicates_replayed_total
   gyro_overload_shed_total
   gyro_journal_written_bytes_total
+  gyro_journal_records_total
+  gyro_journal_failed
+  gyro_diameter_connections
+  gyro_requests_in_flight
+  gyro_accounts
   gyro_settlement_queue_depth
   gyro_settlement_payment_attempts_total
+  gyro_settlement_payments_total
+  gyro_settlement_settled_total
   gyro_settlement_failures_total
-  gyro_settlement_dead_letters
+  gyro_settlement_deliveries_deferred_total
+  gyro_settlement_dropped_total
+  gyro_settlement_dead_letters_total
   gyro_emails_sent_total
+  gyro_emails_refused_total
   gyro_config_info
   gyro_build_info
   process_cpu_seconds_total

@@ -296,3 +296,15 @@ fn a_bad_http_section_is_refused_naming_the_key() {
     // The TOML error points at the line and the key, with serde's reason.
     assert!(err.contains("listen = \"not-an-address\"") && err.contains("invalid socket address"), "{err}");
 }
+
+/// The example configurations under `deploy/` (systemd, container, and the Kubernetes ConfigMap,
+/// which `deploy/check.sh` keeps equal to the container's) are ones gyro accepts.
+#[test]
+fn the_deploy_configurations_pass_config_check() {
+    for file in ["deploy/gyro.toml", "deploy/docker/gyro.toml"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+        let out =
+            Command::new(env!("CARGO_BIN_EXE_gyro")).args(["config", "check"]).arg(&path).output().unwrap();
+        assert!(out.status.success(), "{file}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
