@@ -1518,3 +1518,63 @@ async fn settlement_rate_in_process() {
     println!("{n} settlements in {secs:.2} s: {:.0} a second ({stats:?})", n as f64 / secs);
     node.close();
 }
+
+/// `[settlement] aggregate = "day"`: sessions wait until their UTC day has ended (plus the
+/// delay), then each account's day becomes one invoice with the sessions' lines summed, one
+/// charge for the card account; the group survives a restart between grouping and settling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_day_of_sessions_is_one_invoice_per_account_and_survives_a_restart() {
+    use gyro::settlement::Aggregate;
+    let dir = tempfile::Builder::new().prefix("gyro-settle-day-").tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cfg =
+        SettlementConfig { aggregate: Aggregate::Day, aggregate_delay_s: 900, ..SettlementConfig::default() };
+    let node = Node::start_with(&data, CATALOG, cfg.clone());
+    for (i, subscriber) in [CARD, PREPAID, CARD, PREPAID, CARD].into_iter().enumerate() {
+        node.session(&format!("s-day-{i}"), subscriber);
+    }
+    let singles = node.engine.outbox().pending();
+    assert_eq!(singles.len(), 5);
+    let per_account = |account: u32| -> i64 {
+        singles.iter().filter(|p| p.entry.account == account).map(|p| p.entry.debited().0).sum()
+    };
+    let worker = node.worker(&data, Gateway::new(&data, Crash::Never));
+    // The day has not ended: nothing is grouped, and single sessions wait.
+    assert_eq!(worker.group_due(T0 + 5), 0);
+    assert_eq!(worker.next_ready(u64::MAX), None, "singles wait for their period");
+    let end = (T0 / 86_400 + 1) * 86_400;
+    assert_eq!(worker.group_due(end + 899), 0, "not before the delay");
+    assert_eq!(worker.group_due(end + 900), 2, "one group per account");
+    let groups = node.engine.outbox().pending();
+    let mut sizes: Vec<u32> = groups.iter().map(|p| p.sessions).collect();
+    sizes.sort_unstable();
+    assert_eq!(sizes, vec![2, 3]);
+    for g in &groups {
+        assert_eq!(g.entry.debited().0, per_account(g.entry.account), "the group sums its members");
+        assert_eq!(g.entry.closed_unix_s, end, "dated at the period's end");
+    }
+    drop(worker);
+    node.close();
+
+    // Restart: the groups come back from the journal, the members do not.
+    let node = Node::start_with(&data, CATALOG, cfg);
+    assert_eq!(node.engine.outbox().pending(), groups);
+    let worker = node.worker(&data, Gateway::new(&data, Crash::Never));
+    assert_eq!(worker.group_due(end + 10_000), 0, "groups are not grouped again");
+    run_steps(&worker, 20).await;
+    assert!(node.engine.outbox().is_empty());
+    drop(worker);
+    let found = invoices(&data);
+    assert_eq!(found.len(), 2, "{:?}", found.keys());
+    assert_gapless(&found);
+    let mut totals: Vec<i64> = found.values().map(collected).collect();
+    totals.sort_unstable();
+    let mut expected: Vec<i64> = groups.iter().map(|g| g.entry.debited().0).collect();
+    expected.sort_unstable();
+    assert_eq!(totals, expected, "Σ invoice totals = Σ session debits per account");
+    let books = successes(&data);
+    assert_eq!(books.len(), 1, "one charge, for the card account's day: {books:?}");
+    let card = groups.iter().find(|g| g.sessions == 3).unwrap();
+    assert_eq!(books.values().next().unwrap(), &(1, card.entry.debited().0));
+    node.close();
+}

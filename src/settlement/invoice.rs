@@ -289,6 +289,17 @@ impl Date {
         let year = (yoe + era * 400 + i64::from(month <= 2)) as i32;
         Self { year, month, day }
     }
+
+    /// Midnight UTC of this date as Unix seconds (Howard Hinnant's `days_from_civil`).
+    pub fn to_unix_s(self) -> i64 {
+        let y = i64::from(self.year) - i64::from(self.month <= 2);
+        let era = y.div_euclid(400);
+        let yoe = y - era * 400;
+        let m = i64::from(self.month);
+        let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(self.day) - 1;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        (era * 146_097 + doe - 719_468) * 86_400
+    }
 }
 
 /// ISO 8601 `YYYY-MM-DD`, as UBL's `cbc:IssueDate` wants it.

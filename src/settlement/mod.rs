@@ -57,7 +57,7 @@ pub use payment::{ConfiguredAdapter, PaymentAdapter, RetryPolicy, Sandbox};
 /// `[settlement]` in the configuration file. Every field has a default, so the embedded run
 /// settles with no configuration at all (demo seller, `GYR-YYYY-NNNNNN` numbers, gross
 /// prices, the sandbox, `.eml` files).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SettlementConfig {
     pub seller: SellerConfig,
@@ -75,6 +75,60 @@ pub struct SettlementConfig {
     pub smtp: smtp::SmtpConfig,
     /// `[settlement.postgres]`: billing records for finance; absent `url` = off.
     pub postgres: billing::PostgresConfig,
+    /// One invoice per settled session (`session`, the default), or one per customer account
+    /// and UTC `day` or `month`, made once the period has ended.
+    pub aggregate: Aggregate,
+    /// How long after a period ends its settlements are grouped: late entries (a session that
+    /// expired in the period is settled when it is forgotten, `closed_retention_ms` later) must
+    /// be in by then. Default 900 s.
+    pub aggregate_delay_s: u64,
+}
+
+impl Default for SettlementConfig {
+    fn default() -> Self {
+        Self {
+            seller: SellerConfig::default(),
+            numbering: SeriesConfig::default(),
+            retry: RetryPolicy::default(),
+            price_basis: PriceBasis::default(),
+            payment: payment::configured::PaymentConfig::default(),
+            stripe: payment::configured::StripeConfig::default(),
+            webhook: payment::configured::WebhookConfig::default(),
+            smtp: smtp::SmtpConfig::default(),
+            postgres: billing::PostgresConfig::default(),
+            aggregate: Aggregate::Session,
+            aggregate_delay_s: 900,
+        }
+    }
+}
+
+/// `[settlement] aggregate`: what one invoice covers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Aggregate {
+    /// One invoice per session or event (the default: the customer's money moves at once).
+    #[default]
+    Session,
+    /// One invoice per account per UTC day.
+    Day,
+    /// One invoice per account per UTC calendar month.
+    Month,
+}
+
+impl Aggregate {
+    /// The end (exclusive, Unix seconds) of the period holding `unix_s`; `None` per session.
+    pub fn period_end(self, unix_s: u64) -> Option<u64> {
+        match self {
+            Self::Session => None,
+            Self::Day => Some((unix_s / 86_400 + 1) * 86_400),
+            Self::Month => {
+                let d = invoice::Date::from_unix_s(i64::try_from(unix_s).unwrap_or(i64::MAX));
+                let (year, month) = if d.month == 12 { (d.year + 1, 1) } else { (d.year, d.month + 1) };
+                let next = invoice::Date { year, month, day: 1 }.to_unix_s();
+                Some(u64::try_from(next).unwrap_or(0))
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -97,5 +151,25 @@ mod tests {
         assert_eq!((custom.numbering.prefix.as_str(), custom.numbering.digits), ("OP", 6));
         assert_eq!(custom.retry.attempts_max, 3);
         assert!(toml::from_str::<SettlementConfig>("[seller]\nnmae = \"typo\"\n").is_err());
+        let day: SettlementConfig = toml::from_str("aggregate = \"day\"\naggregate_delay_s = 60\n").unwrap();
+        assert_eq!((day.aggregate, day.aggregate_delay_s), (Aggregate::Day, 60));
+        let week = toml::from_str::<SettlementConfig>("aggregate = \"week\"\n").unwrap_err().to_string();
+        assert!(week.contains("aggregate") && week.contains("session"), "{week}");
+    }
+
+    #[test]
+    fn periods_end_at_utc_midnight_and_the_first_of_the_next_month() {
+        // 2026-11-27T07:00:00Z.
+        let t = 1_795_762_800;
+        assert_eq!(Aggregate::Session.period_end(t), None);
+        assert_eq!(Aggregate::Day.period_end(t), Some(1_795_824_000), "2026-11-28T00:00:00Z");
+        assert_eq!(Aggregate::Month.period_end(t), Some(1_796_083_200), "2026-12-01T00:00:00Z");
+        // December rolls into January; the last second of a month is still in it.
+        let dec = invoice::Date { year: 2026, month: 12, day: 31 }.to_unix_s() as u64 + 86_399;
+        assert_eq!(Aggregate::Month.period_end(dec), Some(1_798_761_600), "2027-01-01T00:00:00Z");
+        for days in [-1_000_000i64, -1, 0, 1, 59, 60, 20_000, 1_000_000] {
+            let d = invoice::Date::from_unix_s(days * 86_400);
+            assert_eq!(d.to_unix_s(), days * 86_400, "{d:?}");
+        }
     }
 }

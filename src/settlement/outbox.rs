@@ -37,10 +37,13 @@ pub const TAG_SETTLE_STEP: u8 = 11;
 pub const TAG_SETTLE_STATE: u8 = 12;
 /// Snapshots only: one numbering series and its last number.
 pub const TAG_SETTLE_SERIES: u8 = 13;
+/// A period's settlements folded into one (`[settlement] aggregate`): the members leave the
+/// outbox and the combined entry joins it, in one record.
+pub const TAG_SETTLE_GROUP: u8 = 14;
 
 /// Whether `tag` is one of the settlement entries (framed with a length).
 pub fn is_settlement_tag(tag: u8) -> bool {
-    (TAG_SETTLE..=TAG_SETTLE_SERIES).contains(&tag)
+    (TAG_SETTLE..=TAG_SETTLE_GROUP).contains(&tag)
 }
 
 /// What identifies one settlement: a session's key with its close time mixed in, or an event's
@@ -164,6 +167,14 @@ pub struct Pending {
     /// Charge attempts journaled.
     pub attempts: u32,
     pub outcome: Option<Outcome>,
+    /// For a period's combined settlement, how many settlements it folds (0: a single one).
+    pub sessions: u32,
+}
+
+impl Pending {
+    fn new(entry: SettleEntry) -> Self {
+        Self { entry, number: None, attempts: 0, outcome: None, sessions: 0 }
+    }
 }
 
 /// Counters for tests and logs (metrics are issue 7).
@@ -177,6 +188,9 @@ pub struct OutboxStats {
     pub dead_letters: u64,
     /// Entries dropped because the outbox was full.
     pub dropped: u64,
+    /// Period groups made, and the settlements folded into them.
+    pub groups: u64,
+    pub grouped: u64,
 }
 
 #[derive(Debug, Default)]
@@ -237,7 +251,7 @@ impl Outbox {
                 let seq = s.next_seq;
                 s.next_seq += 1;
                 s.by_key.insert(entry.key, seq);
-                s.pending.insert(seq, Pending { entry, number: None, attempts: 0, outcome: None });
+                s.pending.insert(seq, Pending::new(entry));
                 s.stats.added += 1;
                 true
             }
@@ -267,8 +281,14 @@ impl Outbox {
     }
 
     /// The key of the first pending settlement (in order) that `ready` accepts.
-    pub fn first(&self, ready: impl Fn(SettlementKey) -> bool) -> Option<SettlementKey> {
-        self.lock().pending.values().map(|p| p.entry.key).find(|&k| ready(k))
+    pub fn first(&self, ready: impl Fn(&Pending) -> bool) -> Option<SettlementKey> {
+        self.lock().pending.values().find(|p| ready(p)).map(|p| p.entry.key)
+    }
+
+    /// Folds `members` (pending, not numbered) into `combined` (live; recovery does the same
+    /// from the journaled [`encode_group`] record, which the caller appended first).
+    pub fn group(&self, members: &[SettlementKey], combined: SettleEntry) -> Result<(), EntryError> {
+        apply_group(&mut self.lock(), members, combined)
     }
 
     pub fn get(&self, key: SettlementKey) -> Option<Pending> {
@@ -313,9 +333,19 @@ impl Outbox {
                     let seq = s.next_seq;
                     s.next_seq += 1;
                     s.by_key.insert(entry.key, seq);
-                    s.pending.insert(seq, Pending { entry, number: None, attempts: 0, outcome: None });
+                    s.pending.insert(seq, Pending::new(entry));
                     s.stats.added += 1;
                 }
+                None
+            }
+            TAG_SETTLE_GROUP => {
+                let n = r.u32()?;
+                let mut members = Vec::with_capacity(n.min(1 << 16) as usize);
+                for _ in 0..n {
+                    members.push(read_key(&mut r)?);
+                }
+                let combined = read_entry(&mut r)?;
+                apply_group(&mut s, &members, combined)?;
                 None
             }
             TAG_SETTLE_STEP => {
@@ -335,10 +365,12 @@ impl Outbox {
                     0 => None,
                     _ => Some(read_outcome(&mut r)?),
                 };
+                // Added with period groups; absent in snapshots written before them.
+                let sessions = if r.0.is_empty() { 0 } else { r.u32()? };
                 let seq = s.next_seq;
                 s.next_seq += 1;
                 s.by_key.insert(entry.key, seq);
-                s.pending.insert(seq, Pending { entry, number, attempts, outcome });
+                s.pending.insert(seq, Pending { entry, number, attempts, outcome, sessions });
                 None
             }
             TAG_SETTLE_SERIES => {
@@ -383,9 +415,40 @@ impl Outbox {
                         put_outcome(w, o);
                     }
                 }
+                w.extend_from_slice(&p.sessions.to_le_bytes());
             });
         }
     }
+}
+
+/// The members leave (each must be pending and unnumbered: the worker groups only those, so
+/// anything else is a corrupt journal), the combined entry joins at the end. Replaying it
+/// again changes nothing (the members are gone, the combined key is pending or done).
+fn apply_group(s: &mut State, members: &[SettlementKey], combined: SettleEntry) -> Result<(), EntryError> {
+    if s.by_key.contains_key(&combined.key) {
+        return Ok(());
+    }
+    let mut folded = 0u32;
+    for key in members {
+        let Some(&seq) = s.by_key.get(key) else { continue };
+        if s.pending[&seq].number.is_some() || s.pending[&seq].sessions > 0 {
+            return Err(EntryError("a grouped settlement was numbered or is a group"));
+        }
+        s.pending.remove(&seq);
+        s.by_key.remove(key);
+        folded += 1;
+    }
+    if folded == 0 {
+        // Every member ended already: the group was settled and done before this replay.
+        return Ok(());
+    }
+    let seq = s.next_seq;
+    s.next_seq += 1;
+    s.by_key.insert(combined.key, seq);
+    s.pending.insert(seq, Pending { sessions: folded, ..Pending::new(combined) });
+    s.stats.groups += 1;
+    s.stats.grouped += u64::from(folded);
+    Ok(())
 }
 
 fn apply(s: &mut State, key: SettlementKey, step: &Step) -> Result<(), EntryError> {
@@ -439,6 +502,18 @@ pub fn frame(out: &mut Vec<u8>, tag: u8, body: impl FnOnce(&mut Vec<u8>)) {
 /// The framed outbox entry for a redo record.
 pub fn encode_entry(out: &mut Vec<u8>, entry: &SettleEntry) {
     frame(out, TAG_SETTLE, |w| put_entry(w, entry));
+}
+
+/// The framed group record of the worker: `count u32 | member keys | combined entry`.
+pub fn encode_group(out: &mut Vec<u8>, members: &[SettlementKey], combined: &SettleEntry) {
+    frame(out, TAG_SETTLE_GROUP, |w| {
+        let n = u32::try_from(members.len()).expect("fewer than 2³² settlements in a group");
+        w.extend_from_slice(&n.to_le_bytes());
+        for &key in members {
+            put_key(w, key);
+        }
+        put_entry(w, combined);
+    });
 }
 
 /// The framed step record of the worker.
@@ -656,6 +731,20 @@ pub fn describe(tag: u8, body: &[u8]) -> String {
         }
         TAG_SETTLE_STATE => read_entry(&mut r).map(|e| format!("settle {} pending (snapshot)", e.key)),
         TAG_SETTLE_SERIES => r.string().and_then(|s| r.u64().map(|n| format!("series {s} last={n}"))),
+        TAG_SETTLE_GROUP => r.u32().and_then(|n| {
+            for _ in 0..n {
+                read_key(&mut r)?;
+            }
+            read_entry(&mut r).map(|e| {
+                format!(
+                    "settle group {} of {n} account={} debited={} {}",
+                    e.key,
+                    e.account,
+                    e.debited().0,
+                    e.currency.code
+                )
+            })
+        }),
         _ => Err(EntryError("not a settlement tag")),
     };
     text.unwrap_or_else(|e| format!("UNREADABLE settlement entry: {e}"))

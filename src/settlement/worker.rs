@@ -58,13 +58,16 @@ use super::billing::{BillingError, InvoiceStatus, PaymentOutcome, PaymentRecord,
 use super::docsync::DocSync;
 use super::email::{self, EmlDir, MessageKind, Rendered};
 use super::invoice::{Buyer, Date, Invoice, InvoiceDraft, PaymentMeans, UsageLine, Vat};
-use super::outbox::{encode_step, Effect, FailReason, Outbox, Outcome, Pending, SettlementKey, Step};
+use super::outbox::{
+    encode_group, encode_step, Effect, FailReason, Outbox, Outcome, Pending, SettleEntry, SettleLine,
+    SettlementKey, Step,
+};
 use super::payment::{
     ChargeOutcome, ChargeRequest, CustomerRef, DeclineReason, IdempotencyKey, PaymentAdapter, PaymentError,
     PaymentId, PaymentMethod, Retry, SplitMix64,
 };
 use super::smtp::{Mailer, SendError};
-use super::{render, SettlementConfig};
+use super::{render, Aggregate, SettlementConfig};
 
 /// Where the worker's step records go: the journal.
 pub trait StepLog: Send + Sync + 'static {
@@ -277,8 +280,14 @@ impl<J: StepLog, P: PaymentAdapter + 'static> Worker<J, P> {
         this.outbox.set_waker(move || wake.notify_one());
         let mut tasks = tokio::task::JoinSet::new();
         let mut stopping = false;
+        let mut grouped_at_s = 0;
         loop {
             let now_ms = (this.clock)() * 1000;
+            if this.cfg.aggregate != Aggregate::Session && grouped_at_s != now_ms / 1000 {
+                // At most once a second: it scans the outbox.
+                grouped_at_s = now_ms / 1000;
+                this.group_due(grouped_at_s);
+            }
             while !stopping && !shutdown.is_cancelled() && tasks.len() < SETTLEMENTS_IN_FLIGHT_MAX {
                 let Some(key) = this.next_ready(now_ms) else { break };
                 lock(&this.sched).in_flight.insert(key);
@@ -329,12 +338,73 @@ impl<J: StepLog, P: PaymentAdapter + 'static> Worker<J, P> {
         false
     }
 
-    /// The first pending settlement not under way and not waiting for a retry.
+    /// The first pending settlement not under way and not waiting for a retry. With periods
+    /// (`[settlement] aggregate`), a single settlement not yet numbered waits to be grouped
+    /// ([`Self::group_due`]); groups, and settlements numbered before, go on.
     pub fn next_ready(&self, now_ms: u64) -> Option<SettlementKey> {
         let sched = lock(&self.sched);
-        self.outbox.first(|key| {
-            !sched.in_flight.contains(&key) && sched.not_before.get(&key).is_none_or(|&due| due <= now_ms)
+        let per_session = self.cfg.aggregate == Aggregate::Session;
+        self.outbox.first(|p| {
+            let key = p.entry.key;
+            (per_session || p.sessions > 0 || p.number.is_some() || p.attempts > 0)
+                && !sched.in_flight.contains(&key)
+                && sched.not_before.get(&key).is_none_or(|&due| due <= now_ms)
         })
+    }
+
+    /// Folds the pending settlements of every period that ended `aggregate_delay_s` before
+    /// `now_s` into one per (account, currency, period): one journal record each, the members
+    /// leaving the outbox and the combined entry joining it (lines summed per service). Only
+    /// settlements not numbered and not under way are folded. Returns the groups made.
+    ///
+    /// The record is appended before the combined entry is visible, and every step of it comes
+    /// later in the journal, so "its `Numbered` is durable" proves the group durable as it does
+    /// for an entry; a group lost in a crash is made again (perhaps with more members, so under
+    /// another key: nothing was numbered or charged for the lost one).
+    pub fn group_due(&self, now_s: u64) -> usize {
+        let aggregate = self.cfg.aggregate;
+        if aggregate == Aggregate::Session {
+            return 0;
+        }
+        let due = |closed: u64| {
+            aggregate
+                .period_end(closed)
+                .is_some_and(|end| end.saturating_add(self.cfg.aggregate_delay_s) <= now_s)
+        };
+        let mut groups: std::collections::BTreeMap<(u32, u16, u64), Vec<Pending>> = Default::default();
+        {
+            let sched = lock(&self.sched);
+            for p in self.outbox.pending() {
+                let e = &p.entry;
+                if p.number.is_none()
+                    && p.attempts == 0
+                    && p.sessions == 0
+                    && !sched.in_flight.contains(&e.key)
+                    && due(e.closed_unix_s)
+                {
+                    let end = aggregate.period_end(e.closed_unix_s).expect("periods have ends");
+                    groups.entry((e.account, e.currency.numeric, end)).or_default().push(p);
+                }
+            }
+        }
+        let mut made = 0;
+        for ((account, _, end), members) in groups {
+            let keys: Vec<SettlementKey> = members.iter().map(|p| p.entry.key).collect();
+            let combined = combine(account, end, &members);
+            let mut record = Vec::with_capacity(64 + 16 * keys.len());
+            encode_group(&mut record, &keys, &combined);
+            // Not awaited: see the doc above. A journal failure surfaces at the next step.
+            drop(self.journal.append_step(&record));
+            if let Err(e) = self.outbox.group(&keys, combined) {
+                tracing::error!(error = %e, account, "settlements not grouped");
+                continue;
+            }
+            made += 1;
+        }
+        if made > 0 {
+            tracing::info!(groups = made, "period settlements grouped");
+        }
+        made
     }
 
     /// Takes one journaled step of settlement `key` (see the module doc).
@@ -853,6 +923,42 @@ impl<J: StepLog, P: PaymentAdapter + 'static> Worker<J, P> {
         self.journal.append_step(&record).await?;
         self.outbox.apply(key, &step).map_err(|e| WorkerError::Journal(StepLogError(e.to_string())))?;
         Ok(())
+    }
+}
+
+/// The settlement that stands for `members` (one account's, one currency's, one period's):
+/// closed at the period's end, its lines the members' summed per (service, rating group,
+/// unit), under a key derived from the members' keys (SipHash-1-3 128 of them in order).
+fn combine(account: u32, period_end: u64, members: &[Pending]) -> SettleEntry {
+    use siphasher::sip128::{Hasher128, SipHasher13};
+    use std::hash::Hasher;
+    let mut hasher = SipHasher13::new_with_keys(0x6779_726f_6772_6f75, 0x7065_7269_6f64_7321);
+    let mut lines: std::collections::BTreeMap<(u16, Option<u32>, u8), SettleLine> = Default::default();
+    for p in members {
+        hasher.write_u64(p.entry.key.0[0]);
+        hasher.write_u64(p.entry.key.0[1]);
+        for l in &p.entry.lines {
+            let unit = match l.unit {
+                crate::rating::UnitKind::Time => 0,
+                crate::rating::UnitKind::Octets => 1,
+                crate::rating::UnitKind::Events => 2,
+            };
+            let line = lines.entry((l.service, l.rating_group, unit)).or_insert_with(|| SettleLine {
+                units: 0,
+                money: crate::rating::MoneyMinor(0),
+                ..l.clone()
+            });
+            line.units = line.units.saturating_add(l.units);
+            line.money.0 += l.money.0;
+        }
+    }
+    let hash = hasher.finish128();
+    SettleEntry {
+        key: SettlementKey([hash.h1, hash.h2]),
+        account,
+        closed_unix_s: period_end,
+        currency: members[0].entry.currency,
+        lines: lines.into_values().collect(),
     }
 }
 
