@@ -162,6 +162,10 @@ pub const PAYMENT_HTTP_TIMEOUT_MS_MAX: u64 = 120_000;
 /// the bound keeps a misbehaving gateway from filling memory.
 pub const PAYMENT_RESPONSE_MAX_BYTES: usize = 256 * 1024;
 
+/// Longest catalog `gateway_customer` and `payment_method_id`: Stripe's ids are tens of bytes;
+/// the bound keeps a pasted document out of every charge request.
+pub const GATEWAY_REF_MAX_BYTES: usize = 255;
+
 /// Largest secret file (`secret_key_file`, `secret_file`, `settlement.smtp.password_file`)
 /// read: keys are tens of bytes.
 pub const PAYMENT_SECRET_MAX_BYTES: u64 = 4096;
