@@ -178,6 +178,9 @@ pub const SMTP_TIMEOUT_MS_MAX: u64 = 300_000;
 /// Largest `settlement.smtp.ca_file` read (a CA bundle of a few hundred certificates).
 pub const SMTP_CA_FILE_MAX_BYTES: u64 = 1 << 20;
 
+/// Largest `settlement.postgres.ca_file` read, for the same reason.
+pub const POSTGRES_CA_FILE_MAX_BYTES: u64 = SMTP_CA_FILE_MAX_BYTES;
+
 /// How old a webhook signature's timestamp may be when a receiver checks it (Stripe's default):
 /// it bounds the window in which a captured request can be replayed.
 pub const WEBHOOK_SIGNATURE_TOLERANCE_S: i64 = 300;
