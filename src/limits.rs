@@ -162,6 +162,10 @@ pub const PAYMENT_HTTP_TIMEOUT_MS_MAX: u64 = 120_000;
 /// the bound keeps a misbehaving gateway from filling memory.
 pub const PAYMENT_RESPONSE_MAX_BYTES: usize = 256 * 1024;
 
+/// Longest catalog `gateway_customer` and `payment_method_id`: Stripe's ids are tens of bytes;
+/// the bound keeps a pasted document out of every charge request.
+pub const GATEWAY_REF_MAX_BYTES: usize = 255;
+
 /// Largest secret file (`secret_key_file`, `secret_file`, `settlement.smtp.password_file`)
 /// read: keys are tens of bytes.
 pub const PAYMENT_SECRET_MAX_BYTES: u64 = 4096;
@@ -173,6 +177,9 @@ pub const SMTP_TIMEOUT_MS_MAX: u64 = 300_000;
 
 /// Largest `settlement.smtp.ca_file` read (a CA bundle of a few hundred certificates).
 pub const SMTP_CA_FILE_MAX_BYTES: u64 = 1 << 20;
+
+/// Largest `settlement.postgres.ca_file` read, for the same reason.
+pub const POSTGRES_CA_FILE_MAX_BYTES: u64 = SMTP_CA_FILE_MAX_BYTES;
 
 /// How old a webhook signature's timestamp may be when a receiver checks it (Stripe's default):
 /// it bounds the window in which a captured request can be replayed.

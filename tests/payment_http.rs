@@ -28,7 +28,8 @@ use gyro::config::Config;
 use gyro::rating::{Currency, MoneyMinor};
 use gyro::settlement::payment::{
     AdapterKind, Card, CardBrand, ChargeOutcome, ChargeRequest, ConfiguredAdapter, CustomerRef,
-    DeclineReason, Iban, IdempotencyKey, PaymentAdapter, PaymentError, PaymentId, PaymentMethod, SepaDebit,
+    DeclineReason, GatewayCustomer, GatewayRefs, Iban, IdempotencyKey, PaymentAdapter, PaymentError,
+    PaymentId, PaymentMethod, PaymentMethodId, Rejection, SepaDebit,
 };
 
 const STRIPE_KEY: &str = "sk_test_gyro_0123456789";
@@ -47,26 +48,38 @@ async fn serve(app: Router) -> SocketAddr {
     addr
 }
 
-fn card(token: &str) -> PaymentMethod {
-    PaymentMethod::Card(Card { token: token.into(), brand: CardBrand::Visa, last4: "4242".into() })
+/// The catalog's card number: the sandbox's instrument, never sent to a remote gateway.
+const CARD_NUMBER: &str = "4242424242424242";
+
+/// A card account saved at the gateway as `pm`.
+fn card(pm: &str) -> (PaymentMethod, &str) {
+    let method =
+        PaymentMethod::Card(Card { token: CARD_NUMBER.into(), brand: CardBrand::Visa, last4: "4242".into() });
+    (method, pm)
 }
 
-fn sepa(token: &str) -> PaymentMethod {
-    PaymentMethod::SepaDebit(SepaDebit {
+/// A SEPA debit account saved at the gateway as `pm`.
+fn sepa(pm: &str) -> (PaymentMethod, &str) {
+    let method = PaymentMethod::SepaDebit(SepaDebit {
         mandate: "MND-1".into(),
         iban: Iban::parse("DE89370400440532013000").expect("a valid IBAN"),
-        token: token.into(),
-    })
+    });
+    (method, pm)
 }
 
-fn charge(key: &str, method: PaymentMethod) -> ChargeRequest {
+/// A charge of the catalog's customer `c-alice`, who is `cus_alice` at the gateway.
+fn charge(key: &str, (method, pm): (PaymentMethod, &str)) -> ChargeRequest {
     ChargeRequest {
         key: IdempotencyKey(key.into()),
         invoice_number: format!("GYR-2026-{key}"),
-        customer: CustomerRef("cus_alice".into()),
+        customer: CustomerRef("c-alice".into()),
         amount: MoneyMinor(1234),
         currency: Currency::EUR,
         method,
+        gateway: GatewayRefs {
+            customer: Some(GatewayCustomer("cus_alice".into())),
+            payment_method: Some(PaymentMethodId(pm.into())),
+        },
     }
 }
 
@@ -95,6 +108,10 @@ enum Next {
 
 #[derive(Debug, Default)]
 struct StripeBooks {
+    /// Every POST that arrived, authorised or not.
+    posts: usize,
+    /// The form of every authorised POST with a key, in order.
+    forms: Vec<HashMap<String, String>>,
     /// Every `Idempotency-Key` of every POST, in order.
     keys_seen: Vec<String>,
     /// The saved answer of each key.
@@ -131,6 +148,7 @@ async fn stripe_create(
     headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
+    books.lock().expect("books").posts += 1;
     if !authorised(&headers) {
         return (StatusCode::UNAUTHORIZED, axum::Json(json!({"error": {"type": "invalid_request_error"}})))
             .into_response();
@@ -141,6 +159,7 @@ async fn stripe_create(
     let (answer, stall) = {
         let mut b = books.lock().expect("books");
         b.keys_seen.push(key.clone());
+        b.forms.push(form.clone());
         if let Some((status, body)) = b.saved.get(&key) {
             // A repeated key: Stripe replays the saved answer and charges nothing.
             let mut replay = (*status, axum::Json(body.clone())).into_response();
@@ -176,6 +195,7 @@ fn stripe_decide(b: &mut StripeBooks, key: &str, form: &HashMap<String, String>)
         && field("amount").parse::<i64>().is_ok_and(|a| 0 < a)
         && field("currency") == "eur"
         && field("customer") == "cus_alice"
+        && field("payment_method").starts_with("pm_")
         && field("metadata[idempotency_key]") == key
         && matches!(field("payment_method_types[]"), "card" | "sepa_debit");
     if !well_formed || field("payment_method") == "pm_missing" {
@@ -253,6 +273,86 @@ async fn stripe_card_charge_succeeds_with_the_key_in_header_and_metadata() {
         assert_eq!(b.keys_seen, ["k1"]);
         assert_eq!(b.charges(), 1);
         assert_eq!(b.intents[0].1["metadata"]["idempotency_key"], "k1");
+    })
+    .await;
+}
+
+/// The catalog's account, as the worker turns it into a charge: `customer` is the catalog's id,
+/// `gateway` the account's `gateway_customer` and `payment_method_id`.
+fn catalog_charge(key: &str, account_keys: &str) -> ChargeRequest {
+    let text = format!(
+        "[[plans]]\nid = \"p\"\ncurrency = \"EUR\"\n[[plans.services]]\nname = \"data\"\nunit = \"octets\"\n\
+         price = \"0.01\"\nquota = 1000\n[[customers]]\nid = \"c-alice\"\nname = \"Alice\"\nplan = \"p\"\n\
+         [[accounts]]\ncustomer = \"c-alice\"\nsubscription_ids = [\"e164:491700000001\"]\nfunding = \"on_file\"\n\
+         {account_keys}\n"
+    );
+    let catalog = gyro::catalog::Catalog::from_toml("catalog.toml", &text).expect("a valid catalog");
+    let account = &catalog.accounts[0];
+    ChargeRequest {
+        key: IdempotencyKey(key.into()),
+        invoice_number: format!("GYR-2026-{key}"),
+        customer: CustomerRef(account.customer.clone()),
+        amount: MoneyMinor(1234),
+        currency: Currency::EUR,
+        method: account.payment.clone().expect("a payment method"),
+        gateway: account.gateway.clone(),
+    }
+}
+
+#[tokio::test]
+async fn stripe_form_carries_the_accounts_gateway_customer_and_payment_method() {
+    within(async {
+        let (stripe, books) = stripe_setup(5_000).await;
+        let card = format!(
+            "card = \"{CARD_NUMBER}\"\ngateway_customer = \"cus_alice\"\npayment_method_id = \"pm_card_visa\""
+        );
+        let outcome = stripe.charge(&catalog_charge("k1", &card)).await;
+        assert_eq!(outcome, Ok(ChargeOutcome::Succeeded { payment_id: PaymentId("pi_1".into()) }));
+        let sepa = "iban = \"DE89370400440532013000\"\nmandate = \"MND-1\"\n\
+                    gateway_customer = \"cus_alice\"\npayment_method_id = \"pm_sepa\"";
+        let pending = stripe.charge(&catalog_charge("k2", sepa)).await;
+        assert_eq!(pending, Ok(ChargeOutcome::Pending { payment_id: PaymentId("pi_2".into()) }));
+        let b = books.lock().expect("books");
+        let field = |i: usize, k: &str| b.forms[i].get(k).cloned().unwrap_or_default();
+        assert_eq!(
+            (field(0, "customer"), field(0, "payment_method")),
+            ("cus_alice".into(), "pm_card_visa".into())
+        );
+        assert_eq!(field(0, "payment_method_types[]"), "card");
+        assert_eq!(
+            (field(1, "customer"), field(1, "payment_method")),
+            ("cus_alice".into(), "pm_sepa".into())
+        );
+        assert_eq!(field(1, "payment_method_types[]"), "sepa_debit");
+        for form in &b.forms {
+            let values: Vec<&String> = form.values().collect();
+            assert!(
+                values.iter().all(|v| !v.contains(CARD_NUMBER) && !v.contains("DE8937") && *v != "c-alice"),
+                "neither the card number, the IBAN nor the catalog's customer id is sent: {form:?}"
+            );
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn stripe_without_a_gateway_reference_is_rejected_and_nothing_is_sent() {
+    within(async {
+        let (stripe, books) = stripe_setup(5_000).await;
+        let card = format!("card = \"{CARD_NUMBER}\"");
+        for (keys, missing) in [
+            (format!("{card}\npayment_method_id = \"pm_card_visa\""), "gateway_customer"),
+            (format!("{card}\ngateway_customer = \"cus_alice\""), "payment_method_id"),
+            (card.clone(), "gateway_customer"),
+        ] {
+            let outcome = stripe.charge(&catalog_charge("k1", &keys)).await;
+            let expected = PaymentError::Rejected(Rejection::Missing { field: missing });
+            assert_eq!(outcome, Err(expected), "{keys}");
+            assert!(!expected.is_retryable());
+            assert!(expected.to_string().contains(missing), "the message names the field: {expected}");
+        }
+        let b = books.lock().expect("books");
+        assert_eq!((b.posts, b.searches), (0, 0), "no request reached the gateway");
     })
     .await;
 }
@@ -345,8 +445,8 @@ async fn stripe_400_is_rejected_and_not_retryable() {
     within(async {
         let (stripe, books) = stripe_setup(5_000).await;
         let outcome = stripe.charge(&charge("k1", card("pm_missing"))).await;
-        assert_eq!(outcome, Err(PaymentError::Rejected { status: 400 }));
-        assert!(!PaymentError::Rejected { status: 400 }.is_retryable());
+        assert_eq!(outcome, Err(PaymentError::Rejected(Rejection::Status(400))));
+        assert!(!PaymentError::Rejected(Rejection::Status(400)).is_retryable());
         assert_eq!(books.lock().expect("books").charges(), 0);
     })
     .await;
@@ -362,7 +462,7 @@ async fn stripe_wrong_key_is_rejected_and_a_dead_server_is_transient() {
         ));
         let wrong = ConfiguredAdapter::build(&config, env_with("GYRO_STRIPE_SECRET_KEY", "sk_wrong"), fixed_clock)
             .expect("builds");
-        assert_eq!(wrong.charge(&charge("k1", card("pm_card_visa"))).await, Err(PaymentError::Rejected { status: 401 }));
+        assert_eq!(wrong.charge(&charge("k1", card("pm_card_visa"))).await, Err(PaymentError::Rejected(Rejection::Status(401))));
         // Nothing listens on a port just released: the connection is refused, nothing was sent.
         let closed = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
@@ -497,16 +597,26 @@ async fn webhook_signed_post_is_verified_and_2xx_is_accepted() {
         assert_eq!(body["invoice_id"], "GYR-2026-k1");
         assert_eq!(body["amount_minor"], 1234);
         assert_eq!(body["currency"], "EUR");
-        assert_eq!(body["customer"], "cus_alice");
-        assert_eq!(
-            body["payment_means"],
-            json!({"type": "card", "token": "pm_card_visa", "brand": "VISA", "last4": "4242"})
-        );
+        assert_eq!(body["customer"], "c-alice");
+        assert_eq!(body["gateway_customer"], "cus_alice");
+        assert_eq!(body["payment_method_id"], "pm_card_visa");
+        assert_eq!(body["payment_means"], json!({"type": "card", "brand": "VISA", "last4": "4242"}));
+        assert!(!body.to_string().contains(CARD_NUMBER), "the card number is never sent: {body}");
         // SEPA: the IBAN only masked.
         webhook.charge(&charge("k2", sepa("pm_sepa"))).await.expect("accepted");
+        // Without gateway references the body simply has no such keys.
+        let mut bare = charge("k3", card("pm_unused"));
+        bare.gateway = GatewayRefs::default();
+        webhook.charge(&bare).await.expect("accepted");
         let b = books.lock().expect("books");
         assert_eq!(b.received[1].1["payment_means"]["iban_masked"], "DE89**************3000");
+        assert_eq!(b.received[1].1["payment_method_id"], "pm_sepa");
         assert!(!b.received[1].1.to_string().contains("DE89370400440532013000"));
+        let bare = b.received[2].1.as_object().expect("an object");
+        assert!(
+            !bare.contains_key("gateway_customer") && !bare.contains_key("payment_method_id"),
+            "{bare:?}"
+        );
     })
     .await;
 }
@@ -516,7 +626,7 @@ async fn webhook_with_the_wrong_secret_fails_verification_and_is_rejected() {
     within(async {
         let (webhook, books) = webhook_setup(5_000, false, "whsec_wrong").await;
         let outcome = webhook.charge(&charge("k1", card("pm_card_visa"))).await;
-        assert_eq!(outcome, Err(PaymentError::Rejected { status: 401 }));
+        assert_eq!(outcome, Err(PaymentError::Rejected(Rejection::Status(401))));
         assert_eq!(books.lock().expect("books").bad_signatures, 1);
     })
     .await;
@@ -544,7 +654,7 @@ async fn webhook_4xx_is_rejected() {
         let (webhook, books) = webhook_setup(5_000, false, WEBHOOK_SECRET).await;
         books.lock().expect("books").script.push_back(StatusCode::UNPROCESSABLE_ENTITY);
         let outcome = webhook.charge(&charge("k1", card("pm_card_visa"))).await;
-        assert_eq!(outcome, Err(PaymentError::Rejected { status: 422 }));
+        assert_eq!(outcome, Err(PaymentError::Rejected(Rejection::Status(422))));
     })
     .await;
 }

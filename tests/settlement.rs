@@ -34,7 +34,10 @@
 //! - `with_the_stripe_adapter_a_settlement_is_charged_once_through_a_failure`: the worker with
 //!   `ConfiguredAdapter` (`adapter = "stripe"`) against a fake Stripe on loopback that answers
 //!   the first POST with a 500: retried under the same key, one PaymentIntent for the debited
-//!   amount, the invoice paid. `start_up_stops_on_a_missing_secret_or_an_unreachable_billing_database_naming_the_key`:
+//!   amount charged to the account's `gateway_customer` and `payment_method_id` (never the card
+//!   number), the invoice paid. `with_the_stripe_adapter_an_account_without_gateway_references_is_dead_lettered_unsent`:
+//!   the card account without them: no POST at all, each attempt `Rejected`, then a dead letter
+//!   with the invoice open, as for any rejected charge. `start_up_stops_on_a_missing_secret_or_an_unreachable_billing_database_naming_the_key`:
 //!   `gyro serve` exits before listening, naming `settlement.stripe.secret_key_file` or
 //!   `settlement.postgres`.
 //!   `with_postgres_a_lost_connection_is_reconnected_before_the_next_rows` (ignored, in
@@ -1006,6 +1009,8 @@ async fn a_recipient_refused_for_good_does_not_hold_the_settlement() {
 struct FakeStripe {
     fail_first: bool,
     posts: usize,
+    /// The form of each POST.
+    forms: Vec<HashMap<String, String>>,
     /// (the key, the intent's JSON) of each PaymentIntent that charged.
     intents: Vec<(String, serde_json::Value)>,
 }
@@ -1024,6 +1029,7 @@ async fn fake_stripe(stripe: Arc<std::sync::Mutex<FakeStripe>>) -> SocketAddr {
             headers.get("authorization").and_then(|v| v.to_str().ok()) == Some("Bearer sk_test_gyro");
         let mut s = stripe.lock().unwrap();
         s.posts += 1;
+        s.forms.push(form.clone());
         if !authorised || key.is_empty() {
             return (
                 StatusCode::UNAUTHORIZED,
@@ -1085,7 +1091,7 @@ async fn with_the_stripe_adapter_a_settlement_is_charged_once_through_a_failure(
     let cfg = gyro::config::Config::parse("gyro.toml", &text).expect("a valid configuration").settlement;
     let secret = |name: &str| (name == "GYRO_STRIPE_SECRET_KEY").then(|| "sk_test_gyro".to_owned());
     let adapter = ConfiguredAdapter::build(&cfg, secret, unix_now).expect("the stripe adapter");
-    let node = Node::start_with(&data, CATALOG, cfg);
+    let node = Node::start_with(&data, &catalog_saved_at_stripe(), cfg);
     let t = node.session("s-card", CARD);
     // The CCR-T again: its original answer, with what the session cost.
     let debited = cost(&node.handle(&retransmission(&t)));
@@ -1106,11 +1112,59 @@ async fn with_the_stripe_adapter_a_settlement_is_charged_once_through_a_failure(
     assert_eq!(s.intents.len(), 1, "charged once");
     assert_eq!(s.intents[0].0, key.to_string());
     assert_eq!(s.intents[0].1["amount"], debited);
+    for form in &s.forms {
+        assert_eq!(form.get("customer").map(String::as_str), Some("cus_card"), "{form:?}");
+        assert_eq!(form.get("payment_method").map(String::as_str), Some("pm_card"), "{form:?}");
+        assert!(form.values().all(|v| !v.contains("4242424242424242")), "{form:?}");
+    }
     let found = invoices(&data);
     let invoice = found.values().next().unwrap();
     assert_eq!(cents(invoice["totals"]["paid_amount"].as_str().unwrap()), debited);
     drop(s);
     drop(worker);
+    node.close();
+}
+
+/// The test catalog with the card account's ids at Stripe.
+fn catalog_saved_at_stripe() -> String {
+    let card = "card = \"4242424242424242\"";
+    CATALOG
+        .replace(card, &format!("{card}\ngateway_customer = \"cus_card\"\npayment_method_id = \"pm_card\""))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_stripe_adapter_an_account_without_gateway_references_is_dead_lettered_unsent() {
+    use gyro::settlement::payment::ConfiguredAdapter;
+    let stripe = Arc::new(std::sync::Mutex::new(FakeStripe::default()));
+    let addr = fake_stripe(Arc::clone(&stripe)).await;
+    let dir = tempfile::Builder::new().prefix("gyro-settle-stripe-unsent-").tempdir().unwrap();
+    let data = dir.path().join("data");
+    let text = format!(
+        "[settlement.payment]\nadapter = \"stripe\"\n[settlement.stripe]\nbase_url = \"http://{addr}/\"\n\
+         timeout_ms = 10000\n[settlement.retry]\nbase_ms = 1\ncap_ms = 5\nattempts_max = 2\n"
+    );
+    let cfg = gyro::config::Config::parse("gyro.toml", &text).expect("a valid configuration").settlement;
+    let secret = |name: &str| (name == "GYRO_STRIPE_SECRET_KEY").then(|| "sk_test_gyro".to_owned());
+    let adapter = ConfiguredAdapter::build(&cfg, secret, unix_now).expect("the stripe adapter");
+    let node = Node::start_with(&data, CATALOG, cfg);
+    node.session("s-card", CARD);
+    let worker = node.worker(&data, adapter);
+    let steps = run_steps(&worker, 10).await;
+    assert!(node.engine.outbox().is_empty(), "{steps:?}");
+    assert!(
+        steps
+            .iter()
+            .any(|s| matches!(s, Advanced::Paid(gyro::settlement::outbox::Outcome::DeadLetter { .. }))),
+        "{steps:?}"
+    );
+    assert_eq!(worker.stats().charge_attempts, 2, "{steps:?}");
+    assert_eq!(stripe.lock().unwrap().posts, 0, "nothing Stripe would reject was sent");
+    drop(worker);
+    let found = invoices(&data);
+    let invoice = found.values().next().unwrap();
+    assert_eq!(invoice["totals"]["payable_amount"], "0.08", "the invoice stays open: {invoice}");
+    let a = node.handle(&Ccr::data(INITIAL, "s-after", 0, CARD, 0).encode("pgw", 7, 7));
+    assert_eq!(result_code(&a), 2001, "a dead letter does not bar the account");
     node.close();
 }
 

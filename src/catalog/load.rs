@@ -13,8 +13,9 @@ use super::{
     AccountSpec, AccountStatus, BundleSpec, Catalog, CatalogError, Customer, FinalUnitAction, Funding,
     Overrides, Plan, Problem, Service, ServiceOverride, SubscriptionId,
 };
+use crate::limits::GATEWAY_REF_MAX_BYTES;
 use crate::rating::{Band, Currency, Rate, UnitKind};
-use crate::settlement::payment::PaymentMethod;
+use crate::settlement::payment::{GatewayCustomer, GatewayRefs, PaymentMethod, PaymentMethodId};
 
 /// The demo catalog `gyro serve` starts with (see the comments in the file).
 const DEMO_TOML: &str = include_str!("demo.toml");
@@ -244,6 +245,7 @@ fn account(index: usize, raw: RawAccount) -> Result<AccountSpec, Located> {
     let amount =
         |field, value: &Option<Amount>| value.as_ref().map_or(Ok(Decimal::ZERO), |v| decimal(field, v));
     let payment = payment_method(&raw).map_err(at)?;
+    let gateway = gateway_refs(&raw, payment.is_some()).map_err(at)?;
     Ok(AccountSpec {
         customer: raw.customer,
         subscription_ids,
@@ -258,6 +260,32 @@ fn account(index: usize, raw: RawAccount) -> Result<AccountSpec, Located> {
             RawStatus::Barred => AccountStatus::Barred,
         },
         payment,
+        gateway,
+    })
+}
+
+/// An on_file account's `gateway_customer` and `payment_method_id`, each optional: the sandbox
+/// needs neither, and the stripe adapter refuses a charge without them (per charge, not here,
+/// because which adapter runs is the configuration's business, not the catalog's).
+fn gateway_refs(raw: &RawAccount, has_method: bool) -> Result<GatewayRefs, Problem> {
+    let check = |field: &'static str, value: &Option<String>| -> Result<Option<String>, Problem> {
+        let Some(value) = value else { return Ok(None) };
+        if value.is_empty() {
+            return Err(Problem::Empty { field });
+        }
+        // Graphic ASCII only: the ids go into a form body and JSON as they are, and a space, a
+        // control character or a non-ASCII look-alike is a copy-and-paste mistake, not an id.
+        if GATEWAY_REF_MAX_BYTES < value.len() || !value.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(Problem::BadGatewayRef { field });
+        }
+        if !has_method {
+            return Err(Problem::GatewayRefWithoutMethod { field });
+        }
+        Ok(Some(value.clone()))
+    };
+    Ok(GatewayRefs {
+        customer: check("gateway_customer", &raw.gateway_customer)?.map(GatewayCustomer),
+        payment_method: check("payment_method_id", &raw.payment_method_id)?.map(PaymentMethodId),
     })
 }
 
@@ -279,13 +307,7 @@ fn payment_method(raw: &RawAccount) -> Result<Option<PaymentMethod>, Problem> {
             }
             let iban =
                 Iban::parse(iban).map_err(|reason| Problem::BadPaymentMethod { field: "iban", reason })?;
-            // The gateway's handle of the mandate (Stripe's PaymentMethod id) is not in the
-            // catalog yet: the sandbox needs none; the stripe adapter will refuse an empty one.
-            PaymentMethod::SepaDebit(SepaDebit {
-                mandate: mandate.trim().to_owned(),
-                iban,
-                token: String::new(),
-            })
+            PaymentMethod::SepaDebit(SepaDebit { mandate: mandate.trim().to_owned(), iban })
         }
     };
     if matches!(raw.funding, RawFunding::Prepaid) {

@@ -190,6 +190,9 @@ pub struct AccountSpec {
     /// How an on_file account pays its invoices (`card`, or `iban` + `mandate`); `None` leaves
     /// its invoices open (issued, not charged).
     pub payment: Option<crate::settlement::payment::PaymentMethod>,
+    /// The account's ids at a remote gateway (`gateway_customer`, `payment_method_id`); only with
+    /// a `payment`. The `stripe` adapter needs both, the sandbox neither.
+    pub gateway: crate::settlement::payment::GatewayRefs,
 }
 
 /// Longest Subscription-Id-Data we accept in a catalog.
@@ -335,6 +338,10 @@ pub enum Problem {
     TwoPaymentMethods,
     #[error("{field} is required with {with}")]
     Requires { field: &'static str, with: &'static str },
+    #[error("{field} must be printable ASCII without spaces, at most {max} bytes (a gateway's id, e.g. \"cus_…\" or \"pm_…\")", max = crate::limits::GATEWAY_REF_MAX_BYTES)]
+    BadGatewayRef { field: &'static str },
+    #[error("{field} identifies a saved payment method at the gateway: it needs funding = \"on_file\" and a card or iban")]
+    GatewayRefWithoutMethod { field: &'static str },
 }
 
 #[cfg(test)]

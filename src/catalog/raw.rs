@@ -160,6 +160,10 @@ pub(super) struct RawAccount {
     /// on_file: a SEPA direct-debit IBAN, with its `mandate` reference.
     pub(super) iban: Option<String>,
     pub(super) mandate: Option<String>,
+    /// on_file with a card or iban: the customer's id at a remote gateway (Stripe `cus_…`).
+    pub(super) gateway_customer: Option<String>,
+    /// on_file with a card or iban: the saved payment method's id there (Stripe `pm_…`).
+    pub(super) payment_method_id: Option<String>,
 }
 
 #[derive(Deserialize, Clone, Copy)]

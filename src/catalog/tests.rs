@@ -616,3 +616,63 @@ fn payment_methods_are_checked_and_name_the_field() {
     let e = error_after("balance = \"50.00\"", "balance = \"50.00\"\ncard = \"4242424242424242\"");
     assert!(e.contains("accounts[0]: card is a payment method, for on_file accounts only"), "{e}");
 }
+
+#[test]
+fn gateway_references_are_checked_and_name_the_field() {
+    use crate::settlement::payment::{GatewayCustomer, GatewayRefs, PaymentMethodId};
+    let on_file = "credit_limit = \"100\"";
+    let card = "credit_limit = \"100\"\ncard = \"4242424242424242\"";
+    let with = |keys: &str| format!("{card}\n{keys}");
+    let ok =
+        BASE.replacen(on_file, &with("gateway_customer = \"cus_A1\"\npayment_method_id = \"pm_1Qx\""), 1);
+    let c = Catalog::from_toml("catalog.toml", &ok).unwrap();
+    assert_eq!(
+        c.accounts[1].gateway,
+        GatewayRefs {
+            customer: Some(GatewayCustomer("cus_A1".into())),
+            payment_method: Some(PaymentMethodId("pm_1Qx".into())),
+        }
+    );
+    // Each is optional (the sandbox needs neither), and absent means absent.
+    let one = BASE.replacen(on_file, &with("payment_method_id = \"pm_1\""), 1);
+    let c = Catalog::from_toml("catalog.toml", &one).unwrap();
+    assert_eq!(c.accounts[1].gateway.customer, None);
+    assert_eq!(Catalog::from_toml("catalog.toml", BASE).unwrap().accounts[1].gateway, GatewayRefs::default());
+    // With an iban and mandate too.
+    let sepa = "credit_limit = \"100\"\niban = \"DE89370400440532013000\"\nmandate = \"M-1\"\n\
+                gateway_customer = \"cus_A1\"\npayment_method_id = \"pm_sepa\"";
+    assert!(Catalog::from_toml("catalog.toml", &BASE.replacen(on_file, sepa, 1)).is_ok());
+
+    let long = format!("cus_{}", "x".repeat(crate::limits::GATEWAY_REF_MAX_BYTES - 3));
+    for field in ["gateway_customer", "payment_method_id"] {
+        let e = error_after(on_file, &with(&format!("{field} = \"\"")));
+        assert_eq!(e, format!("catalog.toml: accounts[1]: {field} must not be empty"));
+        for bad in ["cus 1", "pm_\\t1", "pm_ü", "pm_\\u00a0", long.as_str()] {
+            let e = error_after(on_file, &with(&format!("{field} = \"{bad}\"")));
+            assert!(
+                e.starts_with(&format!("catalog.toml: accounts[1]: {field} must be printable ASCII")),
+                "{bad}: {e}"
+            );
+        }
+        // Only with a saved method: not on an on_file account without one, not on a prepaid one.
+        let e = error_after(on_file, &format!("{on_file}\n{field} = \"x_1\""));
+        assert!(
+            e.starts_with(&format!("catalog.toml: accounts[1]: {field} identifies a saved payment method")),
+            "{e}"
+        );
+        let e = error_after("balance = \"50.00\"", &format!("balance = \"50.00\"\n{field} = \"x_1\""));
+        assert!(e.contains(&format!("accounts[0]: {field} identifies")) && e.contains("on_file"), "{e}");
+    }
+    let longest = BASE.replacen(on_file, &with(&format!("gateway_customer = \"{}\"", &long[1..])), 1);
+    assert!(Catalog::from_toml("catalog.toml", &longest).is_ok(), "{} bytes is the limit", long.len() - 1);
+}
+
+#[test]
+fn an_existing_catalogs_digest_is_its_texts_and_unchanged() {
+    // The data directory records `durable::catalog_digest` of the catalog's *text* (SipHash of
+    // the bytes), not of the parsed catalog, so new optional account keys change no existing
+    // catalog's digest. This pins BASE's digest as `main` computed it before
+    // `gateway_customer`/`payment_method_id` existed.
+    assert!(!BASE.contains("gateway_customer") && !BASE.contains("payment_method_id"));
+    assert_eq!(crate::durable::catalog_digest(BASE), "b17ec69cd01df271a5f7526175002bb2");
+}

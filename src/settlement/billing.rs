@@ -17,19 +17,30 @@
 //!   Lines and usage rows are insert-if-absent; a payment attempt is keyed by (invoice, attempt)
 //!   and a partial unique index allows one successful charge per invoice.
 //! - Password: `password_file` or `GYRO_PG_PASSWORD`, never in the URL (it would reach logs).
-//!   The connection is plain TCP: meant for a database on the same host or a private network;
-//!   TLS to PostgreSQL is not built yet (ARCHITECTURE.md, Settlement).
+//! - TLS (`tls`, `ca_file`; module `tls`): `disable`, `require` or `verify-full`, as libpq's
+//!   `sslmode`. Without `tls`, a loopback host or a Unix socket gets `disable` and any other host
+//!   `verify-full`: across a network the password and the billing rows (names, addresses,
+//!   amounts) must neither travel in clear nor reach an impostor, and a server that cannot do
+//!   verified TLS then stops start-up with an error rather than quietly getting them. Plain TCP
+//!   to a remote host stays possible, but only when asked for with `tls = "disable"`. The URL's
+//!   own `sslmode` is refused, so the mode is said in one place.
 
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
 use serde::Deserialize;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::{Client, NoTls, Socket};
 
 use super::invoice::{Invoice, PriceBasis};
 use super::payment::configured::{secret, PaymentConfigError};
 use crate::rating::MoneyMinor;
+
+mod tls;
+
+pub use tls::PgTls;
 
 /// Where the PostgreSQL password comes from when `password_file` is not set.
 pub const PG_PASSWORD_ENV: &str = "GYRO_PG_PASSWORD";
@@ -49,11 +60,23 @@ pub struct PostgresConfig {
     /// A file holding the password; absent = `GYRO_PG_PASSWORD` (or none, for trust/peer auth).
     pub password_file: Option<PathBuf>,
     pub connect_timeout_ms: u64,
+    /// `disable`, `require` or `verify-full`; absent = by host (see the module doc and
+    /// [`Self::tls_mode`]).
+    pub tls: Option<PgTls>,
+    /// PEM certificates trusted besides the web PKI roots (a private CA); `verify-full` only.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for PostgresConfig {
     fn default() -> Self {
-        Self { url: None, schema: "gyro".into(), password_file: None, connect_timeout_ms: 5_000 }
+        Self {
+            url: None,
+            schema: "gyro".into(),
+            password_file: None,
+            connect_timeout_ms: 5_000,
+            tls: None,
+            ca_file: None,
+        }
     }
 }
 
@@ -72,6 +95,20 @@ pub enum PostgresConfigError {
     Timeout,
     #[error("{0}")]
     Secret(PaymentConfigError),
+    #[error(
+        "sets sslmode: say it with settlement.postgres.tls (\"disable\", \"require\" or \"verify-full\")"
+    )]
+    SslModeInUrl,
+    #[error(
+        "\"{0}\" over a Unix socket: PostgreSQL offers no TLS there; use tls = \"disable\" or a TCP host"
+    )]
+    TlsOverUnixSocket(&'static str),
+    #[error("cannot set up TLS: {0}")]
+    Tls(String),
+    #[error("is only used with tls = \"verify-full\" (\"require\" checks no certificate)")]
+    CaWithoutVerify,
+    #[error("{0}")]
+    Ca(String),
 }
 
 impl PostgresConfigError {
@@ -81,6 +118,9 @@ impl PostgresConfigError {
             Self::Schema => "settlement.postgres.schema",
             Self::Timeout => "settlement.postgres.connect_timeout_ms",
             Self::Secret(e) => e.key(),
+            Self::SslModeInUrl => "settlement.postgres.url",
+            Self::TlsOverUnixSocket(_) | Self::Tls(_) => "settlement.postgres.tls",
+            Self::CaWithoutVerify | Self::Ca(_) => "settlement.postgres.ca_file",
         }
     }
 }
@@ -108,8 +148,44 @@ impl PostgresConfig {
             if parsed.get_password().is_some() {
                 return Err(PostgresConfigError::PasswordInUrl);
             }
+            // tokio-postgres keeps no trace of whether sslmode was given (it defaults to
+            // "prefer"), so the text is where to look; no other option contains the word.
+            if url.to_ascii_lowercase().contains("sslmode") {
+                return Err(PostgresConfigError::SslModeInUrl);
+            }
+            let mode = self.tls_mode(&parsed);
+            if mode != PgTls::Disable && parsed.get_hosts().iter().any(|h| matches!(h, Host::Unix(_))) {
+                return Err(PostgresConfigError::TlsOverUnixSocket(mode.name()));
+            }
+            if self.ca_file.is_some() && mode != PgTls::VerifyFull {
+                return Err(PostgresConfigError::CaWithoutVerify);
+            }
         }
         Ok(())
+    }
+
+    /// `tls`, or by host when absent: `disable` when every host is a loopback address,
+    /// `localhost` or a Unix socket, else `verify-full` (the module doc says why).
+    pub fn tls_mode(&self, parsed: &tokio_postgres::Config) -> PgTls {
+        if let Some(mode) = self.tls {
+            return mode;
+        }
+        let local = |host: &Host| match host {
+            Host::Unix(_) => true,
+            Host::Tcp(name) => {
+                let bare = name.trim_start_matches('[').trim_end_matches(']');
+                name.eq_ignore_ascii_case("localhost")
+                    || bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+            }
+        };
+        // `hostaddr`, when given, is where the connection goes; `host` then only names it.
+        let addrs_local = parsed.get_hostaddrs().iter().all(std::net::IpAddr::is_loopback);
+        let hosts_local = !parsed.get_hostaddrs().is_empty() || parsed.get_hosts().iter().all(local);
+        if addrs_local && hosts_local {
+            PgTls::Disable
+        } else {
+            PgTls::VerifyFull
+        }
     }
 }
 
@@ -122,6 +198,10 @@ pub enum BillingError {
     Db(#[from] tokio_postgres::Error),
     #[error("PostgreSQL: no connection within {0} ms")]
     ConnectTimeout(u64),
+    /// The connection failed; `tls` is the mode in force, since a TLS failure (an untrusted
+    /// certificate, a server without TLS) is the likely cause when the mode was not chosen.
+    #[error("PostgreSQL (settlement.postgres.tls = \"{tls}\"): {}", chain(source))]
+    Connect { tls: &'static str, source: tokio_postgres::Error },
     #[error(
         "the billing schema is at version {found}, newer than this gyro's {known}: upgrade gyro, \
          or point it at another schema"
@@ -129,6 +209,19 @@ pub enum BillingError {
     SchemaNewer { found: i32, known: i32 },
     #[error("invoice {number} is already recorded for another settlement ({existing}): a number must never be reused")]
     NumberReused { number: String, existing: String },
+}
+
+/// An error and its causes, "a: b: c": tokio-postgres shows only "error performing TLS
+/// handshake", while the reason (an unknown issuer, a wrong name) is in the causes.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
 }
 
 /// Where an invoice stands. Only moves forward: `Issued` → `Paid` | `PaymentFailed` |
@@ -223,12 +316,47 @@ fn lock_key(schema: &str) -> i64 {
     h as i64
 }
 
+/// Connects with `tls` within the timeout and spawns the connection's driver.
+async fn spawn_connection<T>(
+    pg: &tokio_postgres::Config,
+    tls: T,
+    timeout_ms: u64,
+) -> Result<(Client, tokio::task::JoinHandle<()>), BillingError>
+where
+    T: MakeTlsConnect<Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, connection) = tokio::time::timeout(Duration::from_millis(timeout_ms), pg.connect(tls))
+        .await
+        .map_err(|_| BillingError::ConnectTimeout(timeout_ms))??;
+    let connection = tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "billing database connection ended");
+        }
+    });
+    Ok((client, connection))
+}
+
 impl PgBilling {
     /// Connects (password from the file, else from `env`), then brings the schema up to date.
     pub async fn connect(
         config: &PostgresConfig,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, BillingError> {
+        let (client, connection) = Self::open(config, env).await?;
+        let mut billing = Self { client, connection };
+        billing.migrate(&config.schema).await?;
+        // Validated identifier: safe to put in the statement (identifiers cannot be parameters).
+        billing.client.batch_execute(&format!("SET search_path TO \"{}\"", config.schema)).await?;
+        Ok(billing)
+    }
+
+    /// The connection alone (TLS as configured), its driver spawned; no schema work. Dropping the
+    /// handle does not end the connection: abort it.
+    pub async fn open(
+        config: &PostgresConfig,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<(Client, tokio::task::JoinHandle<()>), BillingError> {
         config.validate()?;
         let url = config.url.as_deref().ok_or(PostgresConfigError::Url("no url".into()))?;
         let mut pg =
@@ -249,19 +377,25 @@ impl PgBilling {
             Err(PaymentConfigError::SecretMissing { .. }) => {}
             Err(e) => return Err(PostgresConfigError::Secret(e).into()),
         }
-        let (client, connection) = tokio::time::timeout(timeout, pg.connect(NoTls))
-            .await
-            .map_err(|_| BillingError::ConnectTimeout(config.connect_timeout_ms))??;
-        let connection = tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!(error = %e, "billing database connection ended");
+        let mode = config.tls_mode(&pg);
+        let connected = match mode {
+            PgTls::Disable => {
+                pg.ssl_mode(SslMode::Disable);
+                spawn_connection(&pg, NoTls, config.connect_timeout_ms).await
             }
-        });
-        let mut billing = Self { client, connection };
-        billing.migrate(&config.schema).await?;
-        // Validated identifier: safe to put in the statement (identifiers cannot be parameters).
-        billing.client.batch_execute(&format!("SET search_path TO \"{}\"", config.schema)).await?;
-        Ok(billing)
+            PgTls::Require | PgTls::VerifyFull => {
+                // Require, never "prefer": a server that declines TLS must fail the connection,
+                // not receive the password in clear.
+                pg.ssl_mode(SslMode::Require);
+                let tls = tls::client_config(mode, config.ca_file.as_deref())?;
+                let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls);
+                spawn_connection(&pg, tls, config.connect_timeout_ms).await
+            }
+        };
+        connected.map_err(|e| match e {
+            BillingError::Db(source) => BillingError::Connect { tls: mode.name(), source },
+            other => other,
+        })
     }
 
     /// Applies the migrations this database lacks; returns the version it is at.

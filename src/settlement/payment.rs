@@ -54,10 +54,30 @@ pub use http::Timeouts;
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub struct IdempotencyKey(pub String);
 
-/// The customer as the gateway knows them: Stripe's `cus_…`, the operator's customer id for the
-/// webhook. The sandbox ignores it.
+/// The customer's id in the catalog (the webhook's `customer`; the invoice's buyer). The
+/// sandbox ignores it, and Stripe is sent [`GatewayRefs::customer`] instead.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub struct CustomerRef(pub String);
+
+/// The customer as a remote gateway knows them: Stripe's `cus_…` (catalog `gateway_customer`).
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct GatewayCustomer(pub String);
+
+/// A payment method saved at a remote gateway: Stripe's `pm_…`, a card or a SEPA debit with its
+/// mandate (catalog `payment_method_id`).
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct PaymentMethodId(pub String);
+
+/// An account's references at a remote gateway, copied by the operator from the gateway into the
+/// catalog. A real gateway charges only what it has saved (Stripe refuses a card number or an
+/// IBAN it did not tokenise itself), so these, not the catalog's card or IBAN, are what it is
+/// sent; the card or IBAN stays for the invoice's payment means and for the sandbox, which needs
+/// neither reference. Both are absent for an account without a payment method.
+#[derive(Clone, PartialEq, Eq, Hash, Debug, Default)]
+pub struct GatewayRefs {
+    pub customer: Option<GatewayCustomer>,
+    pub payment_method: Option<PaymentMethodId>,
+}
 
 /// A gateway's identifier of a successful payment.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
@@ -95,8 +115,8 @@ impl CardBrand {
     }
 }
 
-/// A card as the gateway knows it: an opaque token (for the sandbox, the test card number; for
-/// Stripe, a PaymentMethod id) and what may be shown (brand, last four).
+/// A card from the catalog: the sandbox's instrument (`token`, the test card number) and what may
+/// be shown (brand, last four). A remote gateway is sent [`GatewayRefs::payment_method`].
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Card {
     pub token: String,
@@ -104,14 +124,12 @@ pub struct Card {
     pub last4: String,
 }
 
-/// A SEPA direct-debit mandate: the mandate reference, the IBAN it debits, and the gateway's
-/// handle of it (Stripe: the `pm_…` PaymentMethod the mandate belongs to; the sandbox charges
-/// by IBAN and ignores it).
+/// A SEPA direct-debit mandate: the mandate reference and the IBAN it debits (the sandbox charges
+/// by IBAN). A remote gateway's handle of the mandate is [`GatewayRefs::payment_method`].
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct SepaDebit {
     pub mandate: String,
     pub iban: Iban,
-    pub token: String,
 }
 
 /// How an `on_file` account pays.
@@ -130,8 +148,8 @@ pub enum MethodError {
 }
 
 impl Card {
-    /// A card from a (test) card number. Only the sandbox sees numbers; real gateways hand out
-    /// tokens, and `from_token` keeps those.
+    /// A card from a (test) card number. Only the sandbox charges numbers; a real gateway is sent
+    /// the account's saved `payment_method_id` instead.
     pub fn from_number(number: &str) -> Result<Self, MethodError> {
         let digits: String = number.chars().filter(|c| *c != ' ').collect();
         if !(12..=19).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) || !luhn(&digits)
@@ -221,14 +239,6 @@ impl PaymentMethod {
         }
     }
 
-    /// What a remote gateway charges: the card's or the mandate's token.
-    pub fn token(&self) -> &str {
-        match self {
-            Self::Card(card) => &card.token,
-            Self::SepaDebit(sepa) => &sepa.token,
-        }
-    }
-
     /// What the sandbox charges: the card token or the IBAN.
     fn instrument(&self) -> &str {
         match self {
@@ -247,6 +257,8 @@ pub struct ChargeRequest {
     pub amount: MoneyMinor,
     pub currency: Currency,
     pub method: PaymentMethod,
+    /// The account's references at a remote gateway (the sandbox ignores them).
+    pub gateway: GatewayRefs,
 }
 
 /// A final answer from the gateway.
@@ -324,11 +336,25 @@ pub enum PaymentError {
     /// The same key came with a different request: a bug on our side, never retried.
     #[error("the idempotency key was used before with a different charge")]
     KeyReused,
-    /// The gateway refused the request itself (an HTTP 4xx that is not a decline: bad
-    /// parameters, a bad key, an unknown customer). Retrying the same request cannot help:
-    /// dead-letter it and tell the operator. `status` is the HTTP status.
-    #[error("the gateway rejected the request (HTTP {status}); retrying cannot help")]
-    Rejected { status: u16 },
+    /// The request cannot succeed as it is: the gateway refused it (an HTTP 4xx that is not a
+    /// decline: bad parameters, a bad key, an unknown customer), or the adapter refused to send
+    /// it because the account lacks what the gateway needs. Retrying the same request cannot
+    /// help: dead-letter it and tell the operator.
+    #[error("{0}; retrying cannot help")]
+    Rejected(Rejection),
+}
+
+/// Why a request was rejected.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, thiserror::Error)]
+pub enum Rejection {
+    /// The gateway answered with this HTTP status.
+    #[error("the gateway rejected the request (HTTP {0})")]
+    Status(u16),
+    /// Not sent: the account has no `field` (a catalog account key), which the gateway needs.
+    /// Sending without it would only earn a 4xx, or charge something else than the account's
+    /// saved method.
+    #[error("not sent: the account has no {field} in the catalog, which this gateway needs")]
+    Missing { field: &'static str },
 }
 
 impl PaymentError {
@@ -336,7 +362,7 @@ impl PaymentError {
     pub fn is_retryable(self) -> bool {
         match self {
             Self::Transient | Self::Unknown => true,
-            Self::KeyReused | Self::Rejected { .. } => false,
+            Self::KeyReused | Self::Rejected(_) => false,
         }
     }
 }

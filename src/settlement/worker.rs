@@ -63,8 +63,8 @@ use super::outbox::{
     SettlementKey, Step,
 };
 use super::payment::{
-    ChargeOutcome, ChargeRequest, CustomerRef, DeclineReason, IdempotencyKey, PaymentAdapter, PaymentError,
-    PaymentId, PaymentMethod, Retry, SplitMix64,
+    ChargeOutcome, ChargeRequest, CustomerRef, DeclineReason, GatewayRefs, IdempotencyKey, PaymentAdapter,
+    PaymentError, PaymentId, PaymentMethod, Retry, SplitMix64,
 };
 use super::smtp::{Mailer, SendError};
 use super::{render, Aggregate, SettlementConfig};
@@ -207,6 +207,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct Context {
     funding: Funding,
     method: Option<PaymentMethod>,
+    /// The account's ids at a remote gateway, sent with the method.
+    gateway: GatewayRefs,
     draft: InvoiceDraft,
 }
 
@@ -420,7 +422,7 @@ impl<J: StepLog, P: PaymentAdapter + 'static> Worker<J, P> {
         if context.funding == Funding::OnFile && p.outcome.is_none() {
             if let Some(method) = context.method.clone() {
                 let invoice = self.invoice(&p, context.draft.clone(), None)?;
-                return self.pay(&p, &invoice, method).await;
+                return self.pay(&p, &invoice, method, context.gateway.clone()).await;
             }
         }
         self.deliver(&p, context).await
@@ -486,7 +488,12 @@ impl<J: StepLog, P: PaymentAdapter + 'static> Worker<J, P> {
             payment,
             settlement_key: e.key.to_string(),
         };
-        Ok(Context { funding: account.funding, method: account.payment.clone(), draft })
+        Ok(Context {
+            funding: account.funding,
+            method: account.payment.clone(),
+            gateway: account.gateway.clone(),
+            draft,
+        })
     }
 
     async fn fail(&self, p: &Pending, reason: FailReason) -> Result<Advanced, WorkerError> {
@@ -547,6 +554,7 @@ impl<J: StepLog, P: PaymentAdapter + 'static> Worker<J, P> {
         p: &Pending,
         invoice: &Invoice,
         method: PaymentMethod,
+        gateway: GatewayRefs,
     ) -> Result<Advanced, WorkerError> {
         let key = p.entry.key;
         let idempotency = IdempotencyKey(key.to_string());
@@ -575,6 +583,7 @@ impl<J: StepLog, P: PaymentAdapter + 'static> Worker<J, P> {
             amount: invoice.totals.collected(),
             currency: invoice.currency,
             method,
+            gateway,
         };
         match self.payments.charge(&request).await {
             Ok(outcome) => self.outcome(p, invoice, attempt, outcome).await,

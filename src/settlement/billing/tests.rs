@@ -30,6 +30,62 @@ fn off_by_default_and_bad_settings_are_named() {
     }
 }
 
+#[test]
+fn tls_modes_parse_and_default_by_host() {
+    let mode = |text: &str| {
+        let c = parse(text).unwrap();
+        let url = c.url.clone().unwrap();
+        c.tls_mode(&tokio_postgres::Config::from_str(&url).unwrap())
+    };
+    // Without `tls`: plain only where nothing crosses a network.
+    for local in [
+        "url = \"host=127.0.0.1 dbname=test\"",
+        "url = \"postgresql://gyro@localhost/billing\"",
+        "url = \"postgresql://gyro@[::1]:5432/billing\"",
+        "url = \"host=/var/run/postgresql dbname=billing\"",
+        "url = \"host=db.example.net hostaddr=127.0.0.1 dbname=billing\"",
+    ] {
+        assert_eq!(mode(local), PgTls::Disable, "{local}");
+    }
+    for remote in [
+        "url = \"postgresql://gyro@db.example.net/billing\"",
+        "url = \"host=10.0.0.5 dbname=billing\"",
+        "url = \"host=localhost,db.example.net dbname=billing\"",
+        "url = \"host=localhost hostaddr=10.0.0.5 dbname=billing\"",
+    ] {
+        assert_eq!(mode(remote), PgTls::VerifyFull, "{remote}");
+    }
+    // Chosen: whatever the host.
+    let remote = "url = \"postgresql://gyro@db.example.net/billing\"";
+    assert_eq!(mode(&format!("{remote}\ntls = \"disable\"")), PgTls::Disable);
+    assert_eq!(mode(&format!("{remote}\ntls = \"require\"")), PgTls::Require);
+    assert_eq!(
+        mode("url = \"host=127.0.0.1\"\ntls = \"verify-full\"\nca_file = \"/ca.pem\""),
+        PgTls::VerifyFull
+    );
+
+    for (text, key, says) in [
+        ("tls = \"verify-ca\"", "tls", "unknown variant"),
+        ("tls = \"Require\"", "tls", "unknown variant"),
+        (
+            &format!("{remote}\ntls = \"require\"\nca_file = \"/ca.pem\""),
+            "settlement.postgres.ca_file",
+            "verify-full",
+        ),
+        ("url = \"host=127.0.0.1\"\nca_file = \"/ca.pem\"", "settlement.postgres.ca_file", "verify-full"),
+        (
+            "url = \"postgresql://gyro@db.example.net/billing?sslmode=require\"",
+            "settlement.postgres.url",
+            "sslmode",
+        ),
+        ("url = \"host=db.example.net sslmode=disable\"", "settlement.postgres.url", "sslmode"),
+        ("url = \"host=/var/run/postgresql\"\ntls = \"require\"", "settlement.postgres.tls", "Unix socket"),
+    ] {
+        let e = parse(text).unwrap_err();
+        assert!(e.contains(key) && e.contains(says), "{text}: {e}");
+    }
+}
+
 /// The local server of the development and CI machines (trust authentication); override with
 /// `GYRO_TEST_PG_URL`.
 fn test_url() -> String {
@@ -142,4 +198,218 @@ async fn billing_records_are_idempotent_monotonic_and_reconcile() {
     assert!(matches!(e, BillingError::SchemaNewer { found: 99, .. }), "{e}");
 
     db.client().batch_execute(&format!("DROP SCHEMA \"{}\" CASCADE", config.schema)).await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS against a stand-in server: the PostgreSQL SSLRequest, then a rustls handshake with a
+// certificate made here. Nothing after the handshake is PostgreSQL, so the client's connection
+// fails either way; the server reports whether the handshake completed.
+
+/// A CA named `ca`, and a server certificate it signed for `names`, with the server's key.
+struct Pki {
+    ca_pem: String,
+    server: rustls::pki_types::CertificateDer<'static>,
+    key: rustls::pki_types::PrivatePkcs8KeyDer<'static>,
+}
+
+fn pki(ca: &str, names: &[&str]) -> Pki {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, ca);
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    let server = rcgen::CertificateParams::new(names).unwrap().signed_by(&key, &ca, &ca_key).unwrap();
+    Pki { ca_pem: ca.pem(), server: server.der().clone(), key: key.serialize_der().into() }
+}
+
+/// What the stand-in saw of one connection.
+#[derive(Debug, PartialEq, Eq)]
+enum Seen {
+    Handshake,
+    HandshakeFailed,
+    /// It answered 'N' (no TLS); the client sent this many bytes after that (a startup message
+    /// in clear, had it fallen back).
+    PlainAfterNo(usize),
+}
+
+/// Serves one connection: `Some(pki)` accepts the SSLRequest and handshakes with its certificate,
+/// `None` declines TLS.
+async fn stand_in(pki: Option<Pki>) -> (u16, tokio::task::JoinHandle<Seen>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let served = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut request = [0u8; 8];
+        stream.read_exact(&mut request).await.unwrap();
+        // SSLRequest: length 8, then the code 1234 << 16 | 5679 (PostgreSQL protocol, 55.2.10).
+        assert_eq!(request, [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f], "an SSLRequest first");
+        let Some(pki) = pki else {
+            stream.write_all(b"N").await.unwrap();
+            let mut rest = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+            return Seen::PlainAfterNo(rest.len());
+        };
+        stream.write_all(b"S").await.unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![pki.server], pki.key.into())
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+        match acceptor.accept(stream).await {
+            Ok(_) => Seen::Handshake,
+            Err(_) => Seen::HandshakeFailed,
+        }
+    });
+    (port, served)
+}
+
+/// Connects to the stand-in at `host`; the result of `open` and what the server saw.
+async fn try_tls(
+    host: &str,
+    tls: PgTls,
+    ca_pem: Option<&str>,
+    pki: Option<Pki>,
+) -> (Result<(), String>, Seen) {
+    let (port, served) = stand_in(pki).await;
+    let ca = ca_pem.map(|pem| {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut f, pem.as_bytes()).unwrap();
+        f
+    });
+    let config = PostgresConfig {
+        url: Some(format!("host={host} hostaddr=127.0.0.1 port={port} user=gyro dbname=billing")),
+        tls: Some(tls),
+        ca_file: ca.as_ref().map(|f| f.path().to_owned()),
+        ..PostgresConfig::default()
+    };
+    let opened = tokio::time::timeout(Duration::from_secs(20), PgBilling::open(&config, |_| None))
+        .await
+        .expect("open answers within 20 s");
+    let result = match opened {
+        Ok((_, connection)) => {
+            connection.abort();
+            Ok(())
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    let seen = tokio::time::timeout(Duration::from_secs(20), served).await.unwrap().unwrap();
+    (result, seen)
+}
+
+#[tokio::test]
+async fn verify_full_trusts_only_the_configured_ca_and_the_right_name() {
+    // The right CA and name: the handshake completes (the stand-in is no PostgreSQL after it).
+    let right = pki("Right CA", &["localhost", "127.0.0.1"]);
+    let ca = right.ca_pem.clone();
+    let (result, seen) = try_tls("localhost", PgTls::VerifyFull, Some(&ca), Some(right)).await;
+    assert_eq!(seen, Seen::Handshake, "{result:?}");
+    assert!(result.is_err(), "not a PostgreSQL server after the handshake");
+
+    // A certificate from another CA: refused by the client.
+    let (other, server) = (pki("Other CA", &["localhost"]), pki("Server's CA", &["localhost"]));
+    let (result, seen) = try_tls("localhost", PgTls::VerifyFull, Some(&other.ca_pem), Some(server)).await;
+    assert_eq!(seen, Seen::HandshakeFailed);
+    let e = result.unwrap_err();
+    assert!(e.contains("verify-full") && e.contains("UnknownIssuer"), "{e}");
+
+    // No ca_file: only the web PKI roots, which did not sign it.
+    let (result, seen) =
+        try_tls("localhost", PgTls::VerifyFull, None, Some(pki("A CA", &["localhost"]))).await;
+    assert_eq!(seen, Seen::HandshakeFailed, "{result:?}");
+    // Same names, another key: a forged CA of the same name does not pass either.
+    let (impostor, server) = (pki("Same CA", &["localhost"]), pki("Same CA", &["localhost"]));
+    let (result, seen) = try_tls("localhost", PgTls::VerifyFull, Some(&impostor.ca_pem), Some(server)).await;
+    assert_eq!(seen, Seen::HandshakeFailed);
+    assert!(result.unwrap_err().contains("BadSignature"));
+
+    // The right CA, but the certificate names another host.
+    let elsewhere = pki("Right CA", &["db.example.net"]);
+    let ca = elsewhere.ca_pem.clone();
+    let (result, seen) = try_tls("localhost", PgTls::VerifyFull, Some(&ca), Some(elsewhere)).await;
+    assert_eq!(seen, Seen::HandshakeFailed);
+    let e = result.unwrap_err();
+    assert!(e.contains("not valid for name \"localhost\""), "{e}");
+}
+
+#[tokio::test]
+async fn require_encrypts_without_checking_and_never_falls_back_to_plain() {
+    // Any certificate will do for `require`.
+    let (result, seen) =
+        try_tls("localhost", PgTls::Require, None, Some(pki("Any CA", &["elsewhere.example"]))).await;
+    assert_eq!(seen, Seen::Handshake, "{result:?}");
+    // A server that declines TLS gets nothing more, in either mode.
+    for tls in [PgTls::Require, PgTls::VerifyFull] {
+        let (result, seen) = try_tls("localhost", tls, None, None).await;
+        assert_eq!(seen, Seen::PlainAfterNo(0), "{tls:?}");
+        assert!(result.unwrap_err().contains(tls.name()));
+    }
+}
+
+#[tokio::test]
+async fn a_bad_ca_file_is_named() {
+    for (pem, says) in [
+        ("", "no certificate"),
+        ("-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n", ""),
+    ] {
+        let (port, _served) = stand_in(None).await;
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut f, pem.as_bytes()).unwrap();
+        let config = PostgresConfig {
+            url: Some(format!("host=localhost port={port}")),
+            tls: Some(PgTls::VerifyFull),
+            ca_file: Some(f.path().to_owned()),
+            ..PostgresConfig::default()
+        };
+        let Err(BillingError::Config(e)) = PgBilling::open(&config, |_| None).await else {
+            panic!("a bad ca_file must be refused before connecting");
+        };
+        assert_eq!(e.key(), "settlement.postgres.ca_file");
+        assert!(e.to_string().contains(says), "{e}");
+    }
+}
+
+/// Against the local server, which must have `ssl = on` (its certificate being Debian's
+/// self-signed `ssl-cert-snakeoil` for `localhost`; `GYRO_TEST_PG_CA` names another): `require`
+/// and `verify-full` with that certificate as `ca_file` are encrypted connections (as
+/// `pg_stat_ssl` sees them), `disable` is not, and `verify-full` without it is refused.
+#[tokio::test]
+#[ignore = "needs PostgreSQL with ssl = on at 127.0.0.1:5432; .ci/run runs it"]
+async fn tls_to_the_local_server() {
+    let ca =
+        std::env::var("GYRO_TEST_PG_CA").unwrap_or_else(|_| "/etc/ssl/certs/ssl-cert-snakeoil.pem".into());
+    // The certificate names `localhost`; hostaddr keeps the connection on 127.0.0.1.
+    let url = format!("host=localhost hostaddr=127.0.0.1 port=5432 dbname=test user={}", pg_user());
+    let config = |tls, ca_file: Option<&str>| PostgresConfig {
+        url: Some(url.clone()),
+        tls: Some(tls),
+        ca_file: ca_file.map(PathBuf::from),
+        ..PostgresConfig::default()
+    };
+    let encrypted = |tls, ca_file| {
+        let config = config(tls, ca_file);
+        async move {
+            let (client, connection) = PgBilling::open(&config, |_| None).await?;
+            let row =
+                client.query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).await?;
+            connection.abort();
+            Ok::<bool, BillingError>(row.get(0))
+        }
+    };
+    assert!(!encrypted(PgTls::Disable, None).await.unwrap());
+    assert!(encrypted(PgTls::Require, None).await.unwrap(), "is ssl on in the local server?");
+    assert!(encrypted(PgTls::VerifyFull, Some(&ca)).await.unwrap());
+    let e = encrypted(PgTls::VerifyFull, None).await.unwrap_err().to_string();
+    assert!(e.contains("invalid peer certificate"), "{e}");
+}
+
+/// The user of the local test server: `GYRO_TEST_PG_USER`, else `postgres`.
+fn pg_user() -> String {
+    std::env::var("GYRO_TEST_PG_USER").unwrap_or_else(|_| "postgres".into())
 }

@@ -3,8 +3,9 @@
 //! # One charge
 //! `POST {base_url}/v1/payment_intents`, form-encoded, with the customer's saved payment method
 //! created and confirmed in one request, off-session (the customer is not there to
-//! authenticate): `amount` (minor units), `currency` (lower case), `customer`,
-//! `payment_method`, `payment_method_types[]` (`card` or `sepa_debit`), `confirm=true`,
+//! authenticate): `amount` (minor units), `currency` (lower case), `customer` (the account's
+//! `gateway_customer`, `cus_…`), `payment_method` (its `payment_method_id`, `pm_…`: a saved card
+//! or a SEPA debit with its mandate), `payment_method_types[]` (`card` or `sepa_debit`), `confirm=true`,
 //! `off_session=true`, and `metadata[idempotency_key]` and `metadata[invoice_number]`. The
 //! headers carry the secret key as a bearer token and `Idempotency-Key` = the settlement's key,
 //! so Stripe answers a repeated key with the first request's result and never charges twice.
@@ -19,6 +20,7 @@
 //! | 400 `idempotency_error` | `KeyReused` |
 //! | 408, 409, 425, 429, 5xx | `Transient` (a 5xx with `Stripe-Should-Retry: false`: `Unknown`) |
 //! | any other 4xx | `Rejected` (bad request, bad key, unknown customer: never retried) |
+//! | not sent: the account has no `gateway_customer` or `payment_method_id` | `Rejected` (`Rejection::Missing`) |
 //! | refused or timed-out connection | `Transient` |
 //! | timeout or reset after sending, an unreadable 2xx | `Unknown` |
 //!
@@ -35,7 +37,7 @@ use serde::Deserialize;
 use super::http::{self, Timeouts};
 use super::{
     ChargeOutcome, ChargeRequest, DeclineCode, DeclineReason, IdempotencyKey, PaymentAdapter, PaymentError,
-    PaymentId, PaymentMethod, Secret,
+    PaymentId, PaymentMethod, Rejection, Secret,
 };
 
 /// The Stripe (or Stripe-compatible) gateway.
@@ -61,12 +63,17 @@ impl Stripe {
 
 impl PaymentAdapter for Stripe {
     async fn charge(&self, request: &ChargeRequest) -> Result<ChargeOutcome, PaymentError> {
+        // Checked per charge rather than at start-up: a catalog may hold many accounts, and one
+        // without its references should cost its own invoice, not the whole service.
+        let form = form(request).inspect_err(|error| {
+            tracing::warn!(key = %request.key.0, %error, "stripe charge not sent");
+        })?;
         let response = self
             .client
             .post(format!("{}/v1/payment_intents", self.base_url))
             .bearer_auth(self.secret_key.expose())
             .header("Idempotency-Key", &request.key.0)
-            .form(&form(request))
+            .form(&form)
             .send()
             .await
             .map_err(|error| http::send_failed(&error))?;
@@ -106,27 +113,33 @@ impl PaymentAdapter for Stripe {
         if status.is_server_error() || http::is_retry_later(status) {
             return Err(PaymentError::Transient);
         }
-        Err(PaymentError::Rejected { status: status.as_u16() })
+        Err(PaymentError::Rejected(Rejection::Status(status.as_u16())))
     }
 }
 
-/// The form of `POST /v1/payment_intents`.
-fn form(request: &ChargeRequest) -> Vec<(&'static str, String)> {
+/// The form of `POST /v1/payment_intents`, or `Rejected` when the account lacks a reference
+/// Stripe needs. Never the catalog's card number or IBAN: Stripe charges only payment methods it
+/// saved itself, and a raw card number must not leave gyro.
+fn form(request: &ChargeRequest) -> Result<Vec<(&'static str, String)>, PaymentError> {
+    let missing = |field| PaymentError::Rejected(Rejection::Missing { field });
+    let customer = request.gateway.customer.as_ref().ok_or_else(|| missing("gateway_customer"))?;
+    let payment_method =
+        request.gateway.payment_method.as_ref().ok_or_else(|| missing("payment_method_id"))?;
     let kind = match request.method {
         PaymentMethod::Card(_) => "card",
         PaymentMethod::SepaDebit(_) => "sepa_debit",
     };
-    vec![
+    Ok(vec![
         ("amount", request.amount.0.to_string()),
         ("currency", request.currency.code.to_ascii_lowercase()),
-        ("customer", request.customer.0.clone()),
-        ("payment_method", request.method.token().to_owned()),
+        ("customer", customer.0.clone()),
+        ("payment_method", payment_method.0.clone()),
         ("payment_method_types[]", kind.to_owned()),
         ("confirm", "true".to_owned()),
         ("off_session", "true".to_owned()),
         ("metadata[idempotency_key]", request.key.0.clone()),
         ("metadata[invoice_number]", request.invoice_number.clone()),
-    ]
+    ])
 }
 
 /// Stripe's search language quotes strings in single quotes and escapes with a backslash.
@@ -203,7 +216,7 @@ fn answer(
     if kind == Some("idempotency_error") {
         return Err(PaymentError::KeyReused);
     }
-    Err(PaymentError::Rejected { status: status.as_u16() })
+    Err(PaymentError::Rejected(Rejection::Status(status.as_u16())))
 }
 
 /// A PaymentIntent's state as an outcome; `None` for states an off-session, automatically
@@ -251,7 +264,7 @@ fn resolve(found: &[PaymentIntent]) -> Result<Option<ChargeOutcome>, PaymentErro
 mod tests {
     use super::*;
     use crate::rating::{Currency, MoneyMinor};
-    use crate::settlement::payment::{Card, CustomerRef};
+    use crate::settlement::payment::{Card, CustomerRef, GatewayCustomer, GatewayRefs, PaymentMethodId};
 
     fn status(code: u16) -> reqwest::StatusCode {
         reqwest::StatusCode::from_u16(code).expect("a valid status")
@@ -289,8 +302,9 @@ mod tests {
         );
         let reused = r#"{"error":{"type":"idempotency_error"}}"#;
         assert_eq!(answer(status(400), None, Some(reused.as_bytes())), Err(PaymentError::KeyReused));
-        assert_eq!(answer(status(400), None, Some(b"{}")), Err(PaymentError::Rejected { status: 400 }));
-        assert_eq!(answer(status(401), None, None), Err(PaymentError::Rejected { status: 401 }));
+        let rejected = |code| Err(PaymentError::Rejected(Rejection::Status(code)));
+        assert_eq!(answer(status(400), None, Some(b"{}")), rejected(400));
+        assert_eq!(answer(status(401), None, None), rejected(401));
         assert_eq!(answer(status(429), None, None), Err(PaymentError::Transient));
         assert_eq!(answer(status(409), None, None), Err(PaymentError::Transient));
         assert_eq!(answer(status(503), None, None), Err(PaymentError::Transient));
@@ -299,21 +313,26 @@ mod tests {
     }
 
     #[test]
-    fn the_form_carries_the_charge_and_the_key() {
-        let request = ChargeRequest {
+    fn the_form_carries_the_charge_the_key_and_the_saved_method_never_the_card_number() {
+        let mut request = ChargeRequest {
             key: IdempotencyKey("set_1".into()),
             invoice_number: "GYR-2026-000001".into(),
-            customer: CustomerRef("cus_9".into()),
+            customer: CustomerRef("c-alice".into()),
             amount: MoneyMinor(1234),
             currency: Currency::EUR,
             method: PaymentMethod::Card(Card {
-                token: "pm_card".into(),
+                token: "4242424242424242".into(),
                 brand: super::super::CardBrand::Visa,
                 last4: "4242".into(),
             }),
+            gateway: GatewayRefs {
+                customer: Some(GatewayCustomer("cus_9".into())),
+                payment_method: Some(PaymentMethodId("pm_card".into())),
+            },
         };
-        let form = form(&request);
+        let form = form(&request).expect("both references are there");
         let get = |k: &str| form.iter().find(|(name, _)| *name == k).map(|(_, v)| v.as_str());
+        assert!(form.iter().all(|(_, v)| !v.contains("4242424242424242") && v != "c-alice"));
         assert_eq!(get("amount"), Some("1234"));
         assert_eq!(get("currency"), Some("eur"));
         assert_eq!(get("customer"), Some("cus_9"));
@@ -322,6 +341,11 @@ mod tests {
         assert_eq!((get("confirm"), get("off_session")), (Some("true"), Some("true")));
         assert_eq!(get("metadata[idempotency_key]"), Some("set_1"));
         assert_eq!(search_query(&IdempotencyKey("a'b\\c".into())), r"metadata['idempotency_key']:'a\'b\\c'");
+        let missing = |field| Err(PaymentError::Rejected(Rejection::Missing { field }));
+        request.gateway.payment_method = None;
+        assert_eq!(super::form(&request), missing("payment_method_id"));
+        request.gateway.customer = None;
+        assert_eq!(super::form(&request), missing("gateway_customer"));
     }
 
     #[test]

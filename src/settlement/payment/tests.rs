@@ -9,7 +9,6 @@ fn iban(text: &str) -> PaymentMethod {
     PaymentMethod::SepaDebit(SepaDebit {
         mandate: "M-1".into(),
         iban: Iban::parse(text).expect("a valid test IBAN"),
-        token: "pm_sepa".into(),
     })
 }
 
@@ -21,6 +20,7 @@ fn request(key: &str, method: PaymentMethod) -> ChargeRequest {
         amount: MoneyMinor(1234),
         currency: Currency::EUR,
         method,
+        gateway: GatewayRefs::default(),
     }
 }
 
@@ -220,4 +220,18 @@ fn books_survive_a_restart_so_a_key_is_charged_once() {
         .filter(|(l, _)| matches!(l.outcome, ChargeOutcome::Succeeded { .. }))
         .count();
     assert_eq!(successes, 1);
+}
+
+#[test]
+fn the_sandbox_ignores_gateway_references() {
+    let sandbox = Sandbox::new();
+    let bare = sandbox.charge_now(&request("k", card(t::CARD_SUCCEEDS))).expect("succeeds");
+    let mut saved = request("k", card(t::CARD_SUCCEEDS));
+    saved.gateway = GatewayRefs {
+        customer: Some(GatewayCustomer("cus_1".into())),
+        payment_method: Some(PaymentMethodId("pm_1".into())),
+    };
+    // The same charge to the sandbox: answered from the first, not a reused key.
+    assert_eq!(sandbox.charge_now(&saved), Ok(bare));
+    assert_eq!(sandbox.charges().len(), 1);
 }

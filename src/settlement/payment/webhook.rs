@@ -6,11 +6,14 @@
 //! ```json
 //! {"type": "charge", "idempotency_key": "…", "invoice_id": "GYR-2026-000001",
 //!  "amount_minor": 1234, "currency": "EUR", "customer": "…",
-//!  "payment_means": {"type": "card", "token": "pm_…", "brand": "VISA", "last4": "4242"}}
+//!  "gateway_customer": "cus_…", "payment_method_id": "pm_…",
+//!  "payment_means": {"type": "card", "brand": "VISA", "last4": "4242"}}
 //! ```
 //!
-//! (`payment_means` for SEPA: `{"type": "sepa_debit", "token", "mandate", "iban_masked"}`; the
-//! whole IBAN is never sent.) Headers: `Idempotency-Key` (the settlement's key: the receiver
+//! (`customer` is the catalog's customer id; `gateway_customer` and `payment_method_id` are the
+//! account's catalog keys of those names, each present only if the account has it. `payment_means`
+//! for SEPA: `{"type": "sepa_debit", "mandate", "iban_masked"}`; neither the card number nor the
+//! whole IBAN is ever sent.) Headers: `Idempotency-Key` (the settlement's key: the receiver
 //! must treat a repeated key as the same charge) and `Gyro-Signature: t=<unix seconds>,v1=<hex
 //! HMAC-SHA256(secret, "<t>.<body>")>`, Stripe's scheme: the receiver recomputes the HMAC over
 //! the raw body, compares in constant time, and refuses timestamps older than a few minutes
@@ -34,7 +37,7 @@ use sha2::Sha256;
 use super::http::{self, Timeouts};
 use super::{
     ChargeOutcome, ChargeRequest, DeclineReason, IdempotencyKey, PaymentAdapter, PaymentError, PaymentId,
-    PaymentMethod, Secret,
+    PaymentMethod, Rejection, Secret,
 };
 
 /// The name of the signature header.
@@ -119,20 +122,20 @@ impl PaymentAdapter for Webhook {
 /// The JSON body of a charge (see the module doc).
 pub fn body(request: &ChargeRequest) -> Vec<u8> {
     let means = match &request.method {
+        // Not the card's `token`: from the catalog it is the card number, which is the sandbox's
+        // to see and nobody else's; a receiver identifies the method by `payment_method_id`.
         PaymentMethod::Card(card) => serde_json::json!({
             "type": "card",
-            "token": card.token,
             "brand": card.brand.name(),
             "last4": card.last4,
         }),
         PaymentMethod::SepaDebit(sepa) => serde_json::json!({
             "type": "sepa_debit",
-            "token": sepa.token,
             "mandate": sepa.mandate,
             "iban_masked": sepa.iban.masked(),
         }),
     };
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "type": "charge",
         "idempotency_key": request.key.0,
         "invoice_id": request.invoice_number,
@@ -141,6 +144,14 @@ pub fn body(request: &ChargeRequest) -> Vec<u8> {
         "customer": request.customer.0,
         "payment_means": means,
     });
+    // Absent rather than null when the account has none: a receiver that does not use them
+    // sees the body it saw before they existed.
+    if let Some(customer) = &request.gateway.customer {
+        body["gateway_customer"] = customer.0.clone().into();
+    }
+    if let Some(method) = &request.gateway.payment_method {
+        body["payment_method_id"] = method.0.clone().into();
+    }
     body.to_string().into_bytes()
 }
 
@@ -235,7 +246,7 @@ fn answer(
     if status.is_server_error() || http::is_retry_later(status) {
         return Err(PaymentError::Transient);
     }
-    Err(PaymentError::Rejected { status: status.as_u16() })
+    Err(PaymentError::Rejected(Rejection::Status(status.as_u16())))
 }
 
 #[cfg(test)]
@@ -281,7 +292,7 @@ mod tests {
             answer(status(402), Some(br#"{"decline_code":"insufficient_funds"}"#), "INV-1"),
             Ok(ChargeOutcome::Declined { reason: DeclineReason::InsufficientFunds })
         );
-        assert_eq!(answer(status(400), None, "INV-1"), Err(PaymentError::Rejected { status: 400 }));
+        assert_eq!(answer(status(400), None, "INV-1"), Err(PaymentError::Rejected(Rejection::Status(400))));
         assert_eq!(answer(status(429), None, "INV-1"), Err(PaymentError::Transient));
         assert_eq!(answer(status(502), None, "INV-1"), Err(PaymentError::Transient));
     }
