@@ -1157,7 +1157,7 @@ async fn with_the_stripe_adapter_an_account_without_gateway_references_is_dead_l
             .any(|s| matches!(s, Advanced::Paid(gyro::settlement::outbox::Outcome::DeadLetter { .. }))),
         "{steps:?}"
     );
-    assert_eq!(worker.stats().charge_attempts, 2, "{steps:?}");
+    assert_eq!(worker.stats().charge_attempts, 1, "a refusal for good is not retried: {steps:?}");
     assert_eq!(stripe.lock().unwrap().posts, 0, "nothing Stripe would reject was sent");
     drop(worker);
     let found = invoices(&data);

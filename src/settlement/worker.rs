@@ -593,6 +593,13 @@ impl<J: StepLog, P: PaymentAdapter + 'static> Worker<J, P> {
                 self.note_payment(invoice, attempt, PaymentOutcome::Failed, None, detail).await;
                 self.dead_letter(p).await
             }
+            Err(e) if !e.is_retryable() => {
+                // A 4xx other than a decline, or a charge that cannot be sent (a missing gateway
+                // reference): the same request would be refused again, so no retry.
+                tracing::warn!(key = %key, error = %e, "the gateway refused the charge for good: the invoice stays open");
+                self.note_payment(invoice, attempt, PaymentOutcome::Failed, None, Some(&e.to_string())).await;
+                self.dead_letter(p).await
+            }
             Err(e) => {
                 let outcome = match e {
                     PaymentError::Unknown => PaymentOutcome::Unknown,
