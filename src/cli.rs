@@ -329,15 +329,30 @@ async fn serve_async(cfg: Config, dict: Arc<Dictionary>, defaults: bool) -> anyh
     let ready = Arc::new(crate::http::Readiness::default());
     let http_shutdown = CancellationToken::new();
     let http = http_listener(&cfg, Arc::clone(&metrics), Arc::clone(&ready)).await?;
+    let http_backend = Arc::clone(&http.1.backend);
     let http_task = tokio::spawn(crate::http::serve(http.0, http.1, http_shutdown.clone()));
     let (charging_cfg, local) = (cfg.clone(), peer.local.clone());
-    let Charged { charging, accounts, catalog_name, catalog_digest, checkpointer: _checkpointer, mut worker } =
-        tokio::task::spawn_blocking(move || charging(&charging_cfg, &local)).await??;
+    let Charged {
+        charging,
+        accounts,
+        catalog_name,
+        catalog_digest,
+        catalog,
+        checkpointer: _checkpointer,
+        mut worker,
+    } = tokio::task::spawn_blocking(move || charging(&charging_cfg, &local)).await??;
     if cfg.settlement.postgres.enabled() {
         if let Some(w) = worker.take() {
             worker = Some(w.with_billing(billing(&cfg).await?));
         }
     }
+    let backend = crate::http::Backend {
+        engine: Arc::clone(charging.engine()),
+        journal: charging.journal().cloned(),
+        catalog: catalog.clone(),
+        catalog_digest: catalog_digest.clone(),
+    };
+    let _ = http_backend.set(backend);
     ready.recovered.store(true, std::sync::atomic::Ordering::Release);
     let worker_stats = worker.as_ref().map(|w| w.stats_handle());
     metrics.update(|s| {
@@ -345,7 +360,7 @@ async fn serve_async(cfg: Config, dict: Arc<Dictionary>, defaults: bool) -> anyh
         s.journal = charging.journal().cloned();
         s.worker = worker_stats;
         s.allowed_peers = cfg.diameter.allowed_peers.clone().unwrap_or_default();
-        s.catalog = Some((catalog_name.clone(), catalog_digest));
+        s.catalog = Some((catalog_name.clone(), catalog_digest.clone()));
     });
     let apps: Vec<Arc<dyn crate::net::Application>> = vec![charging.clone()];
     let shared = Arc::new(Shared::new(peer, apps, cfg.server_limits()));
@@ -472,6 +487,7 @@ struct Charged {
     accounts: usize,
     catalog_name: String,
     catalog_digest: String,
+    catalog: Catalog,
     checkpointer: Option<crate::durable::Checkpointer>,
     /// With a data directory only (see `settlement_worker`).
     worker: Option<ServeWorker>,
@@ -612,6 +628,7 @@ fn charging(cfg: &Config, local: &LocalIdentity) -> anyhow::Result<Charged> {
         accounts,
         catalog_name: name,
         catalog_digest,
+        catalog,
         checkpointer,
         worker,
     })

@@ -78,11 +78,35 @@ fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64>
 
 /// A minimal HTTP/1.1 GET on loopback (bounded), returning (status, body).
 fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
+    request(addr, "GET", path, token, None)
+}
+
+/// A POST with a JSON (or other) body.
+fn post(addr: SocketAddr, path: &str, body: &str) -> (u16, String) {
+    request(addr, "POST", path, Some(TOKEN), Some(body))
+}
+
+fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\n{auth}Connection: close\r\n\r\n").unwrap();
+    let content = body.map_or(String::new(), |b| {
+        let kind = if b.starts_with('{') { "application/json" } else { "application/toml" };
+        format!("Content-Type: {kind}\r\nContent-Length: {}\r\n", b.len())
+    });
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: test\r\n{auth}{content}Connection: close\r\n\r\n{}",
+        body.unwrap_or("")
+    )
+    .unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).unwrap();
     let text = String::from_utf8_lossy(&raw).into_owned();
@@ -306,5 +330,133 @@ fn the_deploy_configurations_pass_config_check() {
         let out =
             Command::new(env!("CARGO_BIN_EXE_gyro")).args(["config", "check"]).arg(&path).output().unwrap();
         assert!(out.status.success(), "{file}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+/// The account endpoints: read, top up (idempotent by key), adjust, bar and unbar — each
+/// journaled, so a restart keeps it — and their errors, each naming the field.
+#[test]
+fn the_admin_api_changes_accounts_durably_and_idempotently() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut gyro, http) = start(dir.path());
+    let alice = "/v1/accounts/e164:491700000001";
+    let (status, body) = get(http, alice, Some(TOKEN));
+    assert_eq!(status, 200, "{body}");
+    let a = json(&body);
+    assert_eq!(
+        (a["balance"].as_str(), a["status"].as_str(), a["funding"].as_str()),
+        (Some("50.00"), Some("active"), Some("prepaid"))
+    );
+    assert_eq!(
+        json(&get(http, &format!("/v1/accounts/{}", a["id"]), Some(TOKEN)).1)["customer"],
+        a["customer"]
+    );
+
+    let top_up = format!("{alice}/top-ups");
+    let (status, body) = post(http, &top_up, r#"{"amount": "10.00", "key": "t-1"}"#);
+    assert_eq!((status, json(&body)["balance"].as_str()), (200, Some("60.00")), "{body}");
+    let (status, body) = post(http, &top_up, r#"{"amount": "10.00", "key": "t-1"}"#);
+    assert_eq!(
+        (status, json(&body)["balance"].as_str()),
+        (200, Some("60.00")),
+        "a retry changes nothing: {body}"
+    );
+    let (status, body) = post(http, &top_up, r#"{"amount": "11.00", "key": "t-1"}"#);
+    assert_eq!((status, json(&body)["field"].as_str()), (409, Some("key")), "{body}");
+    let (status, body) = post(
+        http,
+        &format!("{alice}/adjustments"),
+        r#"{"amount": "-2.5", "key": "a-1", "reason": "goodwill reversed"}"#,
+    );
+    assert_eq!((status, json(&body)["balance"].as_str()), (200, Some("57.50")), "{body}");
+
+    for (path, body, status, field) in [
+        (top_up.as_str(), r#"{"amount": "0.001", "key": "t-2"}"#, 400, "amount"),
+        (top_up.as_str(), r#"{"amount": "ten", "key": "t-2"}"#, 400, "amount"),
+        (top_up.as_str(), r#"{"amount": "-1", "key": "t-2"}"#, 400, "amount"),
+        (top_up.as_str(), r#"{"amount": "1"}"#, 400, "body"),
+        (top_up.as_str(), r#"{"amount": "1", "key": "has space"}"#, 400, "key"),
+        (top_up.as_str(), r#"{"amount": "1", "key": "k", "colour": "red"}"#, 400, "body"),
+        ("/v1/accounts/e164:499999999999/top-ups", r#"{"amount": "1", "key": "t-3"}"#, 404, "account"),
+        ("/v1/accounts/bogus/top-ups", r#"{"amount": "1", "key": "t-3"}"#, 400, "account"),
+        ("/v1/accounts/e164:491700000001/adjustments", r#"{"amount": "0", "key": "a-2"}"#, 400, "amount"),
+    ] {
+        let (got, answer) = post(http, path, body);
+        assert_eq!((got, json(&answer)["field"].as_str()), (status, Some(field)), "{path} {body}: {answer}");
+    }
+
+    // Barred: the next session is refused 4010; unbarred: granted again.
+    let (status, body) = post(http, &format!("{alice}/bar"), "");
+    assert_eq!((status, json(&body)["status"].as_str()), (200, Some("barred")), "{body}");
+    ccr_script(gyro.addr, "e164:491700000001", "initial rg=10 requested=0 expect=4010\n", dir.path());
+    assert_eq!(json(&post(http, &format!("{alice}/unbar"), "").1)["status"], "active");
+    let (status, body) = post(http, "/v1/accounts/e164:491700000004/bar", "");
+    assert_eq!((status, json(&body)["status"].as_str()), (200, Some("barred")), "Dave stays barred: {body}");
+    ccr_script(
+        gyro.addr,
+        "e164:491700000001",
+        "initial rg=10 requested=0 expect=2001\nterminate rg=10 used=0 expect=2001\n",
+        dir.path(),
+    );
+
+    // The changes are in the journal: a restart keeps them.
+    assert!(gyro.terminate().success());
+    let config = dir.path().join("gyro.toml");
+    let gyro = Gyro::start(&config, &dir.path().join("data"), dir.path().join("gyro-2.log"));
+    let http = serve::http_addr(&gyro.log_text()).unwrap();
+    let a = json(&get(http, alice, Some(TOKEN)).1);
+    assert_eq!((a["balance"].as_str(), a["status"].as_str()), (Some("57.50"), Some("active")), "{a}");
+    let (status, body) = post(http, &top_up, r#"{"amount": "10.00", "key": "t-1"}"#);
+    assert_eq!(
+        (status, json(&body)["balance"].as_str()),
+        (200, Some("57.50")),
+        "the key outlives a restart: {body}"
+    );
+
+    // Plans: listed, and a catalog validated without loading it.
+    let plans = json(&get(http, "/v1/plans", Some(TOKEN)).1);
+    assert!(plans["plans"].as_array().unwrap().iter().any(|p| p["id"] == "mobile-basic"), "{plans}");
+    let demo = include_str!("../src/catalog/demo.toml");
+    let (status, body) = post(http, "/v1/plans/validate", demo);
+    assert_eq!((status, json(&body)["valid"].as_bool()), (200, Some(true)), "{body}");
+    let (status, body) = post(http, "/v1/plans/validate", "[[plans]]\nid = 7\n");
+    assert_eq!((status, json(&body)["field"].as_str()), (422, Some("catalog")), "{body}");
+}
+
+/// `/openapi.json` documents every route of the listener and every documented operation
+/// exists (answered by its handler, not by the 404 fallback).
+#[test]
+fn the_openapi_document_matches_the_routes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_gyro, http) = start(dir.path());
+    let (status, body) = get(http, "/openapi.json", None);
+    assert_eq!(status, 200);
+    let doc = json(&body);
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().unwrap();
+    let mut documented = Vec::new();
+    for (path, ops) in paths {
+        for method in ops.as_object().unwrap().keys() {
+            documented.push((method.to_uppercase(), path.clone()));
+            let concrete = path.replace("{account}", "0").replace("{number}", "GYR-2026-000001");
+            let body = (method == "post").then_some(r#"{"amount": "1", "key": "openapi-check"}"#);
+            let (status, answer) = request(http, &method.to_uppercase(), &concrete, Some(TOKEN), body);
+            assert!(!answer.contains("no such endpoint"), "{method} {path}: {status} {answer}");
+            assert_ne!(status, 405, "{method} {path}");
+        }
+    }
+    // Every route in the router is documented.
+    let source = include_str!("../src/http/mod.rs");
+    for line in source.lines().filter(|l| l.trim_start().starts_with(".route(\"")) {
+        let path = line.split('"').nth(1).unwrap();
+        let method = if line.contains("post(") { "POST" } else { "GET" };
+        assert!(
+            documented.contains(&(method.to_owned(), path.to_owned())),
+            "{method} {path} is not in openapi.json"
+        );
     }
 }

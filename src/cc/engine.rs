@@ -13,7 +13,7 @@ use super::cca::{self, Amount, Answer, Grant, MsccAnswer};
 use super::ccr::{Ccr, Mscc, RequestType, RequestedAction, TariffChangeUsage, Units};
 use super::redo::{self, Reader, RecordError, Recorder};
 use super::sessions::{Keyed, SessionKey, Table};
-use crate::catalog::{Catalog, Package, Service, SharedPackage};
+use crate::catalog::{AccountStatus, Catalog, Package, Service, SharedPackage};
 use crate::diameter::answer::error_answer;
 use crate::diameter::{LocalIdentity, MessageRef, ResultCode};
 use crate::ledger::{AccountId, BundleIndex, Ledger, NewAccount, NewBundle, Reject, ReservationKey};
@@ -498,6 +498,17 @@ pub fn describe_record(record: &[u8], filter: &RecordFilter) -> Option<String> {
                     accounts.push(account);
                     parts.push(format!("refund account={account} key={op:016x} money={amount}"));
                 }
+                redo::TAG_TOP_UP => {
+                    let (account, op, amount) = (r.u32()?, r.u64()?, r.i64()?);
+                    accounts.push(account);
+                    parts.push(format!("top-up (admin) account={account} key={op:016x} money={amount}"));
+                }
+                redo::TAG_STATUS => {
+                    let (account, barred) = (r.u32()?, r.u8()?);
+                    accounts.push(account);
+                    let status = if barred == 1 { "barred" } else { "active" };
+                    parts.push(format!("status (admin) account={account} {status}"));
+                }
                 redo::TAG_EVENT => {
                     let id = String::from_utf8_lossy(r.bytes_field()?).into_owned();
                     let (number, _print) = (r.u32()?, r.u32()?);
@@ -592,6 +603,17 @@ pub struct Engine {
     counters: EngineCounters,
 }
 
+/// An operator's change to an account (the admin API), journaled like a CCR's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdminOp {
+    /// Credits `amount` once per `key`.
+    TopUp { account: AccountId, key: u64, amount: MoneyMinor },
+    /// Debits `amount` once per `key`, into overdraft if need be.
+    Debit { account: AccountId, key: u64, amount: MoneyMinor },
+    /// Bars (the next CCR-I gets 4010) or unbars.
+    Status { account: AccountId, status: AccountStatus },
+}
+
 /// Counters for metrics: relaxed atomic adds, one per grant or replayed answer (the metrics
 /// endpoint reads them; nothing decides by them).
 #[derive(Debug, Default)]
@@ -683,9 +705,7 @@ impl Engine {
             Effect::Credit { account, key, amount } => {
                 self.ledger.top_up(AccountId(account), key, amount).map(|_| ())
             }
-            Effect::Bar { account } => {
-                self.ledger.set_status(AccountId(account), crate::catalog::AccountStatus::Barred)
-            }
+            Effect::Bar { account } => self.ledger.set_status(AccountId(account), AccountStatus::Barred),
         }
     }
 
@@ -708,6 +728,36 @@ impl Engine {
         let p = self.packages.read().unwrap_or_else(|e| e.into_inner());
         let index = *p.by_account.get(account.0 as usize)?;
         p.list.get(index as usize).cloned()
+    }
+
+    /// Applies an operator's change to an account and writes its redo record into `record`
+    /// (cleared first). The caller appends the record and answers once it is durable, as for a
+    /// CCR; a crash before that loses the change, and the client's retry under the same key
+    /// makes it (the ledger remembers keys: a retry after it was made returns the first
+    /// result and changes nothing). Returns the balance after it.
+    pub fn admin(&self, op: &AdminOp, record: &mut Vec<u8>) -> Result<MoneyMinor, Reject> {
+        let mut rec = Recorder { buf: std::mem::take(record) };
+        rec.clear();
+        let balance = match *op {
+            AdminOp::TopUp { account, key, amount } => {
+                let balance = self.ledger.top_up(account, key, amount)?;
+                rec.top_up(account, key, amount);
+                balance
+            }
+            AdminOp::Debit { account, key, amount } => {
+                // Allowed into overdraft and on barred accounts: an operator's correction.
+                self.ledger.debit(0, account, key, amount, true)?;
+                rec.debit(account, key, amount, true);
+                self.ledger.view(account).map_or(MoneyMinor(0), |v| v.balance)
+            }
+            AdminOp::Status { account, status } => {
+                self.ledger.set_status(account, status)?;
+                rec.status(account, status == AccountStatus::Barred);
+                self.ledger.view(account).map_or(MoneyMinor(0), |v| v.balance)
+            }
+        };
+        *record = rec.buf;
+        Ok(balance)
     }
 
     /// Open (not closed, not expired) sessions.
@@ -1609,6 +1659,19 @@ impl Engine {
                     let answer = Bytes::copy_from_slice(r.bytes_field()?);
                     self.events.insert_tagged(now.mono_ms, session_id, number, print, answer);
                 }
+                redo::TAG_TOP_UP => {
+                    let (account, op, amount) = (AccountId(r.u32()?), r.u64()?, MoneyMinor(r.i64()?));
+                    self.ledger
+                        .top_up(account, op, amount)
+                        .map_err(|_| RecordError("a top-up was refused"))?;
+                }
+                redo::TAG_STATUS => {
+                    let account = AccountId(r.u32()?);
+                    let status = if r.u8()? == 1 { AccountStatus::Barred } else { AccountStatus::Active };
+                    self.ledger
+                        .set_status(account, status)
+                        .map_err(|_| RecordError("a status change found no account"))?;
+                }
                 t if outbox::is_settlement_tag(t) => {
                     let body = r.bytes_field()?;
                     let effect = self.outbox.recover(t, body).map_err(|e| RecordError(e.0))?;
@@ -1634,7 +1697,7 @@ impl Engine {
         for id in (0..accounts).map(AccountId) {
             let (Some(view), Some(holds)) = (self.ledger.view(id), self.ledger.holds(id)) else { continue };
             rec.u8(redo::TAG_ACCOUNT).u32(id.0).i64(view.balance.0);
-            rec.u8(u8::from(view.status == crate::catalog::AccountStatus::Barred));
+            rec.u8(u8::from(view.status == AccountStatus::Barred));
             rec.u8(u8::try_from(view.bundles.len()).expect("BUNDLES_PER_ACCOUNT_MAX < 256"));
             for b in &view.bundles {
                 rec.u64(b.remaining);
@@ -1683,11 +1746,7 @@ impl Engine {
             r.u8()?;
             let id = AccountId(r.u32()?);
             let balance = MoneyMinor(r.i64()?);
-            let status = if r.u8()? == 1 {
-                crate::catalog::AccountStatus::Barred
-            } else {
-                crate::catalog::AccountStatus::Active
-            };
+            let status = if r.u8()? == 1 { AccountStatus::Barred } else { AccountStatus::Active };
             self.ledger.restore_balance(id, balance).map_err(refused("an account's balance"))?;
             self.ledger.set_status(id, status).map_err(refused("an account's status"))?;
             for i in 0..r.u8()? {

@@ -13,6 +13,6 @@ mod redo;
 mod sessions;
 
 pub use engine::{describe_record, RecordFilter};
-pub use engine::{Engine, EngineConfig, NoJournal, Now, RecordSink, SweepStats};
+pub use engine::{AdminOp, Engine, EngineConfig, NoJournal, Now, RecordSink, SweepStats};
 pub use redo::RecordError;
 pub use sessions::hash_session_id;

@@ -33,10 +33,14 @@ pub(super) const TAG_EVENT: u8 = 7;
 pub(super) const TAG_SESSION_GONE: u8 = 8;
 /// Snapshots only: an account's balance, status, bundles and holds.
 pub(super) const TAG_ACCOUNT: u8 = 9;
-// Tags 10–13 are settlement entries (`settlement::outbox`), framed `tag | length u32 | body`
+// Tags 10–14 are settlement entries (`settlement::outbox`), framed `tag | length u32 | body`
 // so this module need not know their bodies: the outbox entry written with a session's or an
-// event's last debit (10), the worker's steps (11), and in snapshots the pending settlements
-// (12) and the numbering series (13).
+// event's last debit (10), the worker's steps (11), in snapshots the pending settlements (12)
+// and the numbering series (13), and a period's settlements grouped (14).
+/// An operator's top-up (the admin API): `account u32 | op key u64 | amount i64`.
+pub(super) const TAG_TOP_UP: u8 = 20;
+/// An operator's bar or unbar: `account u32 | status u8` (0 active, 1 barred).
+pub(super) const TAG_STATUS: u8 = 21;
 
 /// The first bytes of a snapshot body.
 pub(super) const SNAPSHOT_MAGIC: &[u8; 8] = b"GYROSNP1";
@@ -126,6 +130,14 @@ impl Recorder {
 
     pub(super) fn refund(&mut self, account: AccountId, op: u64, amount: MoneyMinor) {
         self.u8(TAG_REFUND).u32(account.0).u64(op).i64(amount.0);
+    }
+
+    pub(super) fn top_up(&mut self, account: AccountId, op: u64, amount: MoneyMinor) {
+        self.u8(TAG_TOP_UP).u32(account.0).u64(op).i64(amount.0);
+    }
+
+    pub(super) fn status(&mut self, account: AccountId, barred: bool) {
+        self.u8(TAG_STATUS).u32(account.0).u8(u8::from(barred));
     }
 
     /// An event's answer, with the request's fingerprint, so a retransmitted CCR-E is answered

@@ -7,14 +7,16 @@
 //! nothing yet. Started before the journal is recovered, so a probe can tell "alive but
 //! recovering" (`/healthz` 200, `/readyz` 503) from "dead".
 
+mod accounts;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
@@ -22,7 +24,19 @@ use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::catalog::Catalog;
+use crate::cc::Engine;
+use crate::durable::ChargingJournal;
 use crate::metrics::Metrics;
+
+/// What the admin API works on, set once the journal is recovered (before: 503).
+pub struct Backend {
+    pub engine: Arc<Engine>,
+    /// `None` without a data directory: changes are in memory only, like every charge then.
+    pub journal: Option<Arc<ChargingJournal>>,
+    pub catalog: Catalog,
+    pub catalog_digest: String,
+}
 
 /// What `/readyz` waits for.
 #[derive(Debug, Default)]
@@ -55,11 +69,13 @@ pub struct HttpState {
     admin_token: Option<[u8; 32]>,
     /// `<data dir>/invoices`, when there is a data directory.
     invoices: Option<PathBuf>,
+    /// Set by `gyro serve` after recovery.
+    pub backend: Arc<OnceLock<Backend>>,
 }
 
 impl HttpState {
     pub fn new(metrics: Arc<Metrics>, ready: Arc<Readiness>) -> Self {
-        Self { metrics, ready, admin_token: None, invoices: None }
+        Self { metrics, ready, admin_token: None, invoices: None, backend: Arc::new(OnceLock::new()) }
     }
 
     /// Turns the admin API on with `token` (at least 16 bytes: a token short enough to guess is
@@ -90,8 +106,17 @@ pub fn router(state: HttpState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi))
         .route("/v1/invoices", get(list_invoices))
         .route("/v1/invoices/{number}", get(get_invoice))
+        .route("/v1/accounts", get(accounts::list))
+        .route("/v1/accounts/{account}", get(accounts::get))
+        .route("/v1/accounts/{account}/top-ups", post(accounts::top_up))
+        .route("/v1/accounts/{account}/adjustments", post(accounts::adjust))
+        .route("/v1/accounts/{account}/bar", post(accounts::bar))
+        .route("/v1/accounts/{account}/unbar", post(accounts::unbar))
+        .route("/v1/plans", get(accounts::plans))
+        .route("/v1/plans/validate", post(accounts::validate))
         .fallback(|uri: axum::http::Uri| async move {
             error(StatusCode::NOT_FOUND, format!("no such endpoint: {}", uri.path()), None)
         })
@@ -105,6 +130,13 @@ pub async fn serve(listener: TcpListener, state: HttpState, shutdown: Cancellati
     if let Err(e) = served.await {
         tracing::error!(error = %e, "the HTTP listener failed");
     }
+}
+
+/// The OpenAPI 3.1 document of this listener (checked against the routes by a test).
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
 async fn metrics(State(state): State<HttpState>) -> Response {
@@ -154,7 +186,7 @@ impl IntoResponse for ApiError {
 
 /// Checks the bearer token (RFC 6750 §2.1). Compares SHA-256 digests, so the comparison's
 /// time says nothing about the token.
-fn authorize(state: &HttpState, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn authorize(state: &HttpState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(expected) = state.admin_token else {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
