@@ -78,6 +78,27 @@ pub enum Command {
         #[command(subcommand)]
         command: JournalCommand,
     },
+    /// Accounts through the admin API of a running gyro serve: show, top up, adjust, bar.
+    Account {
+        #[command(flatten)]
+        api: crate::tools::admin::ApiArgs,
+        #[command(subcommand)]
+        command: crate::tools::admin::AccountCommand,
+    },
+    /// Invoices through the admin API: list, show (JSON or UBL).
+    Invoice {
+        #[command(flatten)]
+        api: crate::tools::admin::ApiArgs,
+        #[command(subcommand)]
+        command: crate::tools::admin::InvoiceCommand,
+    },
+    /// Price plans through the admin API: list the loaded ones, validate a catalog file.
+    Plan {
+        #[command(flatten)]
+        api: crate::tools::admin::ApiArgs,
+        #[command(subcommand)]
+        command: crate::tools::admin::PlanCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -156,6 +177,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         // Same reason: 1 means the run completed but a connection failed during it.
         Command::Load(args) => std::process::exit(crate::tools::load::main(&args)),
         Command::Journal { command } => journal(command),
+        // Exit codes as gyro ccr's: 1 the API refused, 2 usage or connection.
+        Command::Account { api, command } => std::process::exit(crate::tools::admin::account(&api, &command)),
+        Command::Invoice { api, command } => std::process::exit(crate::tools::admin::invoice(&api, &command)),
+        Command::Plan { api, command } => std::process::exit(crate::tools::admin::plan(&api, &command)),
     }
 }
 

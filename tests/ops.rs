@@ -460,3 +460,59 @@ fn the_openapi_document_matches_the_routes() {
         );
     }
 }
+
+/// `gyro account|invoice|plan` call the same API: JSON on stdout, the API's error naming the
+/// field on stderr with exit 1, usage and token problems exit 2.
+#[test]
+fn the_cli_calls_the_admin_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_gyro, http) = start(dir.path());
+    let api = format!("http://{http}");
+    let token = dir.path().join("admin-token");
+    let gyro = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_gyro"))
+            .args(args)
+            .args(["--api", &api, "--token-file"])
+            .arg(&token)
+            .env_remove("GYRO_ADMIN_TOKEN")
+            .output()
+            .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+    };
+    let (code, out, err) = gyro(&["account", "show", "e164:491700000001"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["balance"], "50.00");
+    let (code, out, _) =
+        gyro(&["account", "top-up", "e164:491700000001", "--amount", "1.5", "--key", "cli-1"]);
+    assert_eq!((code, json(&out)["balance"].as_str()), (0, Some("51.50")));
+    let (code, out, _) =
+        gyro(&["account", "adjust", "0", "--amount", "-0.50", "--key", "cli-2", "--reason", "test"]);
+    assert_eq!((code, json(&out)["balance"].as_str()), (0, Some("51.00")));
+    let (code, _, err) = gyro(&["account", "top-up", "0", "--amount", "0.001", "--key", "cli-3"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("400") && err.contains("amount:"), "{err}");
+    let (code, out, _) = gyro(&["account", "bar", "e164:491700000002"]);
+    assert_eq!((code, json(&out)["status"].as_str()), (0, Some("barred")));
+    let (code, out, _) = gyro(&["invoice", "list"]);
+    assert_eq!((code, json(&out)["invoices"].is_array()), (0, true));
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/catalog/demo.toml");
+    let (code, out, err) = gyro(&["plan", "validate", demo.to_str().unwrap()]);
+    assert_eq!((code, json(&out)["valid"].as_bool()), (0, Some(true)), "{err}");
+    // A wrong token is the API's refusal (1); no token at all is a usage error (2).
+    std::fs::write(dir.path().join("wrong"), "wrong-token-wrong-token").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gyro"))
+        .args(["account", "show", "0", "--api", &api, "--token-file"])
+        .arg(dir.path().join("wrong"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Authorization"));
+    let out = Command::new(env!("CARGO_BIN_EXE_gyro"))
+        .args(["account", "show", "0", "--api", &api])
+        .env_remove("GYRO_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("GYRO_ADMIN_TOKEN"));
+}

@@ -1,0 +1,250 @@
+//! `gyro account …`, `gyro invoice …`, `gyro plan …`: the admin API from the command line. They
+//! call the same HTTP endpoints as any other client (`[http]` of `gyro serve`, default
+//! 127.0.0.1:9464) with the bearer token from `--token-file` or `GYRO_ADMIN_TOKEN`, print the
+//! JSON (or UBL) answer on stdout, and on an error print the API's message naming the field.
+//!
+//! Exit status: 0 success; 1 the API refused the request (4xx/5xx, its message on stderr);
+//! 2 usage, token or connection error.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+
+/// Where the admin API is and how to authenticate.
+#[derive(Debug, Args)]
+pub struct ApiArgs {
+    /// Base URL of gyro serve's HTTP listener.
+    #[arg(long, default_value = "http://127.0.0.1:9464", global = true)]
+    pub api: String,
+    /// A file holding the bearer token (default: the GYRO_ADMIN_TOKEN environment variable).
+    #[arg(long, global = true)]
+    pub token_file: Option<PathBuf>,
+    /// Bound on the whole request, in milliseconds.
+    #[arg(long, default_value_t = 10_000, global = true)]
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AccountCommand {
+    /// List accounts in number order.
+    List {
+        #[arg(long)]
+        after: Option<u32>,
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+    /// Show an account (number, or subscription id such as e164:491700000001).
+    Show { account: String },
+    /// Credit an account; --key makes a retry safe (the same key again changes nothing).
+    TopUp {
+        account: String,
+        /// Decimal amount in the account's currency, e.g. 10.00.
+        #[arg(long)]
+        amount: String,
+        #[arg(long)]
+        key: String,
+    },
+    /// Credit (positive) or debit (negative) an account by an operator's decision.
+    Adjust {
+        account: String,
+        #[arg(long, allow_hyphen_values = true)]
+        amount: String,
+        #[arg(long)]
+        key: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Bar an account: its next CCR-I is answered 4010.
+    Bar { account: String },
+    /// Unbar an account.
+    Unbar { account: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InvoiceCommand {
+    /// List invoices in number order.
+    List {
+        #[arg(long)]
+        after: Option<String>,
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+    /// Print an invoice as JSON, or as UBL 2.1 XML with --ubl.
+    Show {
+        number: String,
+        #[arg(long)]
+        ubl: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PlanCommand {
+    /// List the loaded catalog's plans.
+    List,
+    /// Check a catalog file the way gyro serve would load it (nothing is loaded).
+    Validate { file: PathBuf },
+}
+
+enum Method {
+    Get,
+    Post(Option<(String, &'static str)>),
+}
+
+pub fn account(api: &ApiArgs, command: &AccountCommand) -> i32 {
+    let enc = |s: &str| percent(s);
+    let (method, path) = match command {
+        AccountCommand::List { after, limit } => (
+            Method::Get,
+            format!(
+                "/v1/accounts{}",
+                query(&[("after", after.map(|a| a.to_string())), ("limit", limit.map(|l| l.to_string()))])
+            ),
+        ),
+        AccountCommand::Show { account } => (Method::Get, format!("/v1/accounts/{}", enc(account))),
+        AccountCommand::TopUp { account, amount, key } => {
+            let body = serde_json::json!({ "amount": amount, "key": key }).to_string();
+            (Method::Post(Some((body, "application/json"))), format!("/v1/accounts/{}/top-ups", enc(account)))
+        }
+        AccountCommand::Adjust { account, amount, key, reason } => {
+            let mut body = serde_json::json!({ "amount": amount, "key": key });
+            if let Some(r) = reason {
+                body["reason"] = serde_json::Value::String(r.clone());
+            }
+            (
+                Method::Post(Some((body.to_string(), "application/json"))),
+                format!("/v1/accounts/{}/adjustments", enc(account)),
+            )
+        }
+        AccountCommand::Bar { account } => (Method::Post(None), format!("/v1/accounts/{}/bar", enc(account))),
+        AccountCommand::Unbar { account } => {
+            (Method::Post(None), format!("/v1/accounts/{}/unbar", enc(account)))
+        }
+    };
+    call(api, method, &path)
+}
+
+pub fn invoice(api: &ApiArgs, command: &InvoiceCommand) -> i32 {
+    let path = match command {
+        InvoiceCommand::List { after, limit } => {
+            format!(
+                "/v1/invoices{}",
+                query(&[("after", after.clone()), ("limit", limit.map(|l| l.to_string()))])
+            )
+        }
+        InvoiceCommand::Show { number, ubl } => {
+            format!("/v1/invoices/{}{}", percent(number), if *ubl { "?format=ubl" } else { "" })
+        }
+    };
+    call(api, Method::Get, &path)
+}
+
+pub fn plan(api: &ApiArgs, command: &PlanCommand) -> i32 {
+    match command {
+        PlanCommand::List => call(api, Method::Get, "/v1/plans"),
+        PlanCommand::Validate { file } => match std::fs::read_to_string(file) {
+            Ok(text) => call(api, Method::Post(Some((text, "application/toml"))), "/v1/plans/validate"),
+            Err(e) => {
+                eprintln!("gyro: {}: {e}", file.display());
+                2
+            }
+        },
+    }
+}
+
+/// `?a=1&b=2` of the parameters that are set.
+fn query(params: &[(&str, Option<String>)]) -> String {
+    let set: Vec<String> =
+        params.iter().filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", percent(v)))).collect();
+    if set.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", set.join("&"))
+    }
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters and `:` (subscription ids
+/// keep their readable `e164:…` form in a path segment).
+fn percent(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~:".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn token(api: &ApiArgs) -> Result<String, String> {
+    match &api.token_file {
+        Some(path) => std::fs::read_to_string(path)
+            .map(|t| t.trim().to_owned())
+            .map_err(|e| format!("--token-file {}: {e}", path.display())),
+        None => std::env::var("GYRO_ADMIN_TOKEN")
+            .map(|t| t.trim().to_owned())
+            .map_err(|_| "no token: give --token-file or set GYRO_ADMIN_TOKEN".to_owned()),
+    }
+}
+
+fn call(api: &ApiArgs, method: Method, path: &str) -> i32 {
+    let token = match token(api) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("gyro: {e}");
+            return 2;
+        }
+    };
+    let url = format!("{}{path}", api.api.trim_end_matches('/'));
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("gyro: cannot start the async runtime: {e}");
+            return 2;
+        }
+    };
+    runtime.block_on(async {
+        let client = match reqwest::Client::builder().timeout(Duration::from_millis(api.timeout_ms)).build() {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("gyro: {e}");
+                return 2;
+            }
+        };
+        let request = match method {
+            Method::Get => client.get(&url),
+            Method::Post(None) => client.post(&url),
+            Method::Post(Some((body, kind))) => client.post(&url).header("Content-Type", kind).body(body),
+        };
+        let response = match request.bearer_auth(token).send().await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("gyro: {url}: {e}");
+                return 2;
+            }
+        };
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        if status.is_success() {
+            println!("{}", pretty(&text));
+            0
+        } else {
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            match (v["error"].as_str(), v["field"].as_str()) {
+                (Some(error), Some(field)) => eprintln!("gyro: {status}: {field}: {error}"),
+                (Some(error), None) => eprintln!("gyro: {status}: {error}"),
+                _ => eprintln!("gyro: {status}: {text}"),
+            }
+            1
+        }
+    })
+}
+
+/// JSON pretty-printed; anything else (UBL) as it came.
+fn pretty(text: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(text)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or_else(|| text.to_owned())
+}
