@@ -6,13 +6,15 @@
 //! engine into the outbox, with the journal as `gyro serve` runs it (fsync per batch) in a
 //! directory under `$TMPDIR` (a disk, not tmpfs, for the number to mean anything). Then it
 //! starts the settlement worker and times it until the outbox is empty. It prints settlements/s
-//! and where the time goes: journal records and syncs per settlement (the worker waits for each
-//! step record to be durable, except `Done`), the documents per settlement (each invoice file
+//! and where the time goes: journal records and syncs per session (the worker waits for each
+//! step record to be durable, except `Done`), the documents per session (each invoice file
 //! and `.eml` is a temporary file renamed, unsynced, made durable by the worker's group
 //! `syncfs` before `Done`; the sandbox syncs its books lines in groups), CPU time against wall
 //! time, and a probe of one synced atomic write's latency on the same disk, for comparison. `cargo test --benches` runs 200 sessions. `GYRO_SETTLE_BENCH_SESSIONS` overrides
 //! the count, `GYRO_SETTLE_BENCH_DIR` the parent directory (`/dev/shm` shows the rate without
-//! the disk's fsync latency).
+//! the disk's fsync latency). `GYRO_SETTLE_BENCH_AGGREGATE=day` settles per account and day
+//! instead (`[settlement] aggregate`): the worker's clock is two days on, so every session's
+//! day has ended, and the rate is sessions settled per second through 1 000 day invoices.
 //!
 //! The rate to keep up with: W3 is CCR-I/U/T 1:8:1, so terminations/s = W3 answers/s ÷ 10; the
 //! latest measured W3 rate is 140 200 answers/s (README, Performance).
@@ -32,7 +34,7 @@ use gyro::journal::JournalConfig;
 use gyro::limits::SETTLEMENTS_IN_FLIGHT_MAX;
 use gyro::settlement::payment::{test_instruments, SANDBOX_BOOKS_FILE};
 use gyro::settlement::worker::{Clock, Output, Worker};
-use gyro::settlement::{Sandbox, SettlementConfig};
+use gyro::settlement::{Aggregate, Sandbox, SettlementConfig};
 use tokio_util::sync::CancellationToken;
 
 /// README §Performance, W3 (CCR-I/U/T 1:8:1), the latest measured rate.
@@ -193,9 +195,18 @@ fn main() {
 
     // 2. The worker settles them all.
     let sandbox = Sandbox::with_books(&data.join(SANDBOX_BOOKS_FILE)).unwrap();
-    let clock: Clock = Arc::new(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs()
-    });
+    let aggregate = std::env::var("GYRO_SETTLE_BENCH_AGGREGATE").is_ok_and(|v| v == "day");
+    let clock: Clock = if aggregate {
+        Arc::new(|| NOW.unix_secs + 2 * 86_400)
+    } else {
+        Arc::new(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs()
+        })
+    };
+    let settlement = SettlementConfig {
+        aggregate: if aggregate { Aggregate::Day } else { Aggregate::Session },
+        ..SettlementConfig::default()
+    };
     let sandbox = Arc::new(sandbox);
     let output = Output::in_data_dir(&data).unwrap();
     let docs = Arc::clone(&output.docs);
@@ -205,7 +216,7 @@ fn main() {
         Arc::clone(journal),
         Arc::clone(&sandbox),
         catalog.clone(),
-        SettlementConfig::default(),
+        settlement,
         output,
         clock,
     );
@@ -225,7 +236,12 @@ fn main() {
     shutdown.cancel();
     let stats = runtime.block_on(task).unwrap();
     let after = journal.stats();
-    assert_eq!(stats.settled as usize, sessions);
+    let invoices = stats.settled as usize;
+    if aggregate {
+        assert_eq!(invoices, sessions.min(ACCOUNTS), "one invoice per account and day");
+    } else {
+        assert_eq!(invoices, sessions);
+    }
     assert_eq!(stats.failed, 0);
 
     // 3. Report.
@@ -242,7 +258,8 @@ fn main() {
     let probe = probe_atomic_write(&dir.path().join("probe"), 4_096, if full { 200 } else { 20 });
     println!(
         "settlement: {sessions} sessions (half prepaid, half on_file card) terminated in {terminate_s:.2} s; \
-         settled in {settle_s:.2} s: {rate:.0} settlements/s ({SETTLEMENTS_IN_FLIGHT_MAX} in flight) in {}",
+         settled in {settle_s:.2} s: {rate:.0} sessions/s as {invoices} invoices ({}; {SETTLEMENTS_IN_FLIGHT_MAX} in flight) in {}",
+        if aggregate { "per account and day" } else { "per session" },
         data.display()
     );
     println!(
@@ -252,7 +269,7 @@ fn main() {
         100.0 * rate / needed
     );
     println!(
-        "  journal: {:.2} step records and {:.2} fdatasyncs per settlement ({syncs} syncs, {:.2} ms each on \
+        "  journal: {:.2} step records and {:.2} fdatasyncs per session ({syncs} syncs, {:.2} ms each on \
          average, {:.0} % of the wall time in fdatasync), {:.1} records per batch",
         records as f64 / n,
         syncs as f64 / n,
@@ -261,7 +278,7 @@ fn main() {
         records as f64 / (after.batches - before.batches).max(1) as f64,
     );
     println!(
-        "  files: {:.2} documents (invoice JSON + XML, e-mails) per settlement, made durable by {doc_syncs} \
+        "  files: {:.2} documents (invoice JSON + XML, e-mails) per session, made durable by {doc_syncs} \
          syncfs ({:.1} settlements each); {books_syncs} books syncs for {} charges; one synced atomic \
          4 KiB write alone takes {:.2} ms on this disk",
         documents as f64 / n,
@@ -272,7 +289,7 @@ fn main() {
     if let Some((user, system)) = cpu {
         println!(
             "  CPU: {:.2} s ({user:.2} s user, {system:.2} s system) over {settle_s:.2} s of wall time \
-             ({:.0} % of one core; {:.0} µs per settlement, {:.0} µs of it in the kernel)",
+             ({:.0} % of one core; {:.0} µs per session, {:.0} µs of it in the kernel)",
             user + system,
             100.0 * (user + system) / settle_s,
             (user + system) / n * 1e6,

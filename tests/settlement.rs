@@ -1573,9 +1573,10 @@ async fn settlement_rate_in_process() {
     node.close();
 }
 
-/// `[settlement] aggregate = "day"`: sessions wait until their UTC day has ended (plus the
-/// delay), then each account's day becomes one invoice with the sessions' lines summed, one
-/// charge for the card account; the group survives a restart between grouping and settling.
+/// `[settlement] aggregate = "day"`: sessions are folded as they come into one pending
+/// settlement per account and day, which waits until the day has ended (plus the delay); then
+/// each is one invoice with the sessions' lines summed, one charge for the card account; the
+/// groups survive a restart between folding and settling.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_day_of_sessions_is_one_invoice_per_account_and_survives_a_restart() {
     use gyro::settlement::Aggregate;
@@ -1584,29 +1585,33 @@ async fn a_day_of_sessions_is_one_invoice_per_account_and_survives_a_restart() {
     let cfg =
         SettlementConfig { aggregate: Aggregate::Day, aggregate_delay_s: 900, ..SettlementConfig::default() };
     let node = Node::start_with(&data, CATALOG, cfg.clone());
-    for (i, subscriber) in [CARD, PREPAID, CARD, PREPAID, CARD].into_iter().enumerate() {
+    for (i, subscriber) in [CARD, PREPAID, CARD, PREPAID].into_iter().enumerate() {
         node.session(&format!("s-day-{i}"), subscriber);
     }
-    let singles = node.engine.outbox().pending();
-    assert_eq!(singles.len(), 5);
-    let per_account = |account: u32| -> i64 {
-        singles.iter().filter(|p| p.entry.account == account).map(|p| p.entry.debited().0).sum()
-    };
+    let mut singles = node.engine.outbox().pending();
+    assert_eq!(singles.len(), 4);
     let worker = node.worker(&data, Gateway::new(&data, Crash::Never));
-    // The day has not ended: nothing is grouped, and single sessions wait.
-    assert_eq!(worker.group_due(T0 + 5), 0);
-    assert_eq!(worker.next_ready(u64::MAX), None, "singles wait for their period");
-    let end = (T0 / 86_400 + 1) * 86_400;
-    assert_eq!(worker.group_due(end + 899), 0, "not before the delay");
-    assert_eq!(worker.group_due(end + 900), 2, "one group per account");
+    assert_eq!(worker.next_ready(u64::MAX), None, "singles wait to be folded");
+    assert_eq!(worker.group_due(T0 + 5), 2, "folded at once, one group per account");
+    assert_eq!(node.engine.outbox().len(), 2);
+    // A later session of the day joins its account's group.
+    node.session("s-day-4", CARD);
+    singles.extend(node.engine.outbox().pending().into_iter().filter(|p| p.sessions == 0));
+    assert_eq!(worker.group_due(T0 + 6), 1);
     let groups = node.engine.outbox().pending();
     let mut sizes: Vec<u32> = groups.iter().map(|p| p.sessions).collect();
     sizes.sort_unstable();
     assert_eq!(sizes, vec![2, 3]);
+    let end = (T0 / 86_400 + 1) * 86_400;
     for g in &groups {
-        assert_eq!(g.entry.debited().0, per_account(g.entry.account), "the group sums its members");
+        let members: i64 =
+            singles.iter().filter(|p| p.entry.account == g.entry.account).map(|p| p.entry.debited().0).sum();
+        assert_eq!(g.entry.debited().0, members, "the group sums its members");
         assert_eq!(g.entry.closed_unix_s, end, "dated at the period's end");
     }
+    // Not settled before the day has ended and the delay passed.
+    assert_eq!(worker.next_ready((end + 899) * 1000), None);
+    assert!(worker.next_ready((end + 900) * 1000).is_some());
     drop(worker);
     node.close();
 
@@ -1614,7 +1619,7 @@ async fn a_day_of_sessions_is_one_invoice_per_account_and_survives_a_restart() {
     let node = Node::start_with(&data, CATALOG, cfg);
     assert_eq!(node.engine.outbox().pending(), groups);
     let worker = node.worker(&data, Gateway::new(&data, Crash::Never));
-    assert_eq!(worker.group_due(end + 10_000), 0, "groups are not grouped again");
+    assert_eq!(worker.group_due(end + 10_000), 0, "nothing new to fold");
     run_steps(&worker, 20).await;
     assert!(node.engine.outbox().is_empty());
     drop(worker);

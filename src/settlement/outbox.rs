@@ -285,6 +285,11 @@ impl Outbox {
         self.lock().pending.values().find(|p| ready(p)).map(|p| p.entry.key)
     }
 
+    /// What `pick` returns for each pending settlement, in order (cloning only what it picks).
+    pub fn select<T>(&self, mut pick: impl FnMut(&Pending) -> Option<T>) -> Vec<T> {
+        self.lock().pending.values().filter_map(pick).collect()
+    }
+
     /// Folds `members` (pending, not numbered) into `combined` (live; recovery does the same
     /// from the journaled [`encode_group`] record, which the caller appended first).
     pub fn group(&self, members: &[SettlementKey], combined: SettleEntry) -> Result<(), EntryError> {
@@ -421,9 +426,11 @@ impl Outbox {
     }
 }
 
-/// The members leave (each must be pending and unnumbered: the worker groups only those, so
-/// anything else is a corrupt journal), the combined entry joins at the end. Replaying it
-/// again changes nothing (the members are gone, the combined key is pending or done).
+/// The members leave (each must be pending and unnumbered: the worker folds only those, so
+/// anything else is a corrupt journal; a member may be the period's previous group, folded
+/// again with newer settlements), the combined entry joins at the end with the members'
+/// settlements counted. Replaying it again changes nothing (the members are gone, the combined
+/// key is pending or done).
 fn apply_group(s: &mut State, members: &[SettlementKey], combined: SettleEntry) -> Result<(), EntryError> {
     if s.by_key.contains_key(&combined.key) {
         return Ok(());
@@ -431,12 +438,19 @@ fn apply_group(s: &mut State, members: &[SettlementKey], combined: SettleEntry) 
     let mut folded = 0u32;
     for key in members {
         let Some(&seq) = s.by_key.get(key) else { continue };
-        if s.pending[&seq].number.is_some() || s.pending[&seq].sessions > 0 {
-            return Err(EntryError("a grouped settlement was numbered or is a group"));
+        let member = &s.pending[&seq];
+        if member.number.is_some() || member.attempts > 0 {
+            return Err(EntryError("a grouped settlement was numbered"));
         }
+        let (sessions, was_group) = (member.sessions.max(1), member.sessions > 0);
         s.pending.remove(&seq);
         s.by_key.remove(key);
-        folded += 1;
+        folded += sessions;
+        if was_group {
+            // Folded again: counted once, as the group it becomes part of.
+            s.stats.groups -= 1;
+            s.stats.grouped -= u64::from(sessions);
+        }
     }
     if folded == 0 {
         // Every member ended already: the group was settled and done before this replay.

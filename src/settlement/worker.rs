@@ -341,52 +341,69 @@ impl<J: StepLog, P: PaymentAdapter + 'static> Worker<J, P> {
     }
 
     /// The first pending settlement not under way and not waiting for a retry. With periods
-    /// (`[settlement] aggregate`), a single settlement not yet numbered waits to be grouped
-    /// ([`Self::group_due`]); groups, and settlements numbered before, go on.
+    /// (`[settlement] aggregate`), single settlements wait to be folded into their period's
+    /// group ([`Self::group_due`]), and a group waits until its period has ended plus
+    /// `aggregate_delay_s`; settlements numbered before go on.
     pub fn next_ready(&self, now_ms: u64) -> Option<SettlementKey> {
         let sched = lock(&self.sched);
         let per_session = self.cfg.aggregate == Aggregate::Session;
+        let now_s = now_ms / 1000;
+        let delay = self.cfg.aggregate_delay_s;
         self.outbox.first(|p| {
             let key = p.entry.key;
-            (per_session || p.sessions > 0 || p.number.is_some() || p.attempts > 0)
+            (per_session
+                || p.number.is_some()
+                || p.attempts > 0
+                || (p.sessions > 0 && p.entry.closed_unix_s.saturating_add(delay) <= now_s))
                 && !sched.in_flight.contains(&key)
                 && sched.not_before.get(&key).is_none_or(|&due| due <= now_ms)
         })
     }
 
-    /// Folds the pending settlements of every period that ended `aggregate_delay_s` before
-    /// `now_s` into one per (account, currency, period): one journal record each, the members
-    /// leaving the outbox and the combined entry joining it (lines summed per service). Only
-    /// settlements not numbered and not under way are folded. Returns the groups made.
+    /// Folds the pending single settlements into their period's group, one per (account,
+    /// currency, period): one journal record each, the members (the new singles and the
+    /// period's group so far, if it is not numbered or under way) leaving the outbox and the
+    /// combined entry joining it, lines summed per service. Run continuously (once a second),
+    /// so the outbox holds one entry per account and open period, not every session of the
+    /// period; a group is settled once its period has ended plus `aggregate_delay_s`
+    /// ([`Self::next_ready`]). Returns the groups written.
     ///
     /// The record is appended before the combined entry is visible, and every step of it comes
     /// later in the journal, so "its `Numbered` is durable" proves the group durable as it does
-    /// for an entry; a group lost in a crash is made again (perhaps with more members, so under
-    /// another key: nothing was numbered or charged for the lost one).
-    pub fn group_due(&self, now_s: u64) -> usize {
+    /// for an entry; a fold lost in a crash is made again (its members are still pending).
+    pub fn group_due(&self, _now_s: u64) -> usize {
         let aggregate = self.cfg.aggregate;
         if aggregate == Aggregate::Session {
             return 0;
         }
-        let due = |closed: u64| {
-            aggregate
-                .period_end(closed)
-                .is_some_and(|end| end.saturating_add(self.cfg.aggregate_delay_s) <= now_s)
+        type Bucket = (u32, u16, u64);
+        let bucket = |p: &Pending| -> Bucket {
+            let e = &p.entry;
+            let end = if p.sessions > 0 {
+                e.closed_unix_s
+            } else {
+                aggregate.period_end(e.closed_unix_s).unwrap_or(0)
+            };
+            (e.account, e.currency.numeric, end)
         };
-        let mut groups: std::collections::BTreeMap<(u32, u16, u64), Vec<Pending>> = Default::default();
+        let mut groups: std::collections::BTreeMap<Bucket, Vec<Pending>> = Default::default();
         {
             let sched = lock(&self.sched);
-            for p in self.outbox.pending() {
-                let e = &p.entry;
-                if p.number.is_none()
-                    && p.attempts == 0
-                    && p.sessions == 0
-                    && !sched.in_flight.contains(&e.key)
-                    && due(e.closed_unix_s)
-                {
-                    let end = aggregate.period_end(e.closed_unix_s).expect("periods have ends");
-                    groups.entry((e.account, e.currency.numeric, end)).or_default().push(p);
-                }
+            let foldable = |p: &Pending| {
+                p.number.is_none() && p.attempts == 0 && !sched.in_flight.contains(&p.entry.key)
+            };
+            // The new singles first (in order), then the open groups of their buckets.
+            for p in self.outbox.select(|p| (p.sessions == 0 && foldable(p)).then(|| p.clone())) {
+                groups.entry(bucket(&p)).or_default().push(p);
+            }
+            if groups.is_empty() {
+                return 0;
+            }
+            let open = self.outbox.select(|p| {
+                (p.sessions > 0 && foldable(p) && groups.contains_key(&bucket(p))).then(|| p.clone())
+            });
+            for g in open {
+                groups.get_mut(&bucket(&g)).expect("selected by bucket").insert(0, g);
             }
         }
         let mut made = 0;
@@ -402,9 +419,6 @@ impl<J: StepLog, P: PaymentAdapter + 'static> Worker<J, P> {
                 continue;
             }
             made += 1;
-        }
-        if made > 0 {
-            tracing::info!(groups = made, "period settlements grouped");
         }
         made
     }
