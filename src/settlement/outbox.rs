@@ -286,7 +286,7 @@ impl Outbox {
     }
 
     /// What `pick` returns for each pending settlement, in order (cloning only what it picks).
-    pub fn select<T>(&self, mut pick: impl FnMut(&Pending) -> Option<T>) -> Vec<T> {
+    pub fn select<T>(&self, pick: impl FnMut(&Pending) -> Option<T>) -> Vec<T> {
         self.lock().pending.values().filter_map(pick).collect()
     }
 
