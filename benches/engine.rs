@@ -121,6 +121,15 @@ fn engine_path(c: &mut Criterion) {
         engine.handle(now, &msg, out);
         black_box(out.len())
     };
+    // GYRO_ENGINE_LOG=FILTER (e.g. info, debug): a log subscriber like `gyro serve`'s, writing
+    // nowhere, to count what the engine's log lines cost at that level. Without it no
+    // subscriber is installed, as in the figures before the decision lines.
+    if let Ok(filter) = std::env::var("GYRO_ENGINE_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::sink)
+            .init();
+    }
     // GYRO_ENGINE_LOOP=N: N steps and exit, for instruction counts under callgrind, which are
     // repeatable on a shared machine where times are not:
     // valgrind --tool=callgrind target/release/deps/engine-… --bench

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::catalog::Catalog;
 use crate::cc::EngineConfig;
-use crate::config::Config;
+use crate::config::{Config, LogConfig, LogFormat};
 use crate::diameter::{ApplicationId, Dictionary, LocalIdentity};
 use crate::net::charging::Charging;
 use crate::net::echo::Echo;
@@ -43,6 +43,9 @@ pub enum Command {
         /// Override http.listen (metrics, probes, admin API), e.g. 127.0.0.1:0.
         #[arg(long)]
         http_listen: Option<std::net::SocketAddr>,
+        /// Override log.format: human or json.
+        #[arg(long)]
+        log_format: Option<LogFormat>,
     },
     /// Run the benchmark responder: the same Diameter server as `serve`, answering every CCR
     /// with one canned 2001 CCA (10 MiB granted). Not an OCS: nothing is rated or charged.
@@ -57,6 +60,9 @@ pub enum Command {
         /// Tokio worker threads (default: one per core).
         #[arg(long)]
         workers: Option<usize>,
+        /// Override log.format: human or json.
+        #[arg(long)]
+        log_format: Option<LogFormat>,
     },
     /// Configuration tools.
     Config {
@@ -148,10 +154,10 @@ pub enum DictCommand {
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { config, listen, workers, data_dir, http_listen } => {
-            serve(config, listen, workers, data_dir, http_listen)
+        Command::Serve { config, listen, workers, data_dir, http_listen, log_format } => {
+            serve(config, listen, workers, data_dir, http_listen, log_format)
         }
-        Command::Echo { config, listen, workers } => echo(config, listen, workers),
+        Command::Echo { config, listen, workers, log_format } => echo(config, listen, workers, log_format),
         Command::Config { command: ConfigCommand::Check { file } } => {
             let cfg = Config::load(&file)?;
             load_dictionary(&cfg)?;
@@ -263,10 +269,21 @@ fn load_dictionary(cfg: &Config) -> anyhow::Result<Dictionary> {
     Ok(dict)
 }
 
-fn init_tracing(level: &str) {
+/// The log subscriber: `log.level` (or `RUST_LOG`) filters, `log.format` writes. Lines go to
+/// standard output, where they always have (`fmt`'s default writer).
+fn init_tracing(log: &LogConfig) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.level));
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let _ = match log.format {
+        LogFormat::Human => fmt.try_init(),
+        // One object per line: timestamp, level, the event's fields (message included) at the
+        // top level where collectors index them, and the current span's fields (a request's
+        // peer, hbh, e2e) under "span". Only the innermost span: there is no nesting to show.
+        LogFormat::Json => {
+            fmt.json().flatten_event(true).with_current_span(true).with_span_list(false).try_init()
+        }
+    };
 }
 
 /// The configuration file (or the embedded defaults) with the command line's overrides.
@@ -296,6 +313,7 @@ fn serve(
     workers: Option<usize>,
     data_dir: Option<PathBuf>,
     http_listen: Option<std::net::SocketAddr>,
+    log_format: Option<LogFormat>,
 ) -> anyhow::Result<()> {
     let mut cfg = load_config(config.as_ref(), listen)?;
     if let Some(d) = data_dir {
@@ -304,7 +322,8 @@ fn serve(
     if let Some(h) = http_listen {
         cfg.http.listen = h;
     }
-    init_tracing(&cfg.log.level);
+    cfg.log.format = log_format.unwrap_or(cfg.log.format);
+    init_tracing(&cfg.log);
     let dict = Arc::new(load_dictionary(&cfg)?);
     runtime(workers)?.block_on(serve_async(cfg, dict, config.is_none()))
 }
@@ -470,9 +489,11 @@ fn echo(
     config: Option<PathBuf>,
     listen: Option<std::net::SocketAddr>,
     workers: Option<usize>,
+    log_format: Option<LogFormat>,
 ) -> anyhow::Result<()> {
-    let cfg = load_config(config.as_ref(), listen)?;
-    init_tracing(&cfg.log.level);
+    let mut cfg = load_config(config.as_ref(), listen)?;
+    cfg.log.format = log_format.unwrap_or(cfg.log.format);
+    init_tracing(&cfg.log);
     let dict = Arc::new(load_dictionary(&cfg)?);
     runtime(workers)?.block_on(echo_async(cfg, dict, config.is_none()))
 }

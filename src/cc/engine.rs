@@ -789,6 +789,7 @@ impl Engine {
             let ccr = match Ccr::parse(msg) {
                 Ok(c) => c,
                 Err(e) => {
+                    tracing::debug!(result = e.result.0, why = e.message, "credit-control request refused");
                     error_answer(out, &self.cfg.local, msg, e.result, Some(e.message), Some(&e.failed_avp));
                     return false;
                 }
@@ -808,8 +809,13 @@ impl Engine {
         msg: &MessageRef<'_>,
         ccr: &Ccr<'_>,
         result: ResultCode,
+        why: Why,
         a: &Answer<'_>,
     ) {
+        // See `service_request` for why the line is written out of line.
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            log_answer(ccr, result, why, a);
+        }
         let echo = cca::Echo {
             origin_host: &self.cfg.local.origin_host,
             origin_realm: &self.cfg.local.origin_realm,
@@ -852,7 +858,8 @@ impl Engine {
         }
         match build_answer(session, ccr, recent) {
             Some(answer) => {
-                self.write(out, msg, ccr, ResultCode(u32::from(recent.result)), &answer);
+                let result = ResultCode(u32::from(recent.result));
+                self.write(out, msg, ccr, result, Why::Retransmission, &answer);
             }
             None => {
                 // A later request has since decided again for one of its rating groups (the
@@ -870,7 +877,14 @@ impl Engine {
     }
 
     fn refuse_number(&self, msg: &MessageRef<'_>, ccr: &Ccr<'_>, out: &mut BytesMut, text: &str) {
-        tracing::warn!(session = ccr.session_id, number = ccr.request_number, "{text}");
+        // A warning is written at info level too, where no request span exists: the ids here.
+        tracing::warn!(
+            session = ccr.session_id,
+            number = ccr.request_number,
+            hbh = format_args!("{:#010x}", msg.header.hop_by_hop),
+            e2e = format_args!("{:#010x}", msg.header.end_to_end),
+            "{text}"
+        );
         let failed = msg.find(crate::diameter::AvpCode(415)).map(|a| a.raw.to_vec()).unwrap_or_default();
         error_answer(out, &self.cfg.local, msg, ResultCode::INVALID_AVP_VALUE, Some(text), Some(&failed));
     }
@@ -902,7 +916,7 @@ impl Engine {
         session.highest = session.highest.max(ccr.request_number);
         let answer =
             build_answer(session, ccr, &recent).expect("every rating group of this request decided for it");
-        self.write(out, msg, ccr, ResultCode(u32::from(recent.result)), &answer);
+        self.write(out, msg, ccr, ResultCode(u32::from(recent.result)), Why::RatingGroups, &answer);
     }
 
     // -----------------------------------------------------------------------------------------
@@ -920,27 +934,35 @@ impl Engine {
                 tx.send(out, start);
             } else {
                 let text = Some("session already exists");
+                tracing::debug!(
+                    session = ccr.session_id,
+                    number = ccr.request_number,
+                    result = ResultCode::INVALID_AVP_VALUE.0,
+                    why = text,
+                    "credit-control request refused"
+                );
                 error_answer(out, &self.cfg.local, msg, ResultCode::INVALID_AVP_VALUE, text, None);
             }
             return;
         }
         let Some(account) = self.resolve(ccr) else {
             // RFC 4006 §9.1 5030 DIAMETER_USER_UNKNOWN.
-            self.write(out, msg, ccr, ResultCode::USER_UNKNOWN, &Answer::default());
+            self.write(out, msg, ccr, ResultCode::USER_UNKNOWN, Why::UnknownSubscriber, &Answer::default());
             return;
         };
         if let Err(r) = self.ledger.available(account) {
-            self.write(out, msg, ccr, reject_code(r), &Answer::default());
+            self.write(out, msg, ccr, reject_code(r), Why::Ledger(r), &Answer::default());
             return;
         }
         let Some(package) = self.package(account) else {
-            self.write(out, msg, ccr, ResultCode::UNABLE_TO_COMPLY, &Answer::default());
+            self.write(out, msg, ccr, ResultCode::UNABLE_TO_COMPLY, Why::NoPackage, &Answer::default());
             return;
         };
         let Some(context) = ccr.context.filter(|c| serves_context(&package, *c)) else {
             // The plan has no service for this context: service not allowed (RFC 4006 §9.1
             // 4010 DIAMETER_END_USER_SERVICE_DENIED).
-            self.write(out, msg, ccr, ResultCode::END_USER_SERVICE_DENIED, &Answer::default());
+            let why = Why::ContextNotServed;
+            self.write(out, msg, ccr, ResultCode::END_USER_SERVICE_DENIED, why, &Answer::default());
             return;
         };
         let mut session = Session {
@@ -956,15 +978,7 @@ impl Engine {
         };
         let mut results = Results::default();
         for m in ccr.services() {
-            results.add(self.service_request(
-                now,
-                tx.rec,
-                &mut session,
-                &package,
-                ccr.request_number,
-                m,
-                true,
-            ));
+            results.add(self.service_request(now, tx.rec, &mut session, &package, ccr, m, true));
         }
         let result = results.command();
         self.refresh_deadline(now, &mut session);
@@ -994,7 +1008,8 @@ impl Engine {
         let Some(session) = shard.get_mut(key) else {
             // RFC 4006 §7 (server state machine, Idle: CCR-U/T → 5002) and RFC 6733 §7.1.5
             // DIAMETER_UNKNOWN_SESSION_ID.
-            self.write(out, msg, ccr, ResultCode::UNKNOWN_SESSION_ID, &Answer::default());
+            let why = Why::UnknownSession;
+            self.write(out, msg, ccr, ResultCode::UNKNOWN_SESSION_ID, why, &Answer::default());
             return;
         };
         let start = out.len();
@@ -1005,15 +1020,15 @@ impl Engine {
             return;
         }
         if session.state == State::Closed {
-            self.write(out, msg, ccr, ResultCode::UNKNOWN_SESSION_ID, &Answer::default());
+            let why = Why::SessionClosed;
+            self.write(out, msg, ccr, ResultCode::UNKNOWN_SESSION_ID, why, &Answer::default());
             return;
         }
         let package = Arc::clone(&session.package);
         let terminate = ccr.request_type == RequestType::Termination;
         let mut results = Results::default();
         for m in ccr.services() {
-            let n = ccr.request_number;
-            results.add(self.service_request(now, tx.rec, session, &package, n, m, !terminate));
+            results.add(self.service_request(now, tx.rec, session, &package, ccr, m, !terminate));
         }
         let (mut flags, mut money) = (0, 0);
         if terminate {
@@ -1060,10 +1075,33 @@ impl Engine {
     }
 
     /// One MSCC (or the single-service form): charge the reported usage, then grant anew if
-    /// asked for. The decision is recorded in the rating group's state; returns its
-    /// Result-Code.
+    /// asked for. The decision is recorded in the rating group's state and logged (debug);
+    /// returns its Result-Code.
     #[allow(clippy::too_many_arguments)]
     fn service_request(
+        &self,
+        now: Now,
+        rec: &mut Recorder,
+        session: &mut Session,
+        package: &Package,
+        ccr: &Ccr<'_>,
+        m: &Mscc<'_>,
+        may_grant: bool,
+    ) -> ResultCode {
+        let number = ccr.request_number;
+        let d = self.decide_service(now, rec, session, package, number, m, may_grant);
+        // With debug off this is one level comparison. The line itself is written by a cold
+        // function: inline, the macro's code kept `write` from being inlined and cost ≈ 30
+        // instructions per CCR-U in register moves around it (callgrind, benches/engine.rs).
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            log_decision(session, package, ccr, m, &d);
+        }
+        d.result
+    }
+
+    /// `service_request` without the log line.
+    #[allow(clippy::too_many_arguments)]
+    fn decide_service(
         &self,
         now: Now,
         rec: &mut Recorder,
@@ -1072,7 +1110,7 @@ impl Engine {
         number: u32,
         m: &Mscc<'_>,
         may_grant: bool,
-    ) -> ResultCode {
+    ) -> Decision {
         let rating_group = rg_of(m.rating_group);
         let idx = match session.rgs.iter().position(|r| r.rating_group == rating_group) {
             Some(i) => i,
@@ -1080,10 +1118,10 @@ impl Engine {
                 let Some(service) = find_service(package, session.context, m) else {
                     // TS 32.299: no rate for this rating group → 5031 DIAMETER_RATING_FAILED.
                     // Not recorded: `build_answer` finds the same again from the package.
-                    return ResultCode::RATING_FAILED;
+                    return Decision::refused(ResultCode::RATING_FAILED, Why::NoService);
                 };
                 if session.rgs.len() == RATING_GROUPS_PER_SESSION_MAX {
-                    return ResultCode::UNABLE_TO_COMPLY;
+                    return Decision::refused(ResultCode::UNABLE_TO_COMPLY, Why::RatingGroupsMax);
                 }
                 session.rgs.push(RgState {
                     usage: CumulativeUsage::default(),
@@ -1106,30 +1144,35 @@ impl Engine {
         // The rate converted once for the debit, the grant and its hold.
         let pricer =
             Pricer::new(&package.services[usize::from(session.rgs[idx].service)].rate, package.currency);
+        let mut debited = MoneyMinor(0);
         if !m.used.is_empty() {
-            self.charge_usage(now, rec, session, idx, package, &pricer, &m.used);
+            debited = self.charge_usage(now, rec, session, idx, package, &pricer, &m.used);
         } else if session.rgs[idx].is(OPEN) && may_grant && m.requested.is_some() {
             // A new request without usage replaces the open grant (e.g. after a RAR).
             self.release_rg(rec, session, idx);
         }
         if !may_grant || m.requested.is_none() {
-            if !may_grant {
+            let why = if may_grant {
+                Why::NothingRequested
+            } else {
                 self.release_rg(rec, session, idx);
-            }
-            return ResultCode::SUCCESS;
+                Why::Terminated
+            };
+            return Decision { result: ResultCode::SUCCESS, why, reserved: MoneyMinor(0), debited };
         }
         match self.grant(now, rec, session, idx, package, &pricer, m) {
-            Ok(()) => ResultCode::SUCCESS,
-            Err(result) => {
+            Ok((why, reserved)) => Decision { result: ResultCode::SUCCESS, why, reserved, debited },
+            Err((result, why)) => {
                 session.rgs[idx].refuse(result);
-                result
+                Decision { result, why, reserved: MoneyMinor(0), debited }
             }
         }
     }
 
     /// Sizes and reserves a grant (TS 32.299 §6.3.x; architecture: grant = min(requested,
     /// quota, affordable), bundles first, a fair share of the balance when other sessions are
-    /// active, Final-Unit-Indication when the funds do not cover the full quota).
+    /// active, Final-Unit-Indication when the funds do not cover the full quota). Returns why
+    /// the grant has its size and the money held for it, or the refusal and why.
     #[allow(clippy::too_many_arguments)]
     fn grant(
         &self,
@@ -1140,7 +1183,7 @@ impl Engine {
         package: &Package,
         pricer: &Pricer,
         m: &Mscc<'_>,
-    ) -> Result<(), ResultCode> {
+    ) -> Result<(Why, MoneyMinor), (ResultCode, Why)> {
         let service = &package.services[usize::from(session.rgs[idx].service)];
         let rate = &service.rate;
         let requested = m.requested.as_ref().and_then(|u| units_of(rate.unit, u)).filter(|&u| u > 0);
@@ -1179,10 +1222,10 @@ impl Engine {
                 rec.reserve(now, account, key, MoneyMinor(0), Some((bundle, units)), expires_at_ms);
                 shape.record(rg, units, Funds::Bundle);
                 self.counters.granted(rate.unit, units);
-                return Ok(());
+                return Ok((Why::Bundle, MoneyMinor(0)));
             }
         }
-        let available = self.ledger.available(account).map_err(reject_code)?;
+        let available = self.ledger.available(account).map_err(|r| (reject_code(r), Why::Ledger(r)))?;
         let all = pricer.affordable(&rg.usage, band, available);
         // Fair share: with other grants open on the account (a family plan), take at most an
         // equal share of what is left, so one session does not starve the others.
@@ -1192,25 +1235,37 @@ impl Engine {
         let units = target.min(if fair > 0 { fair } else { all });
         if units == 0 {
             // RFC 4006 §9.1 4012 DIAMETER_CREDIT_LIMIT_REACHED.
-            return Err(ResultCode::CREDIT_LIMIT_REACHED);
+            return Err((ResultCode::CREDIT_LIMIT_REACHED, Why::CreditLimit));
         }
         let mut after = rg.usage;
         after.0[band] = after.0[band].saturating_add(units);
         // The charge before first: it is the one the debit above (or `affordable`) just rated.
         let before = pricer.charge(&rg.usage);
         let hold = MoneyMinor(pricer.charge(&after).0 - before.0);
-        self.ledger.reserve(now.mono_ms, account, key, hold, None, expires_at_ms).map_err(reject_code)?;
+        self.ledger
+            .reserve(now.mono_ms, account, key, hold, None, expires_at_ms)
+            .map_err(|r| (reject_code(r), Why::Ledger(r)))?;
         rec.reserve(now, account, key, hold, None, expires_at_ms);
         shape.record(rg, units, Funds::Money);
         self.counters.granted(rate.unit, units);
         // The last grant the funds allow (RFC 4006 §5.6.2 Final-Unit-Indication). A grant cut
         // by the fair share is not final: more funds remain for later requests.
-        rg.set(LAST_FINAL, all < target && units == all);
-        Ok(())
+        let last = all < target && units == all;
+        rg.set(LAST_FINAL, last);
+        let why = if last {
+            Why::FinalUnit
+        } else if units < target {
+            Why::FairShare
+        } else if target < service.quota {
+            Why::Requested
+        } else {
+            Why::Quota
+        };
+        Ok((why, hold))
     }
 
     /// Charges reported usage (Used-Service-Unit), closing the open grant. Late usage — after
-    /// the grant expired or beyond it — is charged too, never dropped.
+    /// the grant expired or beyond it — is charged too, never dropped. Returns the debit.
     #[allow(clippy::too_many_arguments)]
     fn charge_usage(
         &self,
@@ -1221,7 +1276,7 @@ impl Engine {
         package: &Package,
         pricer: &Pricer,
         used: &[super::ccr::UsedUnits],
-    ) {
+    ) -> MoneyMinor {
         let rate = &package.services[usize::from(session.rgs[idx].service)].rate;
         let key = session.hold_key(idx);
         let account = session.account;
@@ -1288,6 +1343,7 @@ impl Engine {
         }
         rg.usage = after;
         rg.debited = new_charge;
+        delta
     }
 
     fn release_rg(&self, rec: &mut Recorder, session: &mut Session, idx: usize) {
@@ -1328,6 +1384,13 @@ impl Engine {
                 self.refuse_number(msg, ccr, out, "CC-Request-Number already used by a different event");
                 return;
             }
+            tracing::debug!(
+                session = ccr.session_id,
+                request = ?ccr.request_type,
+                number = ccr.request_number,
+                why = Why::Retransmission.text(),
+                "credit-control answer"
+            );
             let start = out.len();
             self.counters.replayed.fetch_add(1, Ordering::Relaxed);
             answer_again(&answer, &msg.header, out);
@@ -1372,7 +1435,7 @@ impl Engine {
         settle: &mut Option<SettleEntry>,
     ) -> bool {
         let Some(account) = self.resolve(ccr) else {
-            self.write(out, msg, ccr, ResultCode::USER_UNKNOWN, &Answer::default());
+            self.write(out, msg, ccr, ResultCode::USER_UNKNOWN, Why::UnknownSubscriber, &Answer::default());
             return false;
         };
         let action = ccr.requested_action.unwrap_or(RequestedAction::DirectDebiting);
@@ -1380,22 +1443,22 @@ impl Engine {
         let available = match self.ledger.available(account) {
             Ok(v) => v,
             Err(r) => {
-                self.write(out, msg, ccr, reject_code(r), &answer);
+                self.write(out, msg, ccr, reject_code(r), Why::Ledger(r), &answer);
                 return false;
             }
         };
         let Some(package) = self.package(account) else {
-            self.write(out, msg, ccr, ResultCode::UNABLE_TO_COMPLY, &answer);
+            self.write(out, msg, ccr, ResultCode::UNABLE_TO_COMPLY, Why::NoPackage, &answer);
             return false;
         };
         let Some(context) = ccr.context.filter(|c| serves_context(&package, *c)) else {
-            self.write(out, msg, ccr, ResultCode::END_USER_SERVICE_DENIED, &answer);
+            self.write(out, msg, ccr, ResultCode::END_USER_SERVICE_DENIED, Why::ContextNotServed, &answer);
             return false;
         };
         let empty = Mscc::default();
         let m = ccr.services().first().unwrap_or(&empty);
         let Some(si) = find_service(&package, context, m) else {
-            self.write(out, msg, ccr, ResultCode::RATING_FAILED, &answer);
+            self.write(out, msg, ccr, ResultCode::RATING_FAILED, Why::NoService, &answer);
             return false;
         };
         let service = &package.services[usize::from(si)];
@@ -1419,7 +1482,7 @@ impl Engine {
         // across restarts (the key is kept with the journal).
         let op = self.sessions.key(ccr.session_id).0[0]
             ^ u64::from(ccr.request_number).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        let (result, changed) = match action {
+        let (result, why, changed) = match action {
             RequestedAction::DirectDebiting => {
                 let bundle = self
                     .ledger
@@ -1446,7 +1509,7 @@ impl Engine {
                 if paid_by_bundle {
                     answer.cost = Some(Amount { money: MoneyMinor(0), currency: package.currency });
                     mscc.grant = Some(grant);
-                    (ResultCode::SUCCESS, true)
+                    (ResultCode::SUCCESS, Why::Bundle, true)
                 } else {
                     match self.ledger.debit(now.mono_ms, account, op, cost, false) {
                         Ok(_) => {
@@ -1473,9 +1536,9 @@ impl Engine {
                             }
                             answer.cost = Some(Amount { money: cost, currency: package.currency });
                             mscc.grant = Some(grant);
-                            (ResultCode::SUCCESS, true)
+                            (ResultCode::SUCCESS, Why::Debited, true)
                         }
-                        Err(r) => (reject_code(r), false),
+                        Err(r) => (reject_code(r), Why::Ledger(r), false),
                     }
                 }
             }
@@ -1483,17 +1546,17 @@ impl Engine {
                 Ok(_) => {
                     rec.refund(account, op, cost);
                     answer.cost = Some(Amount { money: cost, currency: package.currency });
-                    (ResultCode::SUCCESS, true)
+                    (ResultCode::SUCCESS, Why::Refunded, true)
                 }
-                Err(r) => (reject_code(r), false),
+                Err(r) => (reject_code(r), Why::Ledger(r), false),
             },
             RequestedAction::CheckBalance => {
                 answer.check_balance_enough = Some(available >= cost && available.0 > 0);
-                (ResultCode::SUCCESS, false)
+                (ResultCode::SUCCESS, Why::BalanceChecked, false)
             }
             RequestedAction::PriceEnquiry => {
                 answer.cost = Some(Amount { money: cost, currency: package.currency });
-                (ResultCode::SUCCESS, false)
+                (ResultCode::SUCCESS, Why::PriceQuoted, false)
             }
         };
         mscc.result = result;
@@ -1503,7 +1566,7 @@ impl Engine {
         } else {
             answer.msccs.push(mscc);
         }
-        self.write(out, msg, ccr, result, &answer);
+        self.write(out, msg, ccr, result, why, &answer);
         changed
     }
 
@@ -1817,6 +1880,139 @@ impl GrantShape {
         rg.grant_number = rg.last_number;
         rg.last_tariff_time_change = self.tariff_time_change.unwrap_or(0);
     }
+}
+
+/// One rating group's decision, as `service_request` logs it.
+#[derive(Clone, Copy, Debug)]
+struct Decision {
+    result: ResultCode,
+    why: Why,
+    /// The hold of the new grant (0 for bundle units and refusals).
+    reserved: MoneyMinor,
+    /// What the reported usage cost.
+    debited: MoneyMinor,
+}
+
+impl Decision {
+    fn refused(result: ResultCode, why: Why) -> Self {
+        Self { result, why, reserved: MoneyMinor(0), debited: MoneyMinor(0) }
+    }
+}
+
+/// Why a decision came out as it did: the `why` of its debug line. A small enum while
+/// deciding; text only when the line is written.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Why {
+    // A rating group's grant.
+    Bundle,
+    Requested,
+    Quota,
+    FairShare,
+    FinalUnit,
+    NothingRequested,
+    Terminated,
+    // Refusals, of a rating group or of the whole request.
+    CreditLimit,
+    Ledger(Reject),
+    NoService,
+    RatingGroupsMax,
+    UnknownSubscriber,
+    NoPackage,
+    ContextNotServed,
+    UnknownSession,
+    SessionClosed,
+    // The command level and events.
+    RatingGroups,
+    Retransmission,
+    Debited,
+    Refunded,
+    BalanceChecked,
+    PriceQuoted,
+}
+
+impl Why {
+    fn text(self) -> &'static str {
+        match self {
+            Self::Bundle => "granted from a bundle's free units",
+            Self::Requested => "granted the units requested",
+            Self::Quota => "granted the service's quota",
+            Self::FairShare => "cut to an equal share of the balance: other grants are open on the account",
+            Self::FinalUnit => "final unit: the remaining balance covers only the units granted",
+            Self::NothingRequested => "usage charged; no units requested",
+            Self::Terminated => "session ends: usage charged, the open grant released",
+            Self::CreditLimit => "4012: the balance is below the cost of the smallest grant",
+            Self::Ledger(Reject::AccountBarred) => "the account is barred",
+            Self::Ledger(Reject::AccountNotFound) => "the account is gone",
+            Self::Ledger(Reject::InsufficientFunds | Reject::InsufficientUnits) => {
+                "the balance does not cover it"
+            }
+            Self::Ledger(Reject::LimitReached) => "the account holds as many reservations as it may",
+            Self::Ledger(_) => "the ledger refused the operation",
+            Self::NoService => "5031: no service of the plan rates this rating group / service id",
+            Self::RatingGroupsMax => "the session uses as many rating groups as it may",
+            Self::UnknownSubscriber => "5030: no account has these Subscription-Ids",
+            Self::NoPackage => "the account has no price package",
+            Self::ContextNotServed => "4010: the plan serves no service in this Service-Context-Id",
+            Self::UnknownSession => "5002: no such session",
+            Self::SessionClosed => "5002: the session has ended",
+            Self::RatingGroups => "from the rating groups: 2001 if any succeeded, else their common failure",
+            Self::Retransmission => "retransmission: the answer remembered for this CC-Request-Number",
+            Self::Debited => "event: debited",
+            Self::Refunded => "event: refunded",
+            Self::BalanceChecked => "event: balance checked",
+            Self::PriceQuoted => "event: price quoted",
+        }
+    }
+}
+
+/// The debug line of one rating group's decision (`Engine::service_request`). The request ids
+/// (peer, hbh, e2e) come from the span `net::charging` opens.
+#[cold]
+#[inline(never)]
+fn log_decision(session: &Session, package: &Package, ccr: &Ccr<'_>, m: &Mscc<'_>, d: &Decision) {
+    let rg = decided_rg(session, m, ccr.request_number);
+    tracing::debug!(
+        session = ccr.session_id,
+        request = ?ccr.request_type,
+        number = ccr.request_number,
+        rating_group = m.rating_group,
+        service_id = m.service_id,
+        result = d.result.0,
+        granted = rg.filter(|r| r.is(LAST_GRANTED)).map(|r| r.last_units),
+        unit = rg.map(|r| tracing::field::debug(package.services[usize::from(r.service)].rate.unit)),
+        final_unit = rg.is_some_and(|r| r.is(LAST_FINAL)),
+        reserved = d.reserved.0,
+        debited = d.debited.0,
+        currency = package.currency.code,
+        why = d.why.text(),
+        "rating group decision"
+    );
+}
+
+/// The debug line of a request's answer (`Engine::write`, which every CCA goes through).
+#[cold]
+#[inline(never)]
+fn log_answer(ccr: &Ccr<'_>, result: ResultCode, why: Why, a: &Answer<'_>) {
+    tracing::debug!(
+        session = ccr.session_id,
+        request = ?ccr.request_type,
+        number = ccr.request_number,
+        result = result.0,
+        cost = a.cost.map(|c| c.money.0),
+        remaining_balance = a.remaining_balance.map(|c| c.money.0),
+        currency = a.cost.or(a.remaining_balance).map(|c| c.currency.code),
+        why = why.text(),
+        "credit-control answer"
+    );
+}
+
+/// The rating group of `m` if it decided for request `number` (for the debug line).
+fn decided_rg<'s>(session: &'s Session, m: &Mscc<'_>, number: u32) -> Option<&'s RgState> {
+    let rating_group = rg_of(m.rating_group);
+    session
+        .rgs
+        .iter()
+        .find(|r| r.rating_group == rating_group && r.is(LAST_DECIDED) && r.last_number == number)
 }
 
 /// A CC-Money amount in minor units of `currency`, if it is in that currency (or names none)

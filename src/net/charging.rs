@@ -105,6 +105,20 @@ impl Application for Charging {
     }
 
     fn handle(&self, req: &Request<'_>, out: &mut BytesMut, reply: &Reply<'_>) -> Handled {
+        // The request's ids on every line it causes: the peer, Hop-by-Hop and End-to-End, as
+        // tshark shows them, so a line and a captured packet can be matched. A debug span,
+        // so it exists only when debug lines are on: at info it is `Span::none()` after one
+        // level check, where a live span per request would cost more than deciding the CCR.
+        // Its target is the engine's module, so `gyro::cc=debug` shows the ids with the
+        // decisions.
+        let span = tracing::debug_span!(
+            target: "gyro::cc",
+            "request",
+            peer = req.peer,
+            hbh = format_args!("{:#010x}", req.msg.header.hop_by_hop),
+            e2e = format_args!("{:#010x}", req.msg.header.end_to_end),
+        );
+        let _entered = span.enter();
         let Some(journal) = &self.journal else {
             self.engine.handle(self.now(), &req.msg, out);
             return Handled::Answered;

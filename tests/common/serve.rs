@@ -32,16 +32,23 @@ impl Gyro {
     /// Starts `gyro serve --config CONFIG --data-dir DATA` on a port the kernel picks, its
     /// output in `log`, and waits (bounded) until it listens.
     pub fn start(config: &Path, data: &Path, log: PathBuf) -> Self {
+        Self::start_with_rust_log(config, data, log, Some("info"))
+    }
+
+    /// `start` with `RUST_LOG` set to `rust_log`, or unset (`None`) so the configuration's
+    /// `[log] level` applies.
+    pub fn start_with_rust_log(config: &Path, data: &Path, log: PathBuf, rust_log: Option<&str>) -> Self {
         let started = Instant::now();
         let out = std::fs::File::create(&log).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_gyro"))
-            .arg("serve")
-            .arg("--config")
-            .arg(config)
-            .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data)
-            .env("NO_COLOR", "1")
-            .env("RUST_LOG", "info")
+        let mut command = Command::new(env!("CARGO_BIN_EXE_gyro"));
+        command.arg("serve").arg("--config").arg(config);
+        command.args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir"]);
+        command.arg(data).env("NO_COLOR", "1");
+        match rust_log {
+            Some(filter) => command.env("RUST_LOG", filter),
+            None => command.env_remove("RUST_LOG"),
+        };
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
@@ -124,16 +131,22 @@ pub fn read_log(path: &Path) -> String {
     out
 }
 
-/// `addr=` of the "gyro listening for Diameter" line.
 /// `addr=` of the "gyro listening for HTTP" line (the operations listener).
 pub fn http_addr(log: &str) -> Option<SocketAddr> {
-    let line = log.lines().find(|l| l.contains("gyro listening for HTTP"))?;
-    let at = line.find("addr=")? + "addr=".len();
-    line[at..].split_whitespace().next()?.parse().ok()
+    line_addr(log.lines().find(|l| l.contains("gyro listening for HTTP"))?)
 }
 
+/// `addr=` of the "gyro listening for Diameter" line.
 pub fn listening_addr(log: &str) -> Option<SocketAddr> {
-    let line = log.lines().find(|l| l.contains("gyro listening for Diameter"))?;
+    line_addr(log.lines().find(|l| l.contains("gyro listening for Diameter"))?)
+}
+
+/// The `addr` field of a log line: `addr=…` in the human format, `"addr":"…"` in JSON.
+fn line_addr(line: &str) -> Option<SocketAddr> {
+    if let Some(at) = line.find("\"addr\":\"") {
+        let rest = &line[at + "\"addr\":\"".len()..];
+        return rest[..rest.find('"')?].parse().ok();
+    }
     let at = line.find("addr=")? + "addr=".len();
     line[at..].split_whitespace().next()?.parse().ok()
 }
