@@ -319,3 +319,50 @@ fn unusable_files_are_named_with_their_key() {
     assert!(e.contains("diameter.tls.key_file") && e.contains("client.key"), "{e}");
     assert!(TlsServer::load(&pki.config(true)).is_ok());
 }
+
+/// Interop with another TLS stack: `openssl s_client` (OpenSSL, not rustls) presents the
+/// client certificate, verifies gyro's for gyro.test, carries a CER in and the CEA out.
+#[tokio::test]
+async fn openssl_s_client_gets_cea_2001_over_mutual_tls() {
+    use std::io::{Read, Write};
+    use std::process::{Command, Stdio};
+
+    let pki = Pki::new();
+    std::fs::write(pki.path("client.pem"), pki.client.cert.pem()).unwrap();
+    std::fs::write(pki.path("client.key"), pki.client.key.serialize_pem()).unwrap();
+    let s = start_tls(&pki.config(true)).await;
+    let path = |name: &str| pki.path(name).to_str().unwrap().to_owned();
+    let mut child = Command::new("openssl")
+        .args(["s_client", "-quiet", "-connect", &s.tls.to_string(), "-servername", "gyro.test"])
+        .args(["-verify_hostname", "gyro.test", "-verify_return_error", "-CAfile", &path("ca.pem")])
+        .args(["-cert", &path("client.pem"), "-key", &path("client.key")])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl is installed (the interop check needs it)");
+    let mut c = Client::over(tokio::io::empty());
+    c.origin_host = "client.test".into();
+    let cer = c.cer(&[4]);
+    child.stdin.as_mut().unwrap().write_all(&cer).unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let read = tokio::task::spawn_blocking(move || {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Ok(Some(n)) = gyro::diameter::frame(&buf) {
+                return Some(Bytes::copy_from_slice(&buf[..n]));
+            }
+            match stdout.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    });
+    let cea = tokio::time::timeout(STEP, read).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let cea = cea.expect("CEA in time").unwrap().expect("a CEA through openssl");
+    assert_eq!(result_code(&cea), Some(2001));
+    s.stop().await;
+}
