@@ -161,6 +161,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config { command: ConfigCommand::Check { file } } => {
             let cfg = Config::load(&file)?;
             load_dictionary(&cfg)?;
+            if cfg.diameter.tls.enabled() {
+                crate::net::tls::TlsServer::load(&cfg.diameter.tls)?;
+            }
             if let Some(c) = &cfg.charging.catalog {
                 Catalog::load(c)?;
             }
@@ -349,20 +352,42 @@ fn peer_config(cfg: &Config, dict: Arc<Dictionary>) -> Arc<PeerConfig> {
     })
 }
 
-/// Binds `diameter.listen` and logs the line scripts and tests wait for ("gyro listening for
-/// Diameter", with `addr=`, the bound address: `--listen 127.0.0.1:0` picks a free port).
+/// Binds `diameter.listen` (unless `diameter.plain = false`) and logs the line scripts and tests
+/// wait for ("gyro listening for Diameter", with `addr=`, the bound address: `--listen
+/// 127.0.0.1:0` picks a free port); with `[diameter.tls]`, also the TLS listener ("gyro
+/// listening for Diameter over TLS").
 async fn bind(cfg: &Config, shared: Arc<Shared>, defaults: bool) -> anyhow::Result<Server> {
-    let server = Server::bind(cfg.diameter.listen, shared)
-        .await
-        .with_context(|| format!("cannot listen on {} (diameter.listen)", cfg.diameter.listen))?;
-    let addr = server.local_addr()?;
-    tracing::info!(
-        %addr,
-        origin_host = %cfg.diameter.origin_host,
-        origin_realm = %cfg.diameter.origin_realm,
-        config = if defaults { "embedded defaults" } else { "file" },
-        "gyro listening for Diameter"
-    );
+    let d = &cfg.diameter;
+    // The certificate files first: a bad file must stop start-up before any port is open.
+    let tls = d.tls.enabled().then(|| crate::net::tls::TlsServer::load(&d.tls)).transpose()?;
+    let mut server = Server::new(shared);
+    if d.plain {
+        let addr = server
+            .listen(d.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (diameter.listen)", d.listen))?;
+        tracing::info!(
+            %addr,
+            origin_host = %d.origin_host,
+            origin_realm = %d.origin_realm,
+            config = if defaults { "embedded defaults" } else { "file" },
+            "gyro listening for Diameter"
+        );
+    }
+    if let Some(tls) = tls {
+        let (at, identity) = (d.tls_listen(), tls.identity());
+        let addr = server
+            .listen_tls(at, tls)
+            .await
+            .with_context(|| format!("cannot listen on {at} (diameter.tls.listen)"))?;
+        tracing::info!(
+            %addr,
+            origin_host = %d.origin_host,
+            mutual_tls = d.tls.client_ca_file.is_some(),
+            ?identity,
+            "gyro listening for Diameter over TLS"
+        );
+    }
     Ok(server)
 }
 

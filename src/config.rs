@@ -142,6 +142,46 @@ pub struct DiameterConfig {
     pub message_size_max_bytes: usize,
     /// Extra dictionary files (`*.xml`) loaded after the embedded ones.
     pub dictionary_dir: Option<PathBuf>,
+    /// Whether `listen` serves plain TCP. `false` with `[diameter.tls]` set = TLS only.
+    pub plain: bool,
+    /// `[diameter.tls]`: Diameter over TLS at connect (RFC 6733 §13), on its own listener.
+    pub tls: DiameterTlsConfig,
+}
+
+/// The `[diameter.tls]` table. TLS is on when `cert_file` and `key_file` are set; the files are
+/// read at start-up by `net::tls`, which names the key and the file when one is unusable.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiameterTlsConfig {
+    /// Address of the TLS listener; default: the IP of `diameter.listen`, port 5658
+    /// (RFC 6733 §2.1: a node that starts TLS before any message exchange runs on 5658).
+    pub listen: Option<SocketAddr>,
+    /// The server's certificate chain (PEM, leaf first).
+    pub cert_file: Option<PathBuf>,
+    /// The server's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
+    /// CA certificates (PEM) client certificates must chain to; when set, every TLS client
+    /// must present one (mutual TLS).
+    pub client_ca_file: Option<PathBuf>,
+    /// Whether the client certificate's DNS names (subjectAltName, or the CN when there is no
+    /// DNS subjectAltName) must include the Origin-Host of its CER (else CEA 3010). Default:
+    /// on when `client_ca_file` is set.
+    pub require_peer_identity: Option<bool>,
+}
+
+/// The well-known port of Diameter over TLS/TCP (RFC 6733 §2.1, §11.2).
+pub const DIAMETER_TLS_PORT: u16 = 5658;
+
+impl DiameterTlsConfig {
+    /// Whether a TLS listener is configured.
+    pub fn enabled(&self) -> bool {
+        self.cert_file.is_some() && self.key_file.is_some()
+    }
+
+    /// Whether the certificate is bound to the Origin-Host.
+    pub fn peer_identity_required(&self) -> bool {
+        self.require_peer_identity.unwrap_or(self.client_ca_file.is_some())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -185,6 +225,13 @@ impl TryFrom<String> for LogFormat {
     }
 }
 
+impl DiameterConfig {
+    /// Where the TLS listener binds: `tls.listen`, or port 5658 on the IP of `listen`.
+    pub fn tls_listen(&self) -> SocketAddr {
+        self.tls.listen.unwrap_or_else(|| SocketAddr::new(self.listen.ip(), DIAMETER_TLS_PORT))
+    }
+}
+
 impl Default for DiameterConfig {
     fn default() -> Self {
         Self {
@@ -201,6 +248,8 @@ impl Default for DiameterConfig {
             connections_max: CONNECTIONS_MAX,
             message_size_max_bytes: MESSAGE_SIZE_MAX_BYTES,
             dictionary_dir: None,
+            plain: true,
+            tls: DiameterTlsConfig::default(),
         }
     }
 }
@@ -304,6 +353,7 @@ impl Config {
                 check_identity(p).map_err(|e| err("diameter.allowed_peers", format!("`{p}`: {e}")))?;
             }
         }
+        self.validate_tls(&err)?;
         if !(1_000..=crate::limits::TCC_GRACE_MS_MAX).contains(&self.charging.tcc_grace_ms) {
             return Err(err(
                 "charging.tcc_grace_ms",
@@ -341,6 +391,68 @@ impl Config {
                 "log.level",
                 format!("`{}` is not a valid filter (try info, debug, gyro=debug)", self.log.level),
             ));
+        }
+        Ok(())
+    }
+
+    /// The shape of `[diameter.tls]`; the files themselves are read when the listener starts.
+    fn validate_tls(&self, err: &impl Fn(&'static str, String) -> ConfigError) -> Result<(), ConfigError> {
+        let d = &self.diameter;
+        let t = &d.tls;
+        let empty = |p: &Option<PathBuf>| p.as_ref().is_some_and(|p| p.as_os_str().is_empty());
+        for (key, path) in [
+            ("diameter.tls.cert_file", &t.cert_file),
+            ("diameter.tls.key_file", &t.key_file),
+            ("diameter.tls.client_ca_file", &t.client_ca_file),
+        ] {
+            if empty(path) {
+                return Err(err(key, "must not be empty (leave it out instead)".into()));
+            }
+        }
+        match (&t.cert_file, &t.key_file) {
+            (Some(_), None) => {
+                return Err(err(
+                    "diameter.tls.key_file",
+                    "missing: cert_file is set, so TLS needs its key".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(err(
+                    "diameter.tls.cert_file",
+                    "missing: key_file is set, so TLS needs a certificate".into(),
+                ))
+            }
+            _ => {}
+        }
+        if !t.enabled() {
+            let stray = if t.listen.is_some() {
+                Some("diameter.tls.listen")
+            } else if t.client_ca_file.is_some() {
+                Some("diameter.tls.client_ca_file")
+            } else {
+                t.require_peer_identity.map(|_| "diameter.tls.require_peer_identity")
+            };
+            if let Some(key) = stray {
+                return Err(err(key, "has no effect without diameter.tls.cert_file and key_file".into()));
+            }
+            if !d.plain {
+                return Err(err(
+                    "diameter.plain",
+                    "false leaves no listener: set [diameter.tls] cert_file and key_file for TLS".into(),
+                ));
+            }
+            return Ok(());
+        }
+        if t.require_peer_identity == Some(true) && t.client_ca_file.is_none() {
+            return Err(err(
+                "diameter.tls.require_peer_identity",
+                "needs diameter.tls.client_ca_file: without client certificates there is no identity to check"
+                    .into(),
+            ));
+        }
+        let tls = d.tls_listen();
+        if d.plain && tls.port() != 0 && tls == d.listen {
+            return Err(err("diameter.tls.listen", format!("{tls} is diameter.listen too (plain TCP)")));
         }
         Ok(())
     }
@@ -461,6 +573,46 @@ mod tests {
         assert!(e.contains("settlement.retry.attempts_max"), "{e}");
         let e = Config::parse("g.toml", "[settlement]\nprice_basis = \"both\"\n").unwrap_err().to_string();
         assert!(e.contains("price_basis"), "{e}");
+    }
+
+    #[test]
+    fn tls_section() {
+        let c = Config::default();
+        assert!(!c.diameter.tls.enabled() && c.diameter.plain);
+        let text = "[diameter]\nlisten = \"10.0.0.1:3868\"\n[diameter.tls]\ncert_file = \"/c.pem\"\nkey_file = \"/k.pem\"\n";
+        let c = Config::parse("g.toml", text).unwrap();
+        assert!(c.diameter.tls.enabled());
+        assert_eq!(c.diameter.tls_listen(), "10.0.0.1:5658".parse().unwrap());
+        assert!(!c.diameter.tls.peer_identity_required());
+        let c = Config::parse("g.toml", &format!("{text}client_ca_file = \"/ca.pem\"\n")).unwrap();
+        assert!(c.diameter.tls.peer_identity_required(), "on by default with client certificates");
+        let off = format!("{text}client_ca_file = \"/ca.pem\"\nrequire_peer_identity = false\n");
+        assert!(!Config::parse("g.toml", &off).unwrap().diameter.tls.peer_identity_required());
+        let only = text.replace("[diameter.tls]", "plain = false\n[diameter.tls]");
+        assert!(!Config::parse("g.toml", &only).unwrap().diameter.plain);
+    }
+
+    #[test]
+    fn bad_tls_values_are_named() {
+        let files = "cert_file = \"/c.pem\"\nkey_file = \"/k.pem\"\n";
+        let bad = [
+            ("[diameter.tls]\ncert_file = \"/c.pem\"\n", "diameter.tls.key_file"),
+            ("[diameter.tls]\nkey_file = \"/k.pem\"\n", "diameter.tls.cert_file"),
+            ("[diameter.tls]\ncert_file = \"\"\nkey_file = \"/k.pem\"\n", "diameter.tls.cert_file"),
+            ("[diameter.tls]\nclient_ca_file = \"/ca.pem\"\n", "diameter.tls.client_ca_file"),
+            ("[diameter.tls]\nlisten = \"127.0.0.1:5658\"\n", "diameter.tls.listen"),
+            (
+                &format!("[diameter.tls]\n{files}require_peer_identity = true\n"),
+                "diameter.tls.require_peer_identity",
+            ),
+            (&format!("[diameter.tls]\n{files}listen = \"127.0.0.1:3868\"\n"), "diameter.tls.listen"),
+            (&format!("[diameter.tls]\n{files}ca_file = \"/ca.pem\"\n"), "ca_file"),
+            ("[diameter]\nplain = false\n", "diameter.plain"),
+        ];
+        for (text, key) in bad {
+            let e = Config::parse("g.toml", text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
     }
 
     #[test]

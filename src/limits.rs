@@ -78,6 +78,11 @@ pub const WATCHDOG_JITTER_MS: u64 = 2_000;
 /// How long a fresh connection may take to send its CER before it is closed.
 pub const CER_TIMEOUT_MS: u64 = 10_000;
 
+/// How long a TLS client may take to complete its handshake (RFC 6733 §13: before the CER).
+/// It holds a connection slot meanwhile, so a stalled handshake must not hold it for longer
+/// than a stalled CER would.
+pub const TLS_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+
 /// How long we wait for DPA (and for the peer to close) during graceful shutdown.
 pub const DPA_TIMEOUT_MS: u64 = 3_000;
 
@@ -101,6 +106,7 @@ const _: () = assert!(WATCHDOG_INTERVAL_MS_DEFAULT >= WATCHDOG_INTERVAL_MS_MIN);
 const _: () = assert!(WATCHDOG_JITTER_MS < WATCHDOG_INTERVAL_MS_MIN);
 const _: () = assert!(IN_FLIGHT_PER_CONNECTION_MAX <= WRITE_QUEUE_PER_CONNECTION_MAX);
 const _: () = assert!(MSCC_PER_REQUEST_MAX < AVPS_PER_MESSAGE_MAX);
+const _: () = assert!(TLS_HANDSHAKE_TIMEOUT_MS <= CER_TIMEOUT_MS);
 
 /// A peer that does not read its answers for this long is considered dead.
 pub const WRITE_TIMEOUT_MS: u64 = 30_000;
@@ -180,6 +186,9 @@ pub const SMTP_CA_FILE_MAX_BYTES: u64 = 1 << 20;
 
 /// Largest `settlement.postgres.ca_file` read, for the same reason.
 pub const POSTGRES_CA_FILE_MAX_BYTES: u64 = SMTP_CA_FILE_MAX_BYTES;
+
+/// Largest `[diameter.tls]` PEM file read (certificate chain, key, client CA bundle).
+pub const TLS_PEM_FILE_MAX_BYTES: u64 = SMTP_CA_FILE_MAX_BYTES;
 
 /// How old a webhook signature's timestamp may be when a receiver checks it (Stripe's default):
 /// it bounds the window in which a captured request can be replayed.

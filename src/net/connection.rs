@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use super::metrics::Class;
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -23,8 +22,10 @@ use crate::limits::{
 };
 use crate::peer::{Action, Peer};
 
-pub(super) struct Connection {
-    stream: TcpStream,
+/// Generic over the byte stream: `TcpStream` for plain TCP, `TlsStream<TcpStream>` for TLS.
+/// Each is monomorphised, so the plain path reads and writes the socket directly, as before.
+pub(super) struct Connection<S> {
+    stream: S,
     addr: SocketAddr,
     shared: Arc<Shared>,
     peer: Peer,
@@ -74,7 +75,7 @@ struct Held {
     received: std::time::Instant,
 }
 
-impl Drop for Connection {
+impl<S> Drop for Connection<S> {
     /// Requests still in flight when the connection goes will never be answered on it (their
     /// answers are dropped); they no longer count against the server-wide limit.
     fn drop(&mut self) {
@@ -85,8 +86,8 @@ impl Drop for Connection {
     }
 }
 
-impl Connection {
-    pub(super) fn new(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>) -> Self {
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+    pub(super) fn new(stream: S, addr: SocketAddr, shared: Arc<Shared>) -> Self {
         let now = shared.now_ms();
         let peer = Peer::new(Arc::clone(&shared.peer), now, shared.next_seed());
         let (tx, rx) = mpsc::unbounded_channel();
@@ -111,11 +112,13 @@ impl Connection {
         }
     }
 
+    /// TLS with the identity check on: the client certificate's DNS names, which the peer layer
+    /// compares with the Origin-Host of the CER.
+    pub(super) fn bind_peer_identity(&mut self, names: Vec<String>) {
+        self.peer.bind_certificate(names);
+    }
+
     pub(super) async fn run(mut self, shutdown: CancellationToken) {
-        // Answers are small and latency-bound; batching happens in our buffer, not in Nagle.
-        if let Err(error) = self.stream.set_nodelay(true) {
-            tracing::warn!(%error, "TCP_NODELAY not set");
-        }
         tracing::debug!(addr = %self.addr, "connection accepted");
         let mut disconnecting = false;
         loop {
@@ -196,7 +199,14 @@ impl Connection {
         if self.wbuf.is_empty() {
             return true;
         }
-        let write = self.stream.write_all(&self.wbuf);
+        // A TLS stream may keep records in its buffer after write_all when the socket is full;
+        // flush sends them (for a TcpStream it does nothing).
+        let stream = &mut self.stream;
+        let wbuf = &self.wbuf;
+        let write = async move {
+            stream.write_all(wbuf).await?;
+            stream.flush().await
+        };
         let ok = match tokio::time::timeout(Duration::from_millis(WRITE_TIMEOUT_MS), write).await {
             Ok(Ok(())) => true,
             Ok(Err(error)) => {

@@ -1,6 +1,6 @@
 //! Sockets and tasks: the only module that owns I/O, timers and spawned tasks.
 //!
-//! Owns: the TCP listener, one task per connection (read → frame → peer → application →
+//! Owns: the TCP and TLS listeners (`tls`), one task per connection (read → frame → peer → application →
 //! batched write), connection and in-flight limits, transport-level duplicate replay and
 //! graceful shutdown. Everything it calls below (`peer`, `diameter`) is sans-IO.
 
@@ -10,6 +10,7 @@ mod connection;
 pub mod echo;
 pub mod metrics;
 mod server;
+pub mod tls;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

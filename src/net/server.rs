@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::connection::Connection;
+use super::tls::TlsServer;
 use super::Application;
 use crate::limits::{CONNECTIONS_MAX, DPA_TIMEOUT_MS};
 use crate::peer::PeerConfig;
@@ -104,9 +105,11 @@ impl Shared {
     }
 }
 
-/// The Diameter server.
+/// The Diameter server: a plain TCP listener, a TLS one, or both, sharing the connection
+/// limit and the shutdown.
 pub struct Server {
-    listener: TcpListener,
+    plain: Option<TcpListener>,
+    tls: Option<(TcpListener, TlsServer)>,
     shared: Arc<Shared>,
 }
 
@@ -118,24 +121,96 @@ pub struct ServerHandle {
 }
 
 impl Server {
-    pub async fn bind(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(addr).await?;
-        Ok(Self { listener, shared })
+    /// A server with no listener yet (see `listen` and `listen_tls`).
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { plain: None, tls: None, shared }
     }
 
+    /// A server with a plain TCP listener on `addr`.
+    pub async fn bind(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<Self> {
+        let mut server = Self::new(shared);
+        server.listen(addr).await?;
+        Ok(server)
+    }
+
+    /// Adds the plain TCP listener.
+    pub async fn listen(&mut self, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+        assert!(self.plain.is_none(), "one plain listener per server");
+        let listener = TcpListener::bind(addr).await?;
+        let bound = listener.local_addr()?;
+        self.plain = Some(listener);
+        Ok(bound)
+    }
+
+    /// Adds the TLS listener (RFC 6733 §13, TLS at connect).
+    pub async fn listen_tls(&mut self, addr: SocketAddr, tls: TlsServer) -> std::io::Result<SocketAddr> {
+        assert!(self.tls.is_none(), "one TLS listener per server");
+        let listener = TcpListener::bind(addr).await?;
+        let bound = listener.local_addr()?;
+        self.tls = Some((listener, tls));
+        Ok(bound)
+    }
+
+    /// The plain listener's address, or the TLS listener's when there is no plain one.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
+        match (&self.plain, &self.tls) {
+            (Some(l), _) | (None, Some((l, _))) => l.local_addr(),
+            (None, None) => Err(std::io::Error::other("the server has no listener")),
+        }
+    }
+
+    /// The TLS listener's address, if there is one.
+    pub fn tls_local_addr(&self) -> Option<std::io::Result<SocketAddr>> {
+        self.tls.as_ref().map(|(l, _)| l.local_addr())
     }
 
     /// Serves until `shutdown` is cancelled, then sends DPR to every open peer, waits for the
     /// connections to drain (bounded) and returns.
     pub async fn run(self, shutdown: CancellationToken) {
-        let tracker = TaskTracker::new();
-        let permits = Arc::new(Semaphore::new(self.shared.connections_max));
+        assert!(self.plain.is_some() || self.tls.is_some(), "a server needs a listener");
+        let accept = Accept {
+            // One pool for both listeners: `connections_max` bounds TLS and TCP together.
+            permits: Arc::new(Semaphore::new(self.shared.connections_max)),
+            shared: self.shared,
+            tracker: TaskTracker::new(),
+            shutdown,
+        };
+        let plain = async {
+            if let Some(listener) = self.plain {
+                accept.run(listener, None).await;
+            }
+        };
+        let tls = async {
+            if let Some((listener, tls)) = self.tls {
+                accept.run(listener, Some(Arc::new(tls))).await;
+            }
+        };
+        tokio::join!(plain, tls);
+        accept.tracker.close();
+        let grace = Duration::from_millis(DPA_TIMEOUT_MS + 2_000);
+        if tokio::time::timeout(grace, accept.tracker.wait()).await.is_err() {
+            tracing::warn!("connections did not drain in time; exiting anyway");
+        }
+    }
+}
+
+/// What the accept loops share.
+struct Accept {
+    shared: Arc<Shared>,
+    permits: Arc<Semaphore>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Accept {
+    /// Accepts on one listener until shutdown. Each connection gets a task of its own; over
+    /// TLS the handshake runs in that task, so a slow or hostile client never holds up the
+    /// loop, but it does hold a connection slot (`connections_max`) while it shakes hands.
+    async fn run(&self, listener: TcpListener, tls: Option<Arc<TlsServer>>) {
         loop {
             let accepted = tokio::select! {
-                () = shutdown.cancelled() => break,
-                r = self.listener.accept() => r,
+                () = self.shutdown.cancelled() => break,
+                r = listener.accept() => r,
             };
             let (stream, addr) = match accepted {
                 Ok(x) => x,
@@ -146,25 +221,27 @@ impl Server {
                     continue;
                 }
             };
-            let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
                 tracing::warn!(peer = %addr, limit = self.shared.connections_max, "connection limit reached, closing");
                 drop(stream);
                 continue;
             };
+            // Answers are small and latency-bound; batching happens in our buffer, not in Nagle.
+            if let Err(error) = stream.set_nodelay(true) {
+                tracing::warn!(%error, "TCP_NODELAY not set");
+            }
             let shared = Arc::clone(&self.shared);
-            let token = shutdown.clone();
-            tracker.spawn(async move {
+            let token = self.shutdown.clone();
+            let tls = tls.clone();
+            self.tracker.spawn(async move {
                 shared.connections_open.fetch_add(1, Ordering::Relaxed);
-                Connection::new(stream, addr, Arc::clone(&shared)).run(token).await;
+                match tls {
+                    None => Connection::new(stream, addr, Arc::clone(&shared)).run(token).await,
+                    Some(tls) => tls.serve(stream, addr, Arc::clone(&shared), token).await,
+                }
                 shared.connections_open.fetch_sub(1, Ordering::Relaxed);
                 drop(permit);
             });
-        }
-        drop(self.listener);
-        tracker.close();
-        let grace = Duration::from_millis(DPA_TIMEOUT_MS + 2_000);
-        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-            tracing::warn!("connections did not drain in time; exiting anyway");
         }
     }
 }

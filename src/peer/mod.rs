@@ -87,6 +87,9 @@ pub struct Peer {
     jitter_seed: u64,
     /// Applications requests may use on this connection: 0 plus the negotiated ones.
     usable: Vec<ApplicationId>,
+    /// Over TLS with the identity check on: the DNS names of the client certificate, one of
+    /// which must be the Origin-Host of the CER.
+    certificate_names: Option<Vec<String>>,
 }
 
 impl Peer {
@@ -103,7 +106,16 @@ impl Peer {
             next_end_to_end: (seed >> 32) as u32,
             jitter_seed: seed | 1,
             usable: vec![ApplicationId::COMMON],
+            certificate_names: None,
         }
+    }
+
+    /// Binds this connection to a verified client certificate: the CER's Origin-Host must be
+    /// one of `names` (compared case-insensitively, as DNS names are), else CEA 3010 and close.
+    /// The transport verified the certificate; this layer only compares names, so it stays
+    /// sans-IO.
+    pub fn bind_certificate(&mut self, names: Vec<String>) {
+        self.certificate_names = Some(names);
     }
 
     pub fn state(&self) -> State {
@@ -242,6 +254,19 @@ impl Peer {
                 return Action::Close;
             }
         }
+        if let Some(names) = &self.certificate_names {
+            // RFC 6733 §13: TLS authenticates the peer by its certificate; §5.3 and §6.3 make
+            // the Origin-Host the peer's identity. A CER naming a host the certificate is not
+            // for is a peer we do not know (§7.1.3 3010, as for the allowlist above); answering
+            // it 2001 would let any holder of a certificate from the CA speak as any host.
+            if !names.iter().any(|n| n.eq_ignore_ascii_case(&origin_host)) {
+                tracing::warn!(peer = %origin_host, certificate = ?names, "CER Origin-Host is not a name of the peer certificate");
+                let text = "Origin-Host does not match the peer certificate";
+                self.write_cea(out, msg, ResultCode::UNKNOWN_PEER, Some(text), None);
+                self.state = State::Closed;
+                return Action::Close;
+            }
+        }
         let offered = offered_applications(msg);
         let relay = offered.contains(&ApplicationId::RELAY);
         let common: Vec<ApplicationId> =
@@ -310,6 +335,9 @@ impl Peer {
             e.end_group(g);
         }
         e.u32(spec::FIRMWARE_REVISION, l.firmware_revision);
+        // No Inband-Security-Id: RFC 6733 §6.10 says its use in CER and CEA is NOT RECOMMENDED
+        // (security is known by configuration: TLS at connect on its own port, §2.1), and gyro
+        // never upgrades a plain connection in-band as RFC 3588 did.
         e.finish();
     }
 
@@ -523,6 +551,24 @@ mod tests {
     #[test]
     fn application_inside_vendor_specific_application_id_counts() {
         open(30_000);
+    }
+
+    #[test]
+    fn a_certificate_binds_the_origin_host() {
+        let result = |names: &[&str]| {
+            let mut p = Peer::new(config(30_000), 0, 1);
+            p.bind_certificate(names.iter().map(|n| (*n).to_owned()).collect());
+            let mut out = BytesMut::new();
+            let action = p.handle(0, &MessageRef::parse(&cer()).unwrap(), &mut out);
+            let cea = messages(&mut out);
+            let m = MessageRef::parse(&cea[0]).unwrap();
+            assert_eq!(m.find(AvpCode::INBAND_SECURITY_ID), None, "RFC 6733 §6.10: not sent");
+            (action, m.u32(AvpCode::RESULT_CODE), p.state())
+        };
+        // DNS names compare case-insensitively; any of the certificate's names will do.
+        assert_eq!(result(&["other.test", "PGW.Test"]), (Action::Continue, Some(2001), State::Open));
+        assert_eq!(result(&["other.test"]), (Action::Close, Some(3010), State::Closed));
+        assert_eq!(result(&[]), (Action::Close, Some(3010), State::Closed));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use gyro::diameter::{
 };
 use gyro::net::{Application, Server, ServerLimits, Shared};
 use gyro::peer::PeerConfig;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -83,8 +83,9 @@ pub async fn start(opts: Options) -> TestServer {
     TestServer { addr, shutdown, task, shared }
 }
 
-pub struct Client {
-    pub stream: TcpStream,
+/// A raw Diameter client over a byte stream: TCP by default, TLS in tests/tls.rs.
+pub struct Client<S = TcpStream> {
+    pub stream: S,
     buf: BytesMut,
     next_id: u32,
     pub origin_host: String,
@@ -93,6 +94,19 @@ pub struct Client {
 impl Client {
     pub async fn connect(addr: SocketAddr) -> Self {
         let stream = tokio::time::timeout(STEP, TcpStream::connect(addr)).await.unwrap().unwrap();
+        Self::over(stream)
+    }
+
+    /// Connects and completes CER/CEA with application 4.
+    pub async fn open(addr: SocketAddr) -> Self {
+        let mut c = Self::connect(addr).await;
+        c.exchange_capabilities().await;
+        c
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
+    pub fn over(stream: S) -> Self {
         Self { stream, buf: BytesMut::new(), next_id: 1000, origin_host: "pgw.test".into() }
     }
 
@@ -165,14 +179,12 @@ impl Client {
         self.request(CommandCode::DEVICE_WATCHDOG, ApplicationId::COMMON, |_| {})
     }
 
-    /// Connects and completes CER/CEA with application 4.
-    pub async fn open(addr: SocketAddr) -> Self {
-        let mut c = Self::connect(addr).await;
-        let cer = c.cer(&[4]);
-        c.send_raw(&cer).await;
-        let cea = c.recv().await.expect("CEA");
+    /// CER/CEA with application 4, expecting 2001.
+    pub async fn exchange_capabilities(&mut self) {
+        let cer = self.cer(&[4]);
+        self.send_raw(&cer).await;
+        let cea = self.recv().await.expect("CEA");
         assert_eq!(result_code(&cea), Some(2001));
-        c
     }
 
     pub async fn call(&mut self, req: &[u8]) -> Bytes {
