@@ -321,8 +321,10 @@ fn unusable_files_are_named_with_their_key() {
 }
 
 /// Interop with another TLS stack: `openssl s_client` (OpenSSL, not rustls) presents the
-/// client certificate, verifies gyro's for gyro.test, carries a CER in and the CEA out.
+/// client certificate, verifies gyro's for gyro.test, carries a CER in and the CEA out. Needs the
+/// `openssl` command, which a fresh machine may lack: `.ci/run` installs it and runs this.
 #[tokio::test]
+#[ignore = "needs the openssl command; run by .ci/run"]
 async fn openssl_s_client_gets_cea_2001_over_mutual_tls() {
     use std::io::{Read, Write};
     use std::process::{Command, Stdio};
