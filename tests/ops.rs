@@ -303,6 +303,22 @@ fn the_admin_api_serves_invoices_and_names_what_is_wrong() {
     let (status, body) = get(http, "/v1/nothing-here", Some(TOKEN));
     assert_eq!(status, 404);
     assert!(body.contains("no such endpoint: /v1/nothing-here"), "{body}");
+    // Payments: Bob's card charge, by the sandbox; no dead letters.
+    let payments = json(&get(http, "/v1/payments", Some(TOKEN)).1);
+    let payment = &payments["payments"][0];
+    assert_eq!(
+        (payment["number"].as_str(), payment["status"].as_str()),
+        (Some(number.as_str()), Some("paid"))
+    );
+    assert!(payment["payment_id"].as_str().unwrap().starts_with("sbx_pay_"), "{payment}");
+    assert_eq!(payment["total"], doc["totals"]["tax_inclusive_amount"]);
+    assert_eq!(json(&get(http, "/v1/dead-letters", Some(TOKEN)).1)["payments"], serde_json::json!([]));
+    assert_eq!(
+        json(&get(http, "/v1/payments?status=dead_letter", Some(TOKEN)).1)["payments"],
+        serde_json::json!([])
+    );
+    let (status, body) = get(http, "/v1/payments?status=lost", Some(TOKEN));
+    assert_eq!((status, json(&body)["field"].as_str()), (400, Some("status")), "{body}");
     // Paging: after the only invoice there is nothing.
     let (_, body) = get(http, &format!("/v1/invoices?after={number}"), Some(TOKEN));
     assert!(body.contains("\"invoices\":[]"), "{body}");

@@ -839,6 +839,16 @@ async fn transient_failures_are_retried_lost_replies_looked_up_and_exhausted_att
             && mail(&data, number, "payment-failed").is_none()
     );
     assert!(successes(&data).is_empty());
+    // The settlement index (the admin API's payments and dead letters) says so.
+    let index = std::fs::read_to_string(data.join("invoices").join("index.jsonl")).unwrap();
+    let line: serde_json::Value = serde_json::from_str(index.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        (line["number"].as_str(), line["status"].as_str()),
+        (Some(number.as_str()), Some("dead_letter")),
+        "{line}"
+    );
+    assert_eq!(line["payment_id"], serde_json::Value::Null);
+    assert_eq!(line["total"], "0.08");
     let a = node.handle(&Ccr::data(INITIAL, "s-after", 0, CARD, 0).encode("pgw", 7, 7));
     assert_eq!(result_code(&a), 2001, "a dead letter does not bar the account");
     node.close();

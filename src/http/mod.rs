@@ -109,6 +109,8 @@ pub fn router(state: HttpState) -> Router {
         .route("/openapi.json", get(openapi))
         .route("/v1/invoices", get(list_invoices))
         .route("/v1/invoices/{number}", get(get_invoice))
+        .route("/v1/payments", get(list_payments))
+        .route("/v1/dead-letters", get(list_dead_letters))
         .route("/v1/accounts", get(accounts::list))
         .route("/v1/accounts/{account}", get(accounts::get))
         .route("/v1/accounts/{account}/top-ups", post(accounts::top_up))
@@ -296,6 +298,89 @@ fn list(dir: &std::path::Path, after: Option<&str>, limit: usize) -> std::io::Re
     }
     let next = if more { numbers.last().cloned() } else { None };
     Ok(json!({ "invoices": items, "next_after": next }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PaymentsQuery {
+    after: Option<String>,
+    limit: Option<usize>,
+    /// `paid`, `payment_failed`, `dead_letter` or `issued` (open, no payment method).
+    status: Option<String>,
+}
+
+const STATUSES: [&str; 4] = ["paid", "payment_failed", "dead_letter", "issued"];
+
+/// `GET /v1/payments?status=&after=&limit=`: each settled invoice's payment (status, gateway
+/// payment id or decline, amount), from the settlement index, in number order.
+async fn list_payments(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    query: Result<Query<PaymentsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let Query(q) = query.map_err(|e| ApiError::bad_query(&e))?;
+    if let Some(status) = &q.status {
+        if !STATUSES.contains(&status.as_str()) {
+            let message = format!("status must be one of {}, not {status:?}", STATUSES.join(", "));
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, message, Some("status")));
+        }
+    }
+    payments_page(&state, q).await
+}
+
+/// `GET /v1/dead-letters?after=&limit=`: payments given up after their last attempt (the
+/// invoices stay open), as `/v1/payments?status=dead_letter`.
+async fn list_dead_letters(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let Query(q) = query.map_err(|e| ApiError::bad_query(&e))?;
+    payments_page(
+        &state,
+        PaymentsQuery { after: q.after, limit: q.limit, status: Some("dead_letter".into()) },
+    )
+    .await
+}
+
+async fn payments_page(state: &HttpState, q: PaymentsQuery) -> Result<Response, ApiError> {
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > INVOICES_PAGE_MAX {
+        let message = format!("limit must be 1..={INVOICES_PAGE_MAX}");
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, message, Some("limit")));
+    }
+    if let Some(after) = &q.after {
+        check_number(after, "after")?;
+    }
+    let path = invoices_dir(state)?.join(crate::settlement::worker::INDEX_FILE);
+    let read = tokio::task::spawn_blocking(move || match std::fs::read_to_string(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        other => other,
+    })
+    .await
+    .map_err(|e| internal(e.to_string()))?
+    .map_err(|e| internal(format!("cannot read the settlement index: {e}")))?;
+    // The last line per number wins (a delivery repeated after a crash appends it again).
+    let mut by_number = std::collections::BTreeMap::new();
+    for line in read.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        if let Some(number) = v["number"].as_str() {
+            by_number.insert(number.to_owned(), v);
+        }
+    }
+    let mut items: Vec<serde_json::Value> = by_number
+        .into_iter()
+        .filter(|(n, _)| q.after.as_deref().is_none_or(|a| n.as_str() > a))
+        .filter(|(_, v)| q.status.as_deref().is_none_or(|s| v["status"] == s))
+        .map(|(_, v)| v)
+        .take(limit + 1)
+        .collect();
+    let more = items.len() > limit;
+    items.truncate(limit);
+    let next = if more { items.last().and_then(|v| v["number"].as_str()).map(str::to_owned) } else { None };
+    Ok(Json(json!({ "payments": items, "next_after": next })).into_response())
 }
 
 #[derive(Deserialize)]

@@ -235,7 +235,7 @@ pub enum InvoiceStatus {
 }
 
 impl InvoiceStatus {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Self::Issued => "issued",
             Self::PaymentFailed => "payment_failed",

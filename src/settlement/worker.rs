@@ -139,7 +139,15 @@ pub struct Output {
     pub mail: EmlDir,
     /// Syncs the data directory's filesystem once for every settlement that asked meanwhile.
     pub docs: Arc<DocSync>,
+    /// `<invoices>/index.jsonl`: one line per settled invoice (status, payment), appended at
+    /// delivery and made durable by the same group sync; the admin API's payments and dead
+    /// letters. A delivery repeated after a crash appends the same line again: readers keep the
+    /// last line per number.
+    pub index: Arc<Mutex<Option<std::fs::File>>>,
 }
+
+/// The settlement index's file name under the invoice directory.
+pub const INDEX_FILE: &str = "index.jsonl";
 
 impl Output {
     /// `<data dir>/invoices` and `<data dir>/mail`, created if needed.
@@ -147,7 +155,9 @@ impl Output {
         let invoices = dir.join("invoices");
         std::fs::create_dir_all(&invoices)?;
         let docs = Arc::new(DocSync::open(dir)?);
-        Ok(Self { invoices, mail: EmlDir::open(dir.join("mail"))?, docs })
+        let index = std::fs::OpenOptions::new().create(true).append(true).open(invoices.join(INDEX_FILE))?;
+        let index = Arc::new(Mutex::new(Some(index)));
+        Ok(Self { invoices, mail: EmlDir::open(dir.join("mail"))?, docs, index })
     }
 }
 
@@ -849,6 +859,8 @@ impl<J: StepLog, P: PaymentAdapter + 'static> Worker<J, P> {
         if let Err(error) = self.mail(key, messages).await {
             return Ok(self.defer(key, &error));
         }
+        self.index_line(p, &invoice, status)
+            .map_err(|source| WorkerError::Io { path: self.out.invoices.join(INDEX_FILE), source })?;
         // The files and `.eml`s were written unsynced: durable before `Done` stops a repeat.
         self.out
             .docs
@@ -873,6 +885,45 @@ impl<J: StepLog, P: PaymentAdapter + 'static> Worker<J, P> {
             "invoice settled"
         );
         Ok(Advanced::Done)
+    }
+
+    /// Appends the invoice's line to the settlement index (one `write` of a whole line on an
+    /// `O_APPEND` file: lines of settlements in flight never interleave).
+    fn index_line(&self, p: &Pending, invoice: &Invoice, status: InvoiceStatus) -> std::io::Result<()> {
+        let (payment_id, at) = match &p.outcome {
+            Some(Outcome::Paid { payment_id, at_unix_s }) => (Some(payment_id.clone()), *at_unix_s),
+            Some(Outcome::Declined { at_unix_s, .. } | Outcome::DeadLetter { at_unix_s }) => {
+                (None, *at_unix_s)
+            }
+            None => (None, u64::try_from(invoice.issued_at_unix_s).unwrap_or(0)),
+        };
+        let decline = match &p.outcome {
+            Some(Outcome::Declined { reason, .. }) => Some(reason.code().to_owned()),
+            _ => None,
+        };
+        let funding = if p.outcome.is_none() && status == InvoiceStatus::Paid { "wallet" } else { "gateway" };
+        let line = serde_json::json!({
+            "number": invoice.number,
+            "settlement_key": invoice.settlement_key,
+            "account": p.entry.account,
+            "customer": invoice.buyer.id,
+            "status": status.name(),
+            "paid_by": funding,
+            "total": invoice.amount(invoice.totals.collected()).to_string(),
+            "currency": invoice.currency.code,
+            "payment_id": payment_id,
+            "decline": decline,
+            "attempts": p.attempts,
+            "sessions": p.sessions.max(1),
+            "at_unix_s": at,
+        });
+        let mut text = line.to_string();
+        text.push('\n');
+        let mut index = lock(&self.out.index);
+        match index.as_mut() {
+            Some(file) => file.write_all(text.as_bytes()),
+            None => Ok(()),
+        }
     }
 
     /// Delivers the settlement's e-mails in order, skipping those a relay already accepted. A
