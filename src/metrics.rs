@@ -116,7 +116,7 @@ impl Collector for Exporter {
             net_families(&mut f, net, &sources.allowed_peers);
         }
         if let Some(engine) = &sources.engine {
-            engine_families(&mut f, engine);
+            engine_families(&mut f, engine, &sources);
         }
         if let Some(journal) = &sources.journal {
             journal_families(&mut f, journal);
@@ -215,7 +215,7 @@ fn net_families(f: &mut Families, net: &Shared, allowed: &[String]) {
     );
 }
 
-fn engine_families(f: &mut Families, engine: &Engine) {
+fn engine_families(f: &mut Families, engine: &Engine, sources: &Sources) {
     use std::sync::atomic::Ordering::Relaxed;
     let c = engine.counters();
     f.gauge1("gyro_sessions_open", "Credit-control sessions open.", engine.open_sessions() as f64);
@@ -234,10 +234,11 @@ fn engine_families(f: &mut Families, engine: &Engine) {
         "Service-specific units (events) granted.",
         c.granted_events.load(Relaxed),
     );
+    let transport = sources.net.as_ref().map_or(0, |n| n.metrics.replayed.load(Relaxed));
     f.counter1(
         "gyro_duplicates_replayed_total",
-        "Retransmitted CCRs answered again from memory.",
-        c.replayed.load(Relaxed),
+        "Retransmitted requests answered again from memory (credit control's own, and the transport's duplicate cache).",
+        c.replayed.load(Relaxed) + transport,
     );
     let ledger = engine.ledger().stats();
     f.gauge1("gyro_reservations_open", "Reservations (holds) open.", ledger.open_reservations as f64);

@@ -211,6 +211,19 @@ async fn apply(b: &Backend, op: AdminOp, id: AccountId, what: &str) -> Result<Re
     Ok(Json(view_json(b, &view)).into_response())
 }
 
+/// A change's account, amount in minor units of its currency, and body, checked.
+fn change(
+    b: &Backend,
+    reference: &str,
+    body: Result<Json<ChangeBody>, JsonRejection>,
+) -> Result<(AccountId, i64, ChangeBody), ApiError> {
+    let body = parse_body(body)?;
+    let id = account_of(b, reference)?;
+    let currency = b.engine.ledger().view(id).ok_or_else(|| reject(Reject::AccountNotFound))?.currency;
+    let amount = minor_units(&body.amount, currency)?;
+    Ok((id, amount, body))
+}
+
 /// `POST /v1/accounts/{ref}/top-ups` `{"amount": "10.00", "key": "…"}`.
 pub(super) async fn top_up(
     State(state): State<HttpState>,
@@ -219,11 +232,8 @@ pub(super) async fn top_up(
     body: Result<Json<ChangeBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
-    let body = parse_body(body)?;
     let b = backend(&state)?;
-    let id = account_of(b, &reference)?;
-    let currency = b.engine.ledger().view(id).expect("checked").currency;
-    let amount = minor_units(&body.amount, currency)?;
+    let (id, amount, body) = change(b, &reference, body)?;
     if amount <= 0 {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "a top-up must be above 0", Some("amount")));
     }
@@ -240,11 +250,8 @@ pub(super) async fn adjust(
     body: Result<Json<ChangeBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
-    let body = parse_body(body)?;
     let b = backend(&state)?;
-    let id = account_of(b, &reference)?;
-    let currency = b.engine.ledger().view(id).expect("checked").currency;
-    let amount = minor_units(&body.amount, currency)?;
+    let (id, amount, body) = change(b, &reference, body)?;
     let key = ledger_key(&body.key);
     let op = match amount {
         0 => {

@@ -237,6 +237,19 @@ fn internal(message: String) -> ApiError {
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message, None)
 }
 
+/// A page's size (`limit`, default 100) and its start (`after`, an invoice number), checked.
+fn page(limit: Option<usize>, after: Option<&str>) -> Result<usize, ApiError> {
+    let limit = limit.unwrap_or(100);
+    if limit == 0 || limit > INVOICES_PAGE_MAX {
+        let message = format!("limit must be 1..={INVOICES_PAGE_MAX}");
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, message, Some("limit")));
+    }
+    if let Some(after) = after {
+        check_number(after, "after")?;
+    }
+    Ok(limit)
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
@@ -253,14 +266,7 @@ async fn list_invoices(
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
     let Query(q) = query.map_err(|e| ApiError::bad_query(&e))?;
-    let limit = q.limit.unwrap_or(100);
-    if limit == 0 || limit > INVOICES_PAGE_MAX {
-        let message = format!("limit must be 1..={INVOICES_PAGE_MAX}");
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, message, Some("limit")));
-    }
-    if let Some(after) = &q.after {
-        check_number(after, "after")?;
-    }
+    let limit = page(q.limit, q.after.as_deref())?;
     let dir = invoices_dir(&state)?;
     let listed = tokio::task::spawn_blocking(move || list(&dir, q.after.as_deref(), limit)).await;
     match listed {
@@ -346,14 +352,7 @@ async fn list_dead_letters(
 }
 
 async fn payments_page(state: &HttpState, q: PaymentsQuery) -> Result<Response, ApiError> {
-    let limit = q.limit.unwrap_or(100);
-    if limit == 0 || limit > INVOICES_PAGE_MAX {
-        let message = format!("limit must be 1..={INVOICES_PAGE_MAX}");
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, message, Some("limit")));
-    }
-    if let Some(after) = &q.after {
-        check_number(after, "after")?;
-    }
+    let limit = page(q.limit, q.after.as_deref())?;
     let path = invoices_dir(state)?.join(crate::settlement::worker::INDEX_FILE);
     let read = tokio::task::spawn_blocking(move || match std::fs::read_to_string(&path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),

@@ -309,6 +309,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     "duplicate request; answer replayed"
                 );
                 crate::replay::answer_again(&answer, &h, &mut self.wbuf);
+                self.shared.metrics.replayed.fetch_add(1, Ordering::Relaxed);
                 return;
             }
         }

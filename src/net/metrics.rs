@@ -33,6 +33,9 @@ pub const LATENCY_BUCKETS: [f64; 14] =
 
 /// See the module doc.
 pub struct NetMetrics {
+    /// Transport-level duplicates (same Origin-Host and End-to-End id) answered from the
+    /// duplicate cache, for applications that do not remember their own answers.
+    pub replayed: AtomicU64,
     requests: Box<[AtomicU64]>,
     latency_vec: HistogramVec,
     latency: Vec<Histogram>,
@@ -98,6 +101,7 @@ impl NetMetrics {
         let latency_vec = HistogramVec::new(opts, &["command"]).expect("valid histogram options");
         let latency = COMMANDS.iter().map(|(_, name)| latency_vec.with_label_values(&[name])).collect();
         Self {
+            replayed: AtomicU64::new(0),
             requests: (0..COMMANDS.len() * REQUEST_TYPES.len() * RESULTS)
                 .map(|_| AtomicU64::new(0))
                 .collect(),
