@@ -1,5 +1,7 @@
 //! Codec benchmarks: decode (frame + dictionary validation) of a CCR-U with 1 and 10 MSCCs,
-//! and CCA encode. Inputs are the python-diameter vectors in tests/vectors.
+//! and CCA encode. Inputs are the python-diameter vectors in tests/vectors. Also what metrics
+//! add per answer on a connection (`metrics/answered`: the request's class, the answer's
+//! Result-Code, one counter and one latency observation), to set beside `decode`.
 //!
 //! Run: `cargo bench --bench codec`. `cargo test --benches` runs each once as a smoke test.
 
@@ -96,5 +98,21 @@ fn encode(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, decode, encode);
+/// `NetMetrics::answered` for a CCR-U and its CCA, as the connection calls it per answer.
+fn metrics(c: &mut Criterion) {
+    use gyro::net::metrics::{Class, NetMetrics};
+    let metrics = NetMetrics::new();
+    let request = vector("ccr_u");
+    let mut cca = BytesMut::with_capacity(1024);
+    encode_cca(&mut cca);
+    let received = std::time::Instant::now();
+    c.bench_function("metrics/answered", |b| {
+        b.iter(|| {
+            let msg = MessageRef::parse(black_box(&request)).unwrap();
+            metrics.answered(Class::of(&msg), black_box(&cca), received);
+        })
+    });
+}
+
+criterion_group!(benches, decode, encode, metrics);
 criterion_main!(benches);
