@@ -417,3 +417,61 @@ async fn get_invoice(
         Err(e) => Err(internal(format!("cannot read invoice {number}: {e}"))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    async fn call(router: Router, path: &str, token: Option<&str>) -> (StatusCode, serde_json::Value) {
+        let mut request = Request::get(path);
+        if let Some(t) = token {
+            request = request.header("Authorization", format!("Bearer {t}"));
+        }
+        let response = router.oneshot(request.body(Body::empty()).unwrap()).await.unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+    }
+
+    fn state() -> HttpState {
+        HttpState::new(Arc::new(Metrics::new()), Arc::new(Readiness::default()))
+    }
+
+    #[tokio::test]
+    async fn readyz_names_what_it_waits_for_until_both_are_up() {
+        let s = state();
+        let (status, body) = call(router(s.clone()), "/readyz", None).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["waiting_for"], serde_json::json!(["journal recovery", "diameter listener"]));
+        s.ready.recovered.store(true, Ordering::Release);
+        let (_, body) = call(router(s.clone()), "/readyz", None).await;
+        assert_eq!(body["waiting_for"], serde_json::json!(["diameter listener"]));
+        s.ready.listening.store(true, Ordering::Release);
+        assert_eq!(call(router(s.clone()), "/readyz", None).await.0, StatusCode::OK);
+        assert_eq!(call(router(s), "/healthz", None).await.0, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn the_admin_api_is_off_without_a_token_and_unready_before_recovery() {
+        let (status, body) = call(router(state()), "/v1/accounts/0", Some("anything-at-all-here")).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body["error"].as_str().unwrap().contains("GYRO_ADMIN_TOKEN"), "{body}");
+        let s = state().with_admin_token("0123456789abcdef").unwrap();
+        let (status, body) = call(router(s.clone()), "/v1/accounts/0", Some("0123456789abcdef")).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(body["error"].as_str().unwrap().contains("recovered"), "{body}");
+        // No data directory: no invoices to serve, said as such.
+        let (status, body) = call(router(s), "/v1/invoices", Some("0123456789abcdef")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+        assert!(body["error"].as_str().unwrap().contains("data directory"), "{body}");
+    }
+
+    #[test]
+    fn a_short_admin_token_is_refused() {
+        let err = state().with_admin_token("short").err().unwrap();
+        assert!(err.contains("at least 16 bytes"), "{err}");
+    }
+}
