@@ -298,7 +298,7 @@ impl<J: StepLog, P: PaymentAdapter + 'static> Worker<J, P> {
             if this.cfg.aggregate != Aggregate::Session && grouped_at_s != now_ms / 1000 {
                 // At most once a second: it scans the outbox.
                 grouped_at_s = now_ms / 1000;
-                this.group_due(grouped_at_s);
+                this.fold_singles();
             }
             while !stopping && !shutdown.is_cancelled() && tasks.len() < SETTLEMENTS_IN_FLIGHT_MAX {
                 let Some(key) = this.next_ready(now_ms) else { break };
@@ -352,7 +352,7 @@ impl<J: StepLog, P: PaymentAdapter + 'static> Worker<J, P> {
 
     /// The first pending settlement not under way and not waiting for a retry. With periods
     /// (`[settlement] aggregate`), single settlements wait to be folded into their period's
-    /// group ([`Self::group_due`]), and a group waits until its period has ended plus
+    /// group ([`Self::fold_singles`]), and a group waits until its period has ended plus
     /// `aggregate_delay_s`; settlements numbered before go on.
     pub fn next_ready(&self, now_ms: u64) -> Option<SettlementKey> {
         let sched = lock(&self.sched);
@@ -381,7 +381,7 @@ impl<J: StepLog, P: PaymentAdapter + 'static> Worker<J, P> {
     /// The record is appended before the combined entry is visible, and every step of it comes
     /// later in the journal, so "its `Numbered` is durable" proves the group durable as it does
     /// for an entry; a fold lost in a crash is made again (its members are still pending).
-    pub fn group_due(&self, _now_s: u64) -> usize {
+    pub fn fold_singles(&self) -> usize {
         let aggregate = self.cfg.aggregate;
         if aggregate == Aggregate::Session {
             return 0;
