@@ -458,7 +458,10 @@ fn the_openapi_document_matches_the_routes() {
     for (path, ops) in paths {
         for method in ops.as_object().unwrap().keys() {
             documented.push((method.to_uppercase(), path.clone()));
-            let concrete = path.replace("{account}", "0").replace("{number}", "GYR-2026-000001");
+            let concrete = path
+                .replace("{account}", "0")
+                .replace("{number}", "GYR-2026-000001")
+                .replace("{session_id}", "pgw.test%3B1%3B1");
             let body = (method == "post").then_some(r#"{"amount": "1", "key": "openapi-check"}"#);
             let (status, answer) = request(http, &method.to_uppercase(), &concrete, Some(TOKEN), body);
             assert!(!answer.contains("no such endpoint"), "{method} {path}: {status} {answer}");
