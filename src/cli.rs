@@ -105,6 +105,13 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::tools::admin::PlanCommand,
     },
+    /// Credit-control sessions through the admin API: list, show one by Session-Id.
+    Session {
+        #[command(flatten)]
+        api: crate::tools::admin::ApiArgs,
+        #[command(subcommand)]
+        command: crate::tools::admin::SessionCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -190,6 +197,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Account { api, command } => std::process::exit(crate::tools::admin::account(&api, &command)),
         Command::Invoice { api, command } => std::process::exit(crate::tools::admin::invoice(&api, &command)),
         Command::Plan { api, command } => std::process::exit(crate::tools::admin::plan(&api, &command)),
+        Command::Session { api, command } => std::process::exit(crate::tools::admin::session(&api, &command)),
     }
 }
 
@@ -420,6 +428,7 @@ async fn serve_async(cfg: Config, dict: Arc<Dictionary>, defaults: bool) -> anyh
         journal: charging.journal().cloned(),
         catalog: catalog.clone(),
         catalog_digest: catalog_digest.clone(),
+        epoch: charging.epoch(),
     };
     let _ = http_backend.set(backend);
     ready.recovered.store(true, std::sync::atomic::Ordering::Release);

@@ -458,7 +458,10 @@ fn the_openapi_document_matches_the_routes() {
     for (path, ops) in paths {
         for method in ops.as_object().unwrap().keys() {
             documented.push((method.to_uppercase(), path.clone()));
-            let concrete = path.replace("{account}", "0").replace("{number}", "GYR-2026-000001");
+            let concrete = path
+                .replace("{account}", "0")
+                .replace("{number}", "GYR-2026-000001")
+                .replace("{session_id}", "pgw.test%3B1%3B1");
             let body = (method == "post").then_some(r#"{"amount": "1", "key": "openapi-check"}"#);
             let (status, answer) = request(http, &method.to_uppercase(), &concrete, Some(TOKEN), body);
             assert!(!answer.contains("no such endpoint"), "{method} {path}: {status} {answer}");
@@ -531,4 +534,78 @@ fn the_cli_calls_the_admin_api() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("GYRO_ADMIN_TOKEN"));
+}
+
+/// The session endpoints: a session opened by a CCR-I is shown by its Session-Id (percent-
+/// encoded in the path) with its client's Origin-Host, open, rating group 10 granted, and in
+/// its account's list; after its CCR-T it is shown closed (it is kept for retransmissions
+/// until `closed_retention_ms`, then 404). `gyro session list|show` call the same endpoints.
+#[test]
+fn the_admin_api_shows_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gyro, http) = start(dir.path());
+    let id = "ccr.gyro.test;1;ops-1";
+    let path = "/v1/sessions/ccr.gyro.test%3B1%3Bops-1";
+    ccr_script(
+        gyro.addr,
+        "e164:491700000001",
+        &format!("session={id}\ninitial rg=10 requested=0 expect=2001\n"),
+        dir.path(),
+    );
+    let (status, body) = get(http, path, Some(TOKEN));
+    assert_eq!(status, 200, "{body}");
+    let s = json(&body);
+    assert_eq!(
+        (s["session_id"].as_str(), s["origin_host"].as_str(), s["state"].as_str()),
+        (Some(id), Some("ccr.gyro.test"), Some("open")),
+        "{s}"
+    );
+    let rg = &s["rating_groups"][0];
+    assert_eq!((rg["rating_group"].as_u64(), rg["open"].as_bool()), (Some(10), Some(true)), "{s}");
+    assert!(rg["granted_units"].as_u64().is_some_and(|u| u > 0), "{s}");
+    assert_eq!(rg["last_decision"]["result_code"], 2001, "{s}");
+
+    let (status, body) = get(http, "/v1/sessions?account=e164:491700000001", Some(TOKEN));
+    assert_eq!(status, 200, "{body}");
+    let list = json(&body);
+    assert_eq!(list["sessions"][0]["session_id"].as_str(), Some(id), "{list}");
+    assert_eq!(list["next_after"], serde_json::Value::Null);
+    let (_, body) = get(http, "/v1/sessions?account=e164:491700000002", Some(TOKEN));
+    assert_eq!(json(&body)["sessions"].as_array().map(Vec::len), Some(0), "Bob has none: {body}");
+
+    for (path, status, field) in [
+        ("/v1/sessions/ccr.gyro.test%3B1%3Bnone", 404, "session_id"),
+        ("/v1/sessions?limit=0", 400, "limit"),
+        ("/v1/sessions?after=xyz", 400, "after"),
+        ("/v1/sessions?account=e164:499999999999", 404, "account"),
+        ("/v1/sessions?colour=red", 400, "query"),
+    ] {
+        let (got, answer) = get(http, path, Some(TOKEN));
+        assert_eq!((got, json(&answer)["field"].as_str()), (status, Some(field)), "{path}: {answer}");
+    }
+
+    // The CLI, then the session's end.
+    let api = format!("http://{http}");
+    let cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_gyro"))
+            .args(args)
+            .args(["--api", &api, "--token-file"])
+            .arg(dir.path().join("admin-token"))
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (code, out) = cli(&["session", "show", id]);
+    assert_eq!((code, json(&out)["state"].as_str()), (Some(0), Some("open")), "{out}");
+    let (code, out) = cli(&["session", "list", "--account", "0", "--limit", "5"]);
+    assert_eq!((code, json(&out)["sessions"][0]["session_id"].as_str()), (Some(0), Some(id)), "{out}");
+    ccr_script(
+        gyro.addr,
+        "e164:491700000001",
+        &format!("session={id}\nterminate rg=10 used=1000 number=1 expect=2001\n"),
+        dir.path(),
+    );
+    let s = json(&get(http, path, Some(TOKEN)).1);
+    assert_eq!((s["state"].as_str(), s["request_number"].as_u64()), (Some("closed"), Some(1)), "{s}");
+    assert_eq!(s["rating_groups"][0]["open"], false, "{s}");
 }

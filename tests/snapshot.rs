@@ -181,3 +181,47 @@ fn snapshot_plus_tail_recovers_the_live_state_and_prunes_segments() {
     let alice = recovered.started.engine.ledger().lookup(SubscriptionKind::E164, "491700000001").unwrap();
     assert_eq!(alice.0, 0);
 }
+
+/// A recovered session has its Session-Id and its client's Origin-Host, whether the journal
+/// (the CCR-I's record) or a snapshot (the CCR-I before it) brought them back.
+#[test]
+fn recovered_sessions_keep_their_session_id_and_origin_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = Node::open(dir.path());
+    let copy_of = |dir: &std::path::Path| {
+        let copy = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), copy.path().join(entry.file_name())).unwrap();
+        }
+        copy
+    };
+    let names = |node: &Node, id: &str| {
+        let v = node.started.engine.session(NOW, id).expect("the session is recovered");
+        (v.session_id, v.origin_host, v.request_number)
+    };
+    let before = "pgw.test;1;before-snapshot";
+    assert_eq!(result_code(&live.send(&ccr(before, "491700000001", 1, 0, None))), ResultCode::SUCCESS);
+    live.send(&ccr(before, "491700000001", 2, 1, Some(1_000)));
+
+    // From the journal alone.
+    let journal_copy = copy_of(dir.path());
+    let from_journal = Node::open(journal_copy.path());
+    let want = (Some(before.to_owned()), Some("pgw.test".to_owned()), 1);
+    assert_eq!(names(&from_journal, before), want);
+
+    // From a snapshot: the CCR-I is before it, a CCR-U (an image without names) after it.
+    let catalog = Catalog::demo();
+    let (journal, _) = live.started.journal.as_ref().unwrap();
+    checkpoint(journal, &catalog, &live.started.engine_cfg, 1, NOW).unwrap().expect("a snapshot is taken");
+    live.send(&ccr(before, "491700000001", 2, 2, Some(1_000)));
+    let snapshot_copy = copy_of(dir.path());
+    let from_snapshot = Node::open(snapshot_copy.path());
+    let (_, report) = from_snapshot.started.journal.as_ref().unwrap();
+    assert_eq!(report.records_replayed, 1, "only the CCR-U after the snapshot is replayed");
+    let want = (Some(before.to_owned()), Some("pgw.test".to_owned()), 2);
+    assert_eq!(names(&from_snapshot, before), want);
+    let listed = from_snapshot.started.engine.sessions(NOW, gyro::cc::SessionFilter::All, None, 10);
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].session_id.as_deref(), Some(before));
+}

@@ -21,6 +21,11 @@ use crate::rating::{self, CumulativeUsage, MoneyMinor, Pricer, UnitKind};
 use crate::replay::{answer_again, DuplicateCache, KeyCase};
 use crate::settlement::outbox::{self, Effect, Outbox, SettleEntry, SettleLine, SettlementKey};
 
+// A child module, so the views read the session's private fields without widening them.
+#[path = "session_views.rs"]
+mod views;
+pub use views::{AnswerView, RatingGroupView, SessionCursor, SessionFilter, SessionState, SessionView};
+
 /// Seconds between the NTP era 0 (1900) and the Unix epoch, for Time AVPs (RFC 6733 §4.3.1).
 const NTP_UNIX_OFFSET_SECS: u64 = 2_208_988_800;
 
@@ -222,11 +227,56 @@ enum State {
     Expired,
 }
 
-/// One session: 184 bytes with one rating group (checked below), plus ≈ 10 bytes in the
-/// session table's index and the ledger hold of its open grant.
+/// A session's Session-Id and the Origin-Host of the CCR-I that opened it, in one allocation:
+/// `host length u16 LE | host | Session-Id`. One boxed slice (16 bytes in the slot, the two
+/// strings' length plus two on the heap) is the cheapest honest form: two `Box<str>` would
+/// cost 16 bytes more per session, and interning the host (`Arc<str>`, a few PGWs hold millions
+/// of sessions) would save its bytes but cost a fat pointer and a lock at every CCR-I. Empty
+/// (no allocation) for a session recovered from a record written before gyro kept them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Names(Box<[u8]>);
+
+impl Names {
+    fn new(session_id: &str, origin_host: &str) -> Self {
+        // An AVP's data is shorter than a message (at most 64 KiB with its headers), so an
+        // Origin-Host's length fits in 16 bits.
+        let host_len = u16::try_from(origin_host.len()).expect("an AVP's data is below 64 KiB");
+        let mut bytes = Vec::with_capacity(2 + origin_host.len() + session_id.len());
+        bytes.extend_from_slice(&host_len.to_le_bytes());
+        bytes.extend_from_slice(origin_host.as_bytes());
+        bytes.extend_from_slice(session_id.as_bytes());
+        Self(bytes.into_boxed_slice())
+    }
+
+    /// Checks bytes read from a record: the layout `new` writes, both parts UTF-8.
+    fn from_record(bytes: &[u8]) -> Result<Self, RecordError> {
+        let names = Self(bytes.into());
+        if names.split().is_none() {
+            return Err(RecordError("a session's Session-Id and Origin-Host"));
+        }
+        Ok(names)
+    }
+
+    fn is_known(&self) -> bool {
+        !self.0.is_empty()
+    }
+
+    /// (Session-Id, Origin-Host), `None` when not known.
+    fn split(&self) -> Option<(&str, &str)> {
+        let (len, rest) = self.0.split_first_chunk::<2>()?;
+        let (host, id) = rest.split_at_checked(usize::from(u16::from_le_bytes(*len)))?;
+        Some((std::str::from_utf8(id).ok()?, std::str::from_utf8(host).ok()?))
+    }
+}
+
+/// One session: 200 bytes with one rating group (checked below), plus ≈ 10 bytes in the
+/// session table's index, its `names` on the heap and the ledger hold of its open grant.
 #[derive(Debug)]
 struct Session {
     key: SessionKey,
+    /// The Session-Id and the CCR-I's Origin-Host, for the admin API and for server-initiated
+    /// requests (RAR/ASR need the peer that holds the session).
+    names: Names,
     package: SharedPackage,
     /// Open: the Tcc deadline. Closed: when it was closed. Expired: the deadline it missed.
     deadline_ms: u64,
@@ -239,7 +289,7 @@ struct Session {
     rgs: SmallVec<[RgState; 1]>,
 }
 
-const _: () = assert!(size_of::<Session>() <= 184);
+const _: () = assert!(size_of::<Session>() <= 200);
 
 impl Keyed for Session {
     fn key(&self) -> SessionKey {
@@ -258,9 +308,29 @@ impl Session {
         self.ledger_key(self.rgs[idx].rating_group, self.rgs[idx].grant_number)
     }
 
-    /// Appends the session's whole state to a redo record (`redo::TAG_SESSION`).
+    /// Appends the session's whole state but its names to a redo record (`redo::TAG_SESSION`):
+    /// what every CCR-U, CCR-T and sweep writes. The names never change after the CCR-I, whose
+    /// record (`encode_named`) carries them, so leaving them out keeps a CCR-U's record as
+    /// short as before; recovery keeps the names of the session an image replaces.
     fn encode(&self, rec: &mut Recorder, now: Now) {
-        rec.u8(redo::TAG_SESSION).u64(self.key.0[0]).u64(self.key.0[1]);
+        rec.u8(redo::TAG_SESSION);
+        self.encode_body(rec, now);
+    }
+
+    /// The image with the names (`redo::TAG_SESSION_NAMED`): the CCR-I's record and snapshots.
+    /// A session whose names are not known (recovered from an older record) is written as
+    /// `encode` writes it.
+    fn encode_named(&self, rec: &mut Recorder, now: Now) {
+        if !self.names.is_known() {
+            return self.encode(rec, now);
+        }
+        rec.u8(redo::TAG_SESSION_NAMED);
+        self.encode_body(rec, now);
+        rec.bytes_field(&self.names.0);
+    }
+
+    fn encode_body(&self, rec: &mut Recorder, now: Now) {
+        rec.u64(self.key.0[0]).u64(self.key.0[1]);
         rec.u32(self.account.0).u32(self.context).u32(self.highest);
         rec.u8(self.state as u8).u64(redo::unix_ms(now, self.deadline_ms));
         for r in &self.recent {
@@ -277,14 +347,16 @@ impl Session {
         }
     }
 
-    /// Reads back what `encode` wrote (after the tag). The package comes from the account
-    /// (the catalog loaded at start); a service index it does not have is an error.
+    /// Reads back what `encode` or `encode_named` wrote (after the tag, which says which). The
+    /// package comes from the account (the catalog loaded at start); a service index it does
+    /// not have is an error.
     fn decode(
         r: &mut Reader<'_>,
+        tag: u8,
         now: Now,
         package: impl FnOnce(AccountId) -> Option<SharedPackage>,
     ) -> Result<Self, RecordError> {
-        let image = SessionImage::read(r)?;
+        let image = SessionImage::read(r, tag)?;
         let package = package(image.account).ok_or(RecordError("a session's account has no package"))?;
         for g in &image.rgs {
             let bands_ok = usize::from(g.band_before.max(g.band_after)) <= rating::BANDS_PER_RATE_MAX;
@@ -294,6 +366,7 @@ impl Session {
         }
         Ok(Self {
             key: image.key,
+            names: image.names,
             package,
             deadline_ms: redo::mono_ms(now, image.deadline_unix_ms),
             account: image.account,
@@ -347,6 +420,8 @@ impl Session {
 /// the account) with its deadline in Unix time.
 struct SessionImage {
     key: SessionKey,
+    /// Empty for `TAG_SESSION`.
+    names: Names,
     account: AccountId,
     context: u32,
     highest: u32,
@@ -357,7 +432,17 @@ struct SessionImage {
 }
 
 impl SessionImage {
-    fn read(r: &mut Reader<'_>) -> Result<Self, RecordError> {
+    /// `tag` is `TAG_SESSION` (the image alone) or `TAG_SESSION_NAMED` (the image, then the
+    /// names as a length-prefixed field).
+    fn read(r: &mut Reader<'_>, tag: u8) -> Result<Self, RecordError> {
+        let mut image = Self::read_body(r)?;
+        if tag == redo::TAG_SESSION_NAMED {
+            image.names = Names::from_record(r.bytes_field()?)?;
+        }
+        Ok(image)
+    }
+
+    fn read_body(r: &mut Reader<'_>) -> Result<Self, RecordError> {
         let key = SessionKey([r.u64()?, r.u64()?]);
         let (account, context, highest) = (AccountId(r.u32()?), r.u32()?, r.u32()?);
         let state = match r.u8()? {
@@ -402,7 +487,17 @@ impl SessionImage {
                 band_after: r.u8()?,
             });
         }
-        Ok(Self { key, account, context, highest, state, deadline_unix_ms, recent, rgs })
+        Ok(Self {
+            key,
+            names: Names::default(),
+            account,
+            context,
+            highest,
+            state,
+            deadline_unix_ms,
+            recent,
+            rgs,
+        })
     }
 
     /// One line for `gyro journal inspect`.
@@ -411,6 +506,9 @@ impl SessionImage {
             "session {:016x}{:016x} account={} state={:?} highest={} deadline_unix_ms={}",
             self.key.0[0], self.key.0[1], self.account.0, self.state, self.highest, self.deadline_unix_ms
         );
+        if let Some((session_id, origin_host)) = self.names.split() {
+            s.push_str(&format!(" session_id={session_id:?} origin_host={origin_host:?}"));
+        }
         for g in &self.rgs {
             let rg = if g.rating_group == RG_NONE { "-".to_owned() } else { g.rating_group.to_string() };
             s.push_str(&format!(
@@ -445,8 +543,8 @@ pub fn describe_record(record: &[u8], filter: &RecordFilter) -> Option<String> {
     let result: Result<(), RecordError> = (|| {
         while !r.is_empty() {
             match r.u8()? {
-                redo::TAG_SESSION => {
-                    let image = SessionImage::read(&mut r)?;
+                tag @ (redo::TAG_SESSION | redo::TAG_SESSION_NAMED) => {
+                    let image = SessionImage::read(&mut r, tag)?;
                     accounts.push(image.account.0);
                     sessions.push(image.key.0);
                     parts.push(image.describe());
@@ -967,6 +1065,7 @@ impl Engine {
         };
         let mut session = Session {
             key,
+            names: Names::new(ccr.session_id, ccr.origin_host),
             package: Arc::clone(&package),
             deadline_ms: now.mono_ms,
             account,
@@ -986,7 +1085,7 @@ impl Engine {
         let start = out.len();
         self.answer_and_remember(&mut session, msg, ccr, summary, out);
         if result.is_success() {
-            session.encode(tx.rec, now);
+            session.encode_named(tx.rec, now);
             tx.send(out, start);
             shard.insert(session);
         } else {
@@ -1671,9 +1770,17 @@ impl Engine {
         let mut r = Reader::new(record);
         while !r.is_empty() {
             match r.u8()? {
-                redo::TAG_SESSION => {
-                    let session = Session::decode(&mut r, now, |account| self.package(account))?;
-                    self.sessions.lock(session.key).upsert(session);
+                tag @ (redo::TAG_SESSION | redo::TAG_SESSION_NAMED) => {
+                    let mut session = Session::decode(&mut r, tag, now, |account| self.package(account))?;
+                    let mut shard = self.sessions.lock(session.key);
+                    // A CCR-U's image has no names: they are the CCR-I's (or the snapshot's),
+                    // which this image replaces.
+                    if !session.names.is_known() {
+                        if let Some(before) = shard.get_mut(session.key) {
+                            session.names = std::mem::take(&mut before.names);
+                        }
+                    }
+                    shard.upsert(session);
                 }
                 redo::TAG_SESSION_GONE => {
                     let key = SessionKey([r.u64()?, r.u64()?]);
@@ -1779,7 +1886,7 @@ impl Engine {
         let mut sessions_done = Ok(());
         self.sessions.for_each_shard(|shard| {
             for s in shard.iter() {
-                s.encode(&mut rec, now);
+                s.encode_named(&mut rec, now);
             }
             if sessions_done.is_ok() {
                 sessions_done = w.write_all(rec.bytes());

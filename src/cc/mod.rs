@@ -14,5 +14,6 @@ mod sessions;
 
 pub use engine::{describe_record, RecordFilter};
 pub use engine::{AdminOp, Engine, EngineConfig, NoJournal, Now, RecordSink, SweepStats};
+pub use engine::{AnswerView, RatingGroupView, SessionCursor, SessionFilter, SessionState, SessionView};
 pub use redo::RecordError;
 pub use sessions::hash_session_id;

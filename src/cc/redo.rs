@@ -41,6 +41,12 @@ pub(super) const TAG_ACCOUNT: u8 = 9;
 pub(super) const TAG_TOP_UP: u8 = 20;
 /// An operator's bar or unbar: `account u32 | status u8` (0 active, 1 barred).
 pub(super) const TAG_STATUS: u8 = 21;
+/// A session's image followed by its names (`length u32 | host length u16 | Origin-Host |
+/// Session-Id`): the CCR-I's record and snapshots. Tag 1's entries are not framed by a length,
+/// so a trailing field could not be told from the next entry: a new tag, which an older gyro
+/// refuses ("unknown entry tag") rather than misreads. Tag 1 stays for the images of CCR-U,
+/// CCR-T and sweeps (the names do not change) and for records written before tag 22.
+pub(super) const TAG_SESSION_NAMED: u8 = 22;
 
 /// The first bytes of a snapshot body.
 pub(super) const SNAPSHOT_MAGIC: &[u8; 8] = b"GYROSNP1";

@@ -5,9 +5,10 @@
 //! 100 bytes per session before the session itself: the Session-Id string, a key-and-pointer
 //! slot, the hash table's slack at a power-of-two boundary and the box). Here a session is
 //! found through a `hashbrown::HashTable<u32>` of slot numbers (5 bytes a bucket, ≈ 10 bytes a
-//! session at the worst load factor) into chunks of slots that never move, and the Session-Id
-//! is kept only as its 128-bit SipHash-1-3 under a random key: peers choose Session-Ids, so an
-//! unkeyed hash would let one make two sessions collide, and at 128 bits an accidental
+//! session at the worst load factor) into chunks of slots that never move, and the table keys
+//! a session by its Session-Id's 128-bit SipHash-1-3 under a random key (the string itself is
+//! kept once, in the session's record, for the admin API and RAR/ASR): peers choose
+//! Session-Ids, so an unkeyed hash would let one make two sessions collide, and at 128 bits an accidental
 //! collision among 10⁹ live sessions has a probability below 10⁻²⁰. The key is explicit (not
 //! `RandomState`) so the journal can store it and recovery can hash Session-Ids the same way.
 //!

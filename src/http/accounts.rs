@@ -29,7 +29,7 @@ use crate::settlement::worker::StepLog;
 const ACCOUNTS_PAGE_MAX: u32 = 1_000;
 const KEY_MAX_BYTES: usize = 128;
 
-fn backend(state: &HttpState) -> Result<&Backend, ApiError> {
+pub(super) fn backend(state: &HttpState) -> Result<&Backend, ApiError> {
     state.backend.get().ok_or_else(|| {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not ready: the journal is being recovered", None)
     })
@@ -37,7 +37,7 @@ fn backend(state: &HttpState) -> Result<&Backend, ApiError> {
 
 /// `{ref}`: the ledger's account number, or a subscription id as the catalog writes it
 /// (`e164:491700000001`).
-fn account_of(backend: &Backend, reference: &str) -> Result<AccountId, ApiError> {
+pub(super) fn account_of(backend: &Backend, reference: &str) -> Result<AccountId, ApiError> {
     let not_found =
         || ApiError::new(StatusCode::NOT_FOUND, format!("no account {reference}"), Some("account"));
     let id = if !reference.is_empty() && reference.bytes().all(|b| b.is_ascii_digit()) {
@@ -57,7 +57,7 @@ fn account_of(backend: &Backend, reference: &str) -> Result<AccountId, ApiError>
 }
 
 /// Minor units as the currency writes them (`1250` EUR → `"12.50"`).
-fn money(minor: i64, currency: Currency) -> String {
+pub(super) fn money(minor: i64, currency: Currency) -> String {
     Decimal::new(minor, u32::from(currency.exponent)).to_string()
 }
 

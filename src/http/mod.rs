@@ -3,11 +3,12 @@
 //!
 //! Owns: routing, authentication and the JSON error shape (`{"error": …, "field": …}` with a
 //! 4xx naming what was wrong). Must not touch: Diameter, the ledger's or the engine's state
-//! directly — it reads [`Metrics`] and files the settlement worker wrote, and it changes
-//! nothing yet. Started before the journal is recovered, so a probe can tell "alive but
+//! directly — it reads [`Metrics`], files the settlement worker wrote, and the engine's
+//! read-only views; changes go through `Engine::admin`. Started before the journal is recovered, so a probe can tell "alive but
 //! recovering" (`/healthz` 200, `/readyz` 503) from "dead".
 
 mod accounts;
+mod sessions;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,6 +37,9 @@ pub struct Backend {
     pub journal: Option<Arc<ChargingJournal>>,
     pub catalog: Catalog,
     pub catalog_digest: String,
+    /// The engine's monotonic origin (`Charging::now_from`): session deadlines are shown in
+    /// Unix time.
+    pub epoch: tokio::time::Instant,
 }
 
 /// What `/readyz` waits for.
@@ -117,6 +121,8 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/accounts/{account}/adjustments", post(accounts::adjust))
         .route("/v1/accounts/{account}/bar", post(accounts::bar))
         .route("/v1/accounts/{account}/unbar", post(accounts::unbar))
+        .route("/v1/sessions", get(sessions::list))
+        .route("/v1/sessions/{session_id}", get(sessions::get))
         .route("/v1/plans", get(accounts::plans))
         .route("/v1/plans/validate", post(accounts::validate))
         .fallback(|uri: axum::http::Uri| async move {

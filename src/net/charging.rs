@@ -39,6 +39,11 @@ impl Charging {
         Now { mono_ms: epoch.elapsed().as_millis() as u64, unix_secs: unix.as_secs() }
     }
 
+    /// The monotonic origin of the engine's clock.
+    pub fn epoch(&self) -> tokio::time::Instant {
+        self.epoch
+    }
+
     pub fn journal(&self) -> Option<&Arc<ChargingJournal>> {
         self.journal.as_ref()
     }

@@ -1,4 +1,4 @@
-//! `gyro account …`, `gyro invoice …`, `gyro plan …`: the admin API from the command line. They
+//! `gyro account …`, `gyro invoice …`, `gyro plan …`, `gyro session …`: the admin API from the command line. They
 //! call the same HTTP endpoints as any other client (`[http]` of `gyro serve`, default
 //! 127.0.0.1:9464) with the bearer token from `--token-file` or `GYRO_ADMIN_TOKEN`, print the
 //! JSON (or UBL) answer on stdout, and on an error print the API's message naming the field.
@@ -86,6 +86,23 @@ pub enum PlanCommand {
     Validate { file: PathBuf },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum SessionCommand {
+    /// List sessions (open, and closed or expired ones not yet forgotten), of one account or all.
+    List {
+        /// Account number or subscription id, e.g. e164:491700000001.
+        #[arg(long)]
+        account: Option<String>,
+        /// The next_after of the previous page.
+        #[arg(long)]
+        after: Option<String>,
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+    /// Show one session by its Session-Id: client, state, grants, holds, last decisions.
+    Show { session_id: String },
+}
+
 enum Method {
     Get,
     Post(Option<(String, &'static str)>),
@@ -150,6 +167,21 @@ pub fn plan(api: &ApiArgs, command: &PlanCommand) -> i32 {
             }
         },
     }
+}
+
+pub fn session(api: &ApiArgs, command: &SessionCommand) -> i32 {
+    let path = match command {
+        SessionCommand::List { account, after, limit } => format!(
+            "/v1/sessions{}",
+            query(&[
+                ("account", account.clone()),
+                ("after", after.clone()),
+                ("limit", limit.map(|l| l.to_string())),
+            ])
+        ),
+        SessionCommand::Show { session_id } => format!("/v1/sessions/{}", percent(session_id)),
+    };
+    call(api, Method::Get, &path)
 }
 
 /// `?a=1&b=2` of the parameters that are set.
