@@ -2,9 +2,9 @@
 //! API under `/v1` (bearer token). Default 127.0.0.1:9464 (`[http] listen`).
 //!
 //! Owns: routing, authentication and the JSON error shape (`{"error": …, "field": …}` with a
-//! 4xx naming what was wrong). Must not touch: Diameter, the ledger's or the engine's state
+//! 4xx naming what was wrong). Must not touch: Diameter (RAR/ASR after admin changes go through `net::Shared::send_request`, see `notify`), the ledger's or the engine's state
 //! directly — it reads [`Metrics`], files the settlement worker wrote, and the engine's
-//! read-only views; changes go through `Engine::admin`. Started before the journal is recovered, so a probe can tell "alive but
+//! read-only views; changes go through `Engine::admin` (and `Engine::forget_session`). Started before the journal is recovered, so a probe can tell "alive but
 //! recovering" (`/healthz` 200, `/readyz` 503) from "dead".
 
 mod accounts;

@@ -1,7 +1,7 @@
 //! The admin API's sessions (issue 7): list an account's (or every) credit-control session
 //! and inspect one by its Session-Id — its client (Origin-Host), state, and per rating group
-//! the last grant, its hold, the usage so far and the last decision's Result-Code. Read-only;
-//! the prerequisite of RAR/ASR, which will address the session's client.
+//! the last grant, its hold, the usage so far and the last decision's Result-Code; and abort
+//! one (ASR to the session's client, `POST /v1/sessions/{session_id}/abort`).
 //!
 //! A session ended by CCR-T is still shown, `"state": "closed"`, for the engine's
 //! `closed_retention_ms` (default 10 minutes: retransmissions and late usage are answered
