@@ -423,12 +423,16 @@ async fn serve_async(cfg: Config, dict: Arc<Dictionary>, defaults: bool) -> anyh
             worker = Some(w.with_billing(billing(&cfg).await?));
         }
     }
+    // Before the admin API's backend: it sends RAR and ASR through the server's connections.
+    let apps: Vec<Arc<dyn crate::net::Application>> = vec![charging.clone()];
+    let shared = Arc::new(Shared::new(peer, apps, cfg.server_limits()));
     let backend = crate::http::Backend {
         engine: Arc::clone(charging.engine()),
         journal: charging.journal().cloned(),
         catalog: catalog.clone(),
         catalog_digest: catalog_digest.clone(),
         epoch: charging.epoch(),
+        net: Some(Arc::clone(&shared)),
     };
     let _ = http_backend.set(backend);
     ready.recovered.store(true, std::sync::atomic::Ordering::Release);
@@ -440,8 +444,6 @@ async fn serve_async(cfg: Config, dict: Arc<Dictionary>, defaults: bool) -> anyh
         s.allowed_peers = cfg.diameter.allowed_peers.clone().unwrap_or_default();
         s.catalog = Some((catalog_name.clone(), catalog_digest.clone()));
     });
-    let apps: Vec<Arc<dyn crate::net::Application>> = vec![charging.clone()];
-    let shared = Arc::new(Shared::new(peer, apps, cfg.server_limits()));
     let server = bind(&cfg, Arc::clone(&shared), defaults).await?;
     metrics.update(|s| s.net = Some(shared));
     ready.listening.store(true, std::sync::atomic::Ordering::Release);

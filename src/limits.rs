@@ -110,6 +110,12 @@ const _: () = assert!(TLS_HANDSHAKE_TIMEOUT_MS <= CER_TIMEOUT_MS);
 
 /// A peer that does not read its answers for this long is considered dead.
 pub const WRITE_TIMEOUT_MS: u64 = 30_000;
+/// How long a server-initiated request (RAR, ASR) waits for its answer before it is sent once
+/// more on another connection to the same peer, or given up (RFC 6733 §5.5.4).
+pub const SERVER_REQUEST_TIMEOUT_MS: u64 = 5_000;
+/// Server-initiated requests queued for one connection's task at most; beyond, the sender
+/// fails at once rather than wait behind a stuck connection.
+pub const SERVER_REQUESTS_QUEUED_MAX: usize = 256;
 
 /// Bytes asked of the kernel per read; the read buffer never holds more than one maximum-size
 /// message plus one read.

@@ -213,6 +213,33 @@ fn net_families(f: &mut Families, net: &Shared, allowed: &[String]) {
         "1 while the peer (allowlisted or seen) has an open connection, else 0.",
         up,
     );
+    let sent = net
+        .metrics
+        .server_requests()
+        .iter()
+        .map(|(c, n)| metric(&[("command", c)], Value::Counter(*n as f64)))
+        .collect();
+    f.counter(
+        "gyro_diameter_server_requests_total",
+        "Requests the server sent to clients (RAR, ASR), by command.",
+        sent,
+    );
+    let answers = net
+        .metrics
+        .server_answers()
+        .iter()
+        .map(|(c, r, n)| metric(&[("command", c), ("result", r)], Value::Counter(*n as f64)))
+        .collect();
+    f.counter(
+        "gyro_diameter_server_answers_total",
+        "Answers to the server's requests (RAA, ASA), by command and Result-Code (2001, 2002, 5002, other).",
+        answers,
+    );
+    f.counter1(
+        "gyro_diameter_server_requests_unanswered_total",
+        "Server requests (RAR, ASR) with no answer on either attempt (timeout or connection lost).",
+        net.metrics.server_unanswered.load(Relaxed),
+    );
 }
 
 fn engine_families(f: &mut Families, engine: &Engine, sources: &Sources) {

@@ -1762,6 +1762,41 @@ impl Engine {
         stats
     }
 
+    /// Forgets the session with this Session-Id at once: its client answered a RAR or ASR with
+    /// 5002 DIAMETER_UNKNOWN_SESSION_ID (RFC 6733 §7.1.5), so no CCR will ever come for it.
+    /// Journaled as the sweep forgets a session: its open holds released (no usage will be
+    /// reported against them), an open or expired session with usage settled, then the
+    /// "session gone" entry. Returns whether the table had it.
+    pub fn forget_session(&self, now: Now, session_id: &str, sink: &mut dyn RecordSink) -> bool {
+        let key = self.sessions.key(session_id);
+        let mut rec = Recorder::new();
+        let mut settle = None;
+        {
+            let mut shard = self.sessions.lock(key);
+            let Some(s) = shard.get_mut(key) else { return false };
+            for i in 0..s.rgs.len() {
+                if s.rgs[i].is(OPEN) {
+                    self.release_rg(&mut rec, s, i);
+                }
+            }
+            // A closed session was settled by its CCR-T.
+            if s.state != State::Closed && self.cfg.settle {
+                if let Some(entry) = s.settle_entry(now) {
+                    outbox::encode_entry(&mut rec.buf, &entry);
+                    settle = Some(entry);
+                }
+            }
+            rec.session_gone(s.key.0);
+            shard.remove(key);
+            // Appended under the shard lock, like the sweep's, to keep the session's order.
+            sink.append(rec.bytes(), &[]);
+        }
+        if let Some(entry) = settle {
+            self.outbox.add(entry);
+        }
+        true
+    }
+
     /// Applies one redo record at start-up, in journal order (see `redo`): ledger operations
     /// without the funds checks that decided whether they happened at all, session images,
     /// remembered event answers. An operation the ledger refuses means the state is not what the

@@ -18,6 +18,7 @@ use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::notify::{self, Trigger};
 use super::{authorize, ApiError, Backend, HttpState};
 use crate::catalog::{AccountStatus, Catalog, Funding, SubscriptionId};
 use crate::cc::AdminOp;
@@ -197,8 +198,16 @@ fn reject(r: Reject) -> ApiError {
     }
 }
 
-/// Applies `op`, journals it and answers once it is durable (invariant 1, as for a CCR).
-async fn apply(b: &Backend, op: AdminOp, id: AccountId, what: &str) -> Result<Response, ApiError> {
+/// Applies `op`, journals it and answers once it is durable (invariant 1, as for a CCR); then
+/// tells the clients of the account's sessions what `trigger` calls for (RAR/ASR, see
+/// `notify`) and lists them in `notified`.
+async fn apply(
+    b: &Backend,
+    op: AdminOp,
+    id: AccountId,
+    what: &str,
+    trigger: Option<Trigger>,
+) -> Result<Response, ApiError> {
     let mut record = Vec::new();
     b.engine.admin(&op, &mut record).map_err(reject)?;
     if let Some(journal) = &b.journal {
@@ -208,7 +217,11 @@ async fn apply(b: &Backend, op: AdminOp, id: AccountId, what: &str) -> Result<Re
     }
     let view = b.engine.ledger().view(id).ok_or_else(|| reject(Reject::AccountNotFound))?;
     tracing::info!(account = id.0, ?op, "admin: {what}");
-    Ok(Json(view_json(b, &view)).into_response())
+    let mut body = view_json(b, &view);
+    if let Some(trigger) = trigger {
+        body["notified"] = Value::Array(notify::after_change(b, id, trigger).await);
+    }
+    Ok(Json(body).into_response())
 }
 
 /// A change's account, amount in minor units of its currency, and body, checked.
@@ -238,7 +251,7 @@ pub(super) async fn top_up(
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "a top-up must be above 0", Some("amount")));
     }
     let op = AdminOp::TopUp { account: id, key: ledger_key(&body.key), amount: MoneyMinor(amount) };
-    apply(b, op, id, "top-up").await
+    apply(b, op, id, "top-up", Some(Trigger::Credit)).await
 }
 
 /// `POST /v1/accounts/{ref}/adjustments` `{"amount": "-2.50", "key": "…", "reason": "…"}`:
@@ -265,7 +278,8 @@ pub(super) async fn adjust(
         a => AdminOp::Debit { account: id, key, amount: MoneyMinor(-a) },
     };
     let reason = body.reason.unwrap_or_default();
-    apply(b, op, id, &format!("adjustment ({reason})")).await
+    let trigger = matches!(op, AdminOp::TopUp { .. }).then_some(Trigger::Credit);
+    apply(b, op, id, &format!("adjustment ({reason})"), trigger).await
 }
 
 /// `POST /v1/accounts/{ref}/bar` and `/unbar`.
@@ -278,8 +292,12 @@ async fn set_status(
     authorize(&state, &headers)?;
     let b = backend(&state)?;
     let id = account_of(b, &reference)?;
-    let what = if status == AccountStatus::Barred { "barred" } else { "unbarred" };
-    apply(b, AdminOp::Status { account: id, status }, id, what).await
+    let (what, trigger) = if status == AccountStatus::Barred {
+        ("barred", Trigger::Barred)
+    } else {
+        ("unbarred", Trigger::Credit)
+    };
+    apply(b, AdminOp::Status { account: id, status }, id, what, Some(trigger)).await
 }
 
 pub(super) async fn bar(

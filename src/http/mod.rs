@@ -2,12 +2,13 @@
 //! API under `/v1` (bearer token). Default 127.0.0.1:9464 (`[http] listen`).
 //!
 //! Owns: routing, authentication and the JSON error shape (`{"error": …, "field": …}` with a
-//! 4xx naming what was wrong). Must not touch: Diameter, the ledger's or the engine's state
+//! 4xx naming what was wrong). Must not touch: Diameter (RAR/ASR after admin changes go through `net::Shared::send_request`, see `notify`), the ledger's or the engine's state
 //! directly — it reads [`Metrics`], files the settlement worker wrote, and the engine's
-//! read-only views; changes go through `Engine::admin`. Started before the journal is recovered, so a probe can tell "alive but
+//! read-only views; changes go through `Engine::admin` (and `Engine::forget_session`). Started before the journal is recovered, so a probe can tell "alive but
 //! recovering" (`/healthz` 200, `/readyz` 503) from "dead".
 
 mod accounts;
+mod notify;
 mod sessions;
 
 use std::path::PathBuf;
@@ -40,6 +41,9 @@ pub struct Backend {
     /// The engine's monotonic origin (`Charging::now_from`): session deadlines are shown in
     /// Unix time.
     pub epoch: tokio::time::Instant,
+    /// The Diameter server's shared state, through which RAR and ASR reach the client holding
+    /// a session (`None`: no Diameter server, nothing is notified).
+    pub net: Option<Arc<crate::net::Shared>>,
 }
 
 /// What `/readyz` waits for.
@@ -123,6 +127,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/accounts/{account}/unbar", post(accounts::unbar))
         .route("/v1/sessions", get(sessions::list))
         .route("/v1/sessions/{session_id}", get(sessions::get))
+        .route("/v1/sessions/{session_id}/abort", post(sessions::abort))
         .route("/v1/plans", get(accounts::plans))
         .route("/v1/plans/validate", post(accounts::validate))
         .fallback(|uri: axum::http::Uri| async move {
@@ -165,7 +170,7 @@ async fn readyz(State(state): State<HttpState>) -> Response {
 /// A JSON error body: what was wrong, and the field (query parameter, path segment, header)
 /// that was.
 fn error(status: StatusCode, message: String, field: Option<&'static str>) -> Response {
-    ApiError { status, message, field }.into_response()
+    ApiError { status, message, field, peer: None }.into_response()
 }
 
 /// An error answer, before it becomes a [`Response`] (small, so `Result`s stay cheap).
@@ -174,11 +179,18 @@ pub struct ApiError {
     status: StatusCode,
     message: String,
     field: Option<&'static str>,
+    /// The Diameter peer that could not be reached (RAR/ASR: 502, 504).
+    peer: Option<String>,
 }
 
 impl ApiError {
     fn new(status: StatusCode, message: impl Into<String>, field: Option<&'static str>) -> Self {
-        Self { status, message: message.into(), field }
+        Self { status, message: message.into(), field, peer: None }
+    }
+
+    fn with_peer(mut self, peer: &str) -> Self {
+        self.peer = Some(peer.to_owned());
+        self
     }
 
     fn bad_query(e: &axum::extract::rejection::QueryRejection) -> Self {
@@ -188,7 +200,11 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({ "error": self.message, "field": self.field }))).into_response()
+        let mut body = json!({ "error": self.message, "field": self.field });
+        if let Some(peer) = self.peer {
+            body["peer"] = json!(peer);
+        }
+        (self.status, Json(body)).into_response()
     }
 }
 

@@ -1,7 +1,7 @@
 //! The admin API's sessions (issue 7): list an account's (or every) credit-control session
 //! and inspect one by its Session-Id — its client (Origin-Host), state, and per rating group
-//! the last grant, its hold, the usage so far and the last decision's Result-Code. Read-only;
-//! the prerequisite of RAR/ASR, which will address the session's client.
+//! the last grant, its hold, the usage so far and the last decision's Result-Code; and abort
+//! one (ASR to the session's client, `POST /v1/sessions/{session_id}/abort`).
 //!
 //! A session ended by CCR-T is still shown, `"state": "closed"`, for the engine's
 //! `closed_retention_ms` (default 10 minutes: retransmissions and late usage are answered
@@ -16,9 +16,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::accounts::{account_of, backend, money};
-use super::{authorize, ApiError, HttpState};
-use crate::cc::{AnswerView, SessionCursor, SessionFilter, SessionView};
+use super::{authorize, notify, ApiError, HttpState};
+use crate::cc::{AnswerView, SessionCursor, SessionFilter, SessionState, SessionView};
 use crate::net::charging::Charging;
+use crate::net::{SendError, ServerCommand};
 use crate::rating::UnitKind;
 
 /// Sessions listed per page at most.
@@ -87,6 +88,56 @@ pub(super) async fn get(
         ApiError::new(StatusCode::NOT_FOUND, message, Some("session_id"))
     })?;
     Ok(Json(view_json(&view)).into_response())
+}
+
+/// `POST /v1/sessions/{session_id}/abort`: ASR to the client holding the session (RFC 6733
+/// §8.5), answered with the ASA's Result-Code; 5002 from the client forgets the session. 404
+/// for an unknown session, 409 for one not open or without a known client, 502 when the peer
+/// has no open connection (or lost it), 504 when it did not answer in time.
+pub(super) async fn abort(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Path(session_id): Path<String>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let b = backend(&state)?;
+    let now = Charging::now_from(b.epoch);
+    let view = b.engine.session(now, &session_id).ok_or_else(|| {
+        let message = format!("no session {session_id:?} (never opened, or ended and forgotten)");
+        ApiError::new(StatusCode::NOT_FOUND, message, Some("session_id"))
+    })?;
+    if view.state != SessionState::Open {
+        let message = format!("session {session_id:?} is {}, not open", view.state.as_str());
+        return Err(ApiError::new(StatusCode::CONFLICT, message, Some("session_id")));
+    }
+    let (Some(host), Some(net)) = (view.origin_host.as_deref(), b.net.as_ref()) else {
+        let message = format!("session {session_id:?} has no known client to send ASR to");
+        return Err(ApiError::new(StatusCode::CONFLICT, message, Some("session_id")));
+    };
+    let command = ServerCommand::AbortSession;
+    let outcome =
+        notify::send(net, &b.engine, b.journal.as_deref(), b.epoch, host, command, &session_id).await;
+    match outcome {
+        Ok(a) => {
+            let forgotten = a.result_code == Some(5002);
+            tracing::info!(session_id, peer = host, result = ?a.result_code, "admin: session aborted");
+            Ok(Json(json!({
+                "session_id": session_id,
+                "command": command.name(),
+                "peer": a.peer,
+                "result_code": a.result_code,
+                "forgotten": forgotten,
+            }))
+            .into_response())
+        }
+        Err(e) => {
+            let status = match e {
+                SendError::TimedOut { .. } => StatusCode::GATEWAY_TIMEOUT,
+                SendError::NotConnected { .. } | SendError::Closed { .. } => StatusCode::BAD_GATEWAY,
+            };
+            Err(ApiError::new(status, e.to_string(), None).with_peer(e.peer()))
+        }
+    }
 }
 
 fn unit_name(unit: UnitKind) -> &'static str {

@@ -13,6 +13,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::outgoing::{Outgoing, Pending};
 use super::{DeferredAnswer, DurableWake, Handled, Reply, Request, Shared};
 use crate::diameter::answer::error_answer;
 use crate::diameter::codes::{AvpCode, ResultCode};
@@ -49,6 +50,14 @@ pub(super) struct Connection<S> {
     read_at: std::time::Instant,
     /// The Origin-Host this connection counts as an open peer in metrics, once its CER passed.
     counted_open: Option<String>,
+    /// This connection's number in the registry of open peers (`Shared::outgoing`).
+    id: u64,
+    /// Requests the server sends on this link (RAR, ASR): the sender is registered under the
+    /// peer's Origin-Host once its CER passed; one is kept here so the queue never closes.
+    out_tx: mpsc::Sender<Outgoing>,
+    out_rx: mpsc::Receiver<Outgoing>,
+    /// Hop-by-Hop ids of those requests → their waiters.
+    pending: Pending,
 }
 
 /// Queue-delay overload control. The in-flight limits see only requests the server has read;
@@ -82,6 +91,8 @@ impl<S> Drop for Connection<S> {
         self.shared.in_flight_total.fetch_sub(self.in_flight, Ordering::Relaxed);
         if let Some(host) = &self.counted_open {
             self.shared.metrics.peer_closed(host);
+            // Waiters of requests in flight here see their channel close and retry elsewhere.
+            self.shared.outgoing.deregister(host, self.id);
         }
     }
 }
@@ -91,6 +102,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let now = shared.now_ms();
         let peer = Peer::new(Arc::clone(&shared.peer), now, shared.next_seed());
         let (tx, rx) = mpsc::unbounded_channel();
+        let (out_tx, out_rx) = super::outgoing::queue();
+        let id = shared.connection_ids.fetch_add(1, Ordering::Relaxed);
         Self {
             stream,
             addr,
@@ -109,6 +122,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             peer_host: None,
             read_at: std::time::Instant::now(),
             counted_open: None,
+            id,
+            out_tx,
+            out_rx,
+            pending: Pending::default(),
         }
     }
 
@@ -146,6 +163,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     self.on_deferred(d);
                     while let Ok(d) = self.rx.try_recv() {
                         self.on_deferred(d);
+                    }
+                    Action::Continue
+                }
+                Some(o) = self.out_rx.recv(), if !disconnecting => {
+                    self.on_outgoing(o);
+                    while let Ok(o) = self.out_rx.try_recv() {
+                        self.on_outgoing(o);
                     }
                     Action::Continue
                 }
@@ -264,6 +288,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             return Action::Close;
         };
         let now = self.shared.now_ms();
+        if self.pending.resolve(&msg, f) {
+            // The answer to a RAR or ASR we sent: its waiter has it.
+            self.peer.note_traffic(now);
+            return Action::Continue;
+        }
         let start = self.wbuf.len();
         let action = match self.peer.handle(now, &msg, &mut self.wbuf) {
             Action::Dispatch => {
@@ -280,6 +309,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         if self.counted_open.is_none() {
             if let Some(remote) = self.peer.remote() {
                 self.shared.metrics.peer_opened(&remote.origin_host);
+                self.shared.outgoing.register(&remote.origin_host, self.id, self.out_tx.clone());
                 self.counted_open = Some(remote.origin_host.clone());
             }
         }
@@ -446,6 +476,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             self.shared.dedupe.insert(self.shared.now_ms(), host, *e2e, d.answer.clone());
         }
         self.wbuf.extend_from_slice(&d.answer);
+    }
+
+    /// Writes a request the server sends (RAR, ASR) and remembers its waiter by Hop-by-Hop id.
+    /// Only registered (open) connections receive any, so the peer is known.
+    fn on_outgoing(&mut self, o: Outgoing) {
+        let Some(remote) = self.peer.remote() else { return };
+        let (host, realm) = (remote.origin_host.clone(), remote.origin_realm.clone());
+        let hop_by_hop = self.peer.next_hop_by_hop();
+        super::outgoing::encode(&mut self.wbuf, &o, &self.shared.peer.local, &host, &realm, hop_by_hop);
+        tracing::debug!(peer = %host, command = o.command.name(), session_id = %o.session_id, hop_by_hop, t_flag = o.retransmit, "request sent");
+        self.pending.insert(hop_by_hop, o.reply);
     }
 
     /// The duplicate-cache key for a request's Origin-Host: the peer's own host is shared, a

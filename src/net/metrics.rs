@@ -40,7 +40,16 @@ pub struct NetMetrics {
     latency_vec: HistogramVec,
     latency: Vec<Histogram>,
     peers: Mutex<HashMap<String, u32>>,
+    /// Server-initiated requests (RAR, ASR) sent, by command.
+    server_sent: [AtomicU64; 2],
+    /// Their answers by command × (2001, 2002, 5002, other).
+    server_answers: [[AtomicU64; 4]; 2],
+    /// Server-initiated requests that got no answer on either attempt.
+    pub server_unanswered: AtomicU64,
 }
+
+/// The Result-Codes of RAA/ASA counted by value; any other is `other`.
+pub const SERVER_ANSWER_CODES: [&str; 4] = ["2001", "2002", "5002", "other"];
 
 /// Where a request falls: its command and CC-Request-Type slots.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -108,7 +117,45 @@ impl NetMetrics {
             latency_vec,
             latency,
             peers: Mutex::new(HashMap::new()),
+            server_sent: Default::default(),
+            server_answers: Default::default(),
+            server_unanswered: AtomicU64::new(0),
         }
+    }
+
+    pub(super) fn server_request_sent(&self, command: super::outgoing::ServerCommand) {
+        self.server_sent[command as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn server_answer(&self, command: super::outgoing::ServerCommand, result_code: Option<u32>) {
+        let slot = match result_code {
+            Some(2001) => 0,
+            Some(2002) => 1,
+            Some(5002) => 2,
+            _ => 3,
+        };
+        self.server_answers[command as usize][slot].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Server-initiated requests sent: (command, count) for RAR and ASR.
+    pub fn server_requests(&self) -> [(&'static str, u64); 2] {
+        use super::outgoing::ServerCommand::{AbortSession, ReAuth};
+        [ReAuth, AbortSession].map(|c| (c.name(), self.server_sent[c as usize].load(Ordering::Relaxed)))
+    }
+
+    /// Their answers: (command, Result-Code label, count), non-zero ones.
+    pub fn server_answers(&self) -> Vec<(&'static str, &'static str, u64)> {
+        use super::outgoing::ServerCommand::{AbortSession, ReAuth};
+        let mut out = Vec::new();
+        for c in [ReAuth, AbortSession] {
+            for (i, label) in SERVER_ANSWER_CODES.iter().enumerate() {
+                let n = self.server_answers[c as usize][i].load(Ordering::Relaxed);
+                if n > 0 {
+                    out.push((c.name(), *label, n));
+                }
+            }
+        }
+        out
     }
 
     /// One answer released: `answer` is its bytes, `received` when its request was read.

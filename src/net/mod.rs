@@ -9,6 +9,7 @@ pub mod client;
 mod connection;
 pub mod echo;
 pub mod metrics;
+pub mod outgoing;
 mod server;
 pub mod tls;
 
@@ -20,6 +21,7 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::diameter::{ApplicationId, MessageRef};
 
+pub use outgoing::{SendError, ServerAnswer, ServerCommand};
 pub use server::{Server, ServerHandle, ServerLimits, Shared};
 
 /// An application (credit control, a test responder) behind the peer layer.

@@ -38,6 +38,10 @@ pub struct Shared {
     pub connections_max: usize,
     pub message_size_max: usize,
     seed: AtomicU64,
+    /// Open connections by peer Origin-Host, for requests the server sends (RAR, ASR).
+    pub(super) outgoing: super::outgoing::Registry,
+    /// Numbers connections for the registry.
+    pub(super) connection_ids: AtomicU64,
 }
 
 /// Per-server limits from the configuration (each at or below its constant in `limits`).
@@ -84,6 +88,8 @@ impl Shared {
             connections_max: limits.connections,
             message_size_max: limits.message_size_bytes,
             seed: AtomicU64::new(seed),
+            outgoing: super::outgoing::Registry::default(),
+            connection_ids: AtomicU64::new(0),
         }
     }
 

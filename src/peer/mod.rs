@@ -435,6 +435,21 @@ impl Peer {
         }
     }
 
+    /// A message the connection consumed itself (the answer to a request it sent for the
+    /// server, RAR/ASR) still counts as traffic for the watchdog (RFC 3539 §3.4.1).
+    pub fn note_traffic(&mut self, now_ms: u64) {
+        self.traffic(now_ms);
+    }
+
+    /// A fresh Hop-by-Hop id for a request the connection sends on the server's behalf, from
+    /// the same counter as DWR and DPR, so no two requests in flight on the link share one
+    /// (RFC 6733 §3).
+    pub fn next_hop_by_hop(&mut self) -> u32 {
+        let hbh = self.next_hop_by_hop;
+        self.next_hop_by_hop = hbh.wrapping_add(1);
+        hbh
+    }
+
     fn traffic(&mut self, now_ms: u64) {
         if self.state == State::Open {
             // RFC 3539 §3.4.1: receipt of any message resets the timer and clears SUSPECT.

@@ -101,6 +101,8 @@ pub enum SessionCommand {
     },
     /// Show one session by its Session-Id: client, state, grants, holds, last decisions.
     Show { session_id: String },
+    /// Abort a session: ASR to the client holding it; prints the ASA's Result-Code.
+    Abort { session_id: String },
 }
 
 enum Method {
@@ -180,6 +182,9 @@ pub fn session(api: &ApiArgs, command: &SessionCommand) -> i32 {
             ])
         ),
         SessionCommand::Show { session_id } => format!("/v1/sessions/{}", percent(session_id)),
+        SessionCommand::Abort { session_id } => {
+            return call(api, Method::Post(None), &format!("/v1/sessions/{}/abort", percent(session_id)));
+        }
     };
     call(api, Method::Get, &path)
 }
