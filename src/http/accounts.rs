@@ -102,11 +102,7 @@ pub(super) async fn list(
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
     let Query(q) = query.map_err(|e| ApiError::bad_query(&e))?;
-    let limit = q.limit.unwrap_or(100);
-    if limit == 0 || limit > ACCOUNTS_PAGE_MAX {
-        let message = format!("limit must be 1..={ACCOUNTS_PAGE_MAX}");
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, message, Some("limit")));
-    }
+    let limit = super::page_size(q.limit.map(|l| l as usize), ACCOUNTS_PAGE_MAX as usize)? as u32;
     let b = backend(&state)?;
     let count = b.engine.ledger().stats().accounts;
     let first = q.after.map_or(0, |a| a.saturating_add(1));

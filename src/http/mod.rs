@@ -259,13 +259,22 @@ fn internal(message: String) -> ApiError {
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message, None)
 }
 
+/// `limit` (default 100), checked against `max`: every list of the admin API pages alike.
+fn page_size(limit: Option<usize>, max: usize) -> Result<usize, ApiError> {
+    let limit = limit.unwrap_or(100);
+    if limit == 0 || limit > max {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("limit must be 1..={max}"),
+            Some("limit"),
+        ));
+    }
+    Ok(limit)
+}
+
 /// A page's size (`limit`, default 100) and its start (`after`, an invoice number), checked.
 fn page(limit: Option<usize>, after: Option<&str>) -> Result<usize, ApiError> {
-    let limit = limit.unwrap_or(100);
-    if limit == 0 || limit > INVOICES_PAGE_MAX {
-        let message = format!("limit must be 1..={INVOICES_PAGE_MAX}");
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, message, Some("limit")));
-    }
+    let limit = page_size(limit, INVOICES_PAGE_MAX)?;
     if let Some(after) = after {
         check_number(after, "after")?;
     }

@@ -44,11 +44,7 @@ pub(super) async fn list(
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
     let Query(q) = query.map_err(|e| ApiError::bad_query(&e))?;
-    let limit = q.limit.unwrap_or(100);
-    if limit == 0 || limit > SESSIONS_PAGE_MAX {
-        let message = format!("limit must be 1..={SESSIONS_PAGE_MAX}");
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, message, Some("limit")));
-    }
+    let limit = super::page_size(q.limit, SESSIONS_PAGE_MAX)?;
     let after = match q.after.as_deref() {
         None => None,
         Some(a) => Some(a.parse::<SessionCursor>().map_err(|_| {
