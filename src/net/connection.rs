@@ -44,12 +44,11 @@ pub(super) struct Connection<S> {
     behind_since_ms: Option<u64>,
     /// What the queue delay sheds for the messages of the current read.
     shedding: Shedding,
-    /// The peer's Origin-Host, shared by the duplicate-cache keys of its requests.
+    /// The peer's Origin-Host once its CER passed: shared by the duplicate-cache keys of its
+    /// requests, and the name it is counted and registered under (metrics, `Shared::outgoing`).
     peer_host: Option<Arc<str>>,
     /// When the current read arrived: the start of its requests' latency.
     read_at: std::time::Instant,
-    /// The Origin-Host this connection counts as an open peer in metrics, once its CER passed.
-    counted_open: Option<String>,
     /// This connection's number in the registry of open peers (`Shared::outgoing`).
     id: u64,
     /// Requests the server sends on this link (RAR, ASR): the sender is registered under the
@@ -89,7 +88,7 @@ impl<S> Drop for Connection<S> {
     /// answers are dropped); they no longer count against the server-wide limit.
     fn drop(&mut self) {
         self.shared.in_flight_total.fetch_sub(self.in_flight, Ordering::Relaxed);
-        if let Some(host) = &self.counted_open {
+        if let Some(host) = &self.peer_host {
             self.shared.metrics.peer_closed(host);
             // Waiters of requests in flight here see their channel close and retry elsewhere.
             self.shared.outgoing.deregister(host, self.id);
@@ -121,7 +120,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             shedding: Shedding::Nothing,
             peer_host: None,
             read_at: std::time::Instant::now(),
-            counted_open: None,
             id,
             out_tx,
             out_rx,
@@ -306,11 +304,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         if msg.header.flags.is_request() && self.wbuf.len() > start {
             self.shared.metrics.answered(Class::of(&msg), &self.wbuf[start..], self.read_at);
         }
-        if self.counted_open.is_none() {
+        if self.peer_host.is_none() {
             if let Some(remote) = self.peer.remote() {
-                self.shared.metrics.peer_opened(&remote.origin_host);
-                self.shared.outgoing.register(&remote.origin_host, self.id, self.out_tx.clone());
-                self.counted_open = Some(remote.origin_host.clone());
+                let host: Arc<str> = Arc::from(remote.origin_host.as_str());
+                self.shared.metrics.peer_opened(&host);
+                self.shared.outgoing.register(&host, self.id, self.out_tx.clone());
+                self.peer_host = Some(host);
             }
         }
         action
@@ -490,11 +489,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 
     /// The duplicate-cache key for a request's Origin-Host: the peer's own host is shared, a
-    /// relayed request's host is copied.
-    fn host_key(&mut self, host: &str) -> Arc<str> {
-        if self.peer_host.is_none() {
-            self.peer_host = self.peer.remote().map(|r| Arc::from(r.origin_host.as_str()));
-        }
+    /// relayed request's host is copied. (Requests are dispatched only once the peer is open,
+    /// and `peer_host` is set in the frame that opened it.)
+    fn host_key(&self, host: &str) -> Arc<str> {
         match &self.peer_host {
             Some(h) if h.eq_ignore_ascii_case(host) => Arc::clone(h),
             _ => Arc::from(host),
