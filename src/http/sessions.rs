@@ -16,8 +16,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::accounts::{account_of, backend, money};
-use super::{authorize, notify, ApiError, HttpState};
-use crate::cc::{AnswerView, SessionCursor, SessionFilter, SessionState, SessionView};
+use super::{authorize, notify, ApiError, Backend, HttpState};
+use crate::cc::{AnswerView, Now, SessionCursor, SessionFilter, SessionState, SessionView};
 use crate::net::charging::Charging;
 use crate::net::{SendError, ServerCommand};
 use crate::rating::UnitKind;
@@ -70,6 +70,14 @@ pub(super) async fn list(
     Ok(Json(json!({ "sessions": sessions, "next_after": next })).into_response())
 }
 
+/// The session's view, or a 404 naming `session_id`.
+fn session_view(b: &Backend, now: Now, session_id: &str) -> Result<SessionView, ApiError> {
+    b.engine.session(now, session_id).ok_or_else(|| {
+        let message = format!("no session {session_id:?} (never opened, or ended and forgotten)");
+        ApiError::new(StatusCode::NOT_FOUND, message, Some("session_id"))
+    })
+}
+
 /// `GET /v1/sessions/{session_id}` (the path segment percent-decoded: Session-Ids hold `;`).
 pub(super) async fn get(
     State(state): State<HttpState>,
@@ -79,10 +87,7 @@ pub(super) async fn get(
     authorize(&state, &headers)?;
     let b = backend(&state)?;
     let now = Charging::now_from(b.epoch);
-    let view = b.engine.session(now, &session_id).ok_or_else(|| {
-        let message = format!("no session {session_id:?} (never opened, or ended and forgotten)");
-        ApiError::new(StatusCode::NOT_FOUND, message, Some("session_id"))
-    })?;
+    let view = session_view(b, now, &session_id)?;
     Ok(Json(view_json(&view)).into_response())
 }
 
@@ -98,10 +103,7 @@ pub(super) async fn abort(
     authorize(&state, &headers)?;
     let b = backend(&state)?;
     let now = Charging::now_from(b.epoch);
-    let view = b.engine.session(now, &session_id).ok_or_else(|| {
-        let message = format!("no session {session_id:?} (never opened, or ended and forgotten)");
-        ApiError::new(StatusCode::NOT_FOUND, message, Some("session_id"))
-    })?;
+    let view = session_view(b, now, &session_id)?;
     if view.state != SessionState::Open {
         let message = format!("session {session_id:?} is {}, not open", view.state.as_str());
         return Err(ApiError::new(StatusCode::CONFLICT, message, Some("session_id")));
