@@ -8,29 +8,20 @@
 //! checkpoint and the start-up from that snapshot. `cargo test --benches` runs a small size.
 //! GYRO_RECOVERY_ACCOUNTS and GYRO_RECOVERY_RECORDS override the sizes.
 
+#[path = "support/journaled.rs"]
+mod journaled;
+use journaled::{ccr, env, local, Journaling};
+
 use std::time::Instant;
 
 use bytes::BytesMut;
 use gyro::catalog::Catalog;
-use gyro::cc::{EngineConfig, Now, RecordSink};
-use gyro::diameter::encode::spec;
-use gyro::diameter::{ApplicationId, AvpSpec, CommandCode, CommandFlags, Encoder, LocalIdentity, MessageRef};
+use gyro::cc::{EngineConfig, Now};
+use gyro::diameter::MessageRef;
 use gyro::durable::{checkpoint, start, Sink};
 use gyro::journal::{Fsync, JournalConfig};
 
 const NOW: Now = Now { mono_ms: 1_000, unix_secs: 1_796_000_000 };
-
-fn local() -> LocalIdentity {
-    LocalIdentity {
-        origin_host: "gyro.bench".into(),
-        origin_realm: "bench".into(),
-        host_ip_addresses: vec![],
-        vendor_id: 0,
-        product_name: "gyro".into(),
-        firmware_revision: 0,
-        origin_state_id: 1,
-    }
-}
 
 fn catalog_text(accounts: usize) -> String {
     let mut s = String::from(
@@ -44,53 +35,6 @@ fn catalog_text(accounts: usize) -> String {
         ));
     }
     s
-}
-
-fn ccr(out: &mut BytesMut, session: &str, msisdn: &str, kind: u32, number: u32) {
-    out.clear();
-    let mut e = Encoder::new(
-        out,
-        CommandFlags(CommandFlags::REQUEST),
-        CommandCode::CREDIT_CONTROL,
-        ApplicationId::CREDIT_CONTROL,
-        number,
-        number,
-    );
-    e.str(spec::SESSION_ID, session);
-    e.str(spec::ORIGIN_HOST, "pgw").str(spec::ORIGIN_REALM, "bench");
-    e.str(spec::DESTINATION_REALM, "bench").u32(spec::AUTH_APPLICATION_ID, 4);
-    e.str(AvpSpec::mandatory(461), "32251@3gpp.org");
-    e.u32(AvpSpec::mandatory(416), kind).u32(AvpSpec::mandatory(415), number);
-    let g = e.begin_group(AvpSpec::mandatory(443));
-    e.u32(AvpSpec::mandatory(450), 0).str(AvpSpec::mandatory(444), msisdn);
-    e.end_group(g);
-    let m = e.begin_group(AvpSpec::mandatory(456));
-    if kind != 3 {
-        let r = e.begin_group(AvpSpec::mandatory(437));
-        e.end_group(r);
-    }
-    if kind != 1 {
-        let u = e.begin_group(AvpSpec::mandatory(446));
-        e.u64(AvpSpec::mandatory(421), 1_048_576);
-        e.end_group(u);
-    }
-    e.u32(AvpSpec::mandatory(432), 10);
-    e.end_group(m);
-    e.finish();
-}
-
-/// Journals without holding the answer (nobody waits for it here).
-struct Journaling<'a, 'b>(&'a mut Sink<'b>);
-
-impl RecordSink for Journaling<'_, '_> {
-    fn append(&mut self, record: &[u8], _answer: &[u8]) -> bool {
-        self.0.append(record, &[]);
-        false
-    }
-}
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 fn main() {
@@ -116,7 +60,7 @@ fn main() {
         for (a, msisdn) in msisdns.iter().enumerate() {
             let session = format!("pgw;{round};{a}");
             for (kind, number) in [(1, 0)].into_iter().chain((1..=8).map(|n| (2, n))).chain([(3, 9)]) {
-                ccr(&mut req, &session, msisdn, kind, number);
+                ccr(&mut req, &session, msisdn, kind, number, if kind == 1 { 0 } else { 1_048_576 });
                 out.clear();
                 started.engine.handle_with(
                     NOW,

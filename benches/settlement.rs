@@ -19,6 +19,10 @@
 //! The rate to keep up with: W3 is CCR-I/U/T 1:8:1, so terminations/s = W3 answers/s ÷ 10; the
 //! latest measured W3 rate is 140 200 answers/s (README, Performance).
 
+#[path = "support/journaled.rs"]
+mod journaled;
+use journaled::{ccr, env, local, Journaling};
+
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
@@ -26,9 +30,8 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use gyro::catalog::Catalog;
-use gyro::cc::{EngineConfig, Now, RecordSink};
-use gyro::diameter::encode::spec;
-use gyro::diameter::{ApplicationId, AvpSpec, CommandCode, CommandFlags, Encoder, LocalIdentity, MessageRef};
+use gyro::cc::{EngineConfig, Now};
+use gyro::diameter::MessageRef;
 use gyro::durable::{start, Sink};
 use gyro::journal::JournalConfig;
 use gyro::limits::SETTLEMENTS_IN_FLIGHT_MAX;
@@ -43,18 +46,6 @@ const W3_REQUESTS_PER_SESSION: f64 = 10.0;
 const ACCOUNTS: usize = 1_000;
 const NOW: Now = Now { mono_ms: 1_000, unix_secs: 1_800_000_000 };
 const SETTLE_MAX: Duration = Duration::from_secs(3_600);
-
-fn local() -> LocalIdentity {
-    LocalIdentity {
-        origin_host: "gyro.bench".into(),
-        origin_realm: "bench".into(),
-        host_ip_addresses: vec![],
-        vendor_id: 0,
-        product_name: "gyro".into(),
-        firmware_revision: 0,
-        origin_state_id: 1,
-    }
-}
 
 /// Even accounts prepaid, odd ones on_file with the sandbox's succeeding card.
 fn catalog_text() -> String {
@@ -79,55 +70,6 @@ fn catalog_text() -> String {
         s.push_str(&format!("[[accounts]]\n{funding}\nsubscription_ids = [\"e164:4917{i:08}\"]\n"));
     }
     s
-}
-
-fn ccr(out: &mut BytesMut, session: &str, msisdn: &str, kind: u32, number: u32) {
-    out.clear();
-    let mut e = Encoder::new(
-        out,
-        CommandFlags(CommandFlags::REQUEST),
-        CommandCode::CREDIT_CONTROL,
-        ApplicationId::CREDIT_CONTROL,
-        number,
-        number,
-    );
-    e.str(spec::SESSION_ID, session);
-    e.str(spec::ORIGIN_HOST, "pgw").str(spec::ORIGIN_REALM, "bench");
-    e.str(spec::DESTINATION_REALM, "bench").u32(spec::AUTH_APPLICATION_ID, 4);
-    e.str(AvpSpec::mandatory(461), "32251@3gpp.org");
-    e.u32(AvpSpec::mandatory(416), kind).u32(AvpSpec::mandatory(415), number);
-    let g = e.begin_group(AvpSpec::mandatory(443));
-    e.u32(AvpSpec::mandatory(450), 0).str(AvpSpec::mandatory(444), msisdn);
-    e.end_group(g);
-    if kind == 3 {
-        e.u32(AvpSpec::mandatory(295), 1);
-    }
-    let m = e.begin_group(AvpSpec::mandatory(456));
-    if kind != 3 {
-        let r = e.begin_group(AvpSpec::mandatory(437));
-        e.end_group(r);
-    } else {
-        let u = e.begin_group(AvpSpec::mandatory(446));
-        e.u64(AvpSpec::mandatory(421), 3 * 1_048_576);
-        e.end_group(u);
-    }
-    e.u32(AvpSpec::mandatory(432), 10);
-    e.end_group(m);
-    e.finish();
-}
-
-/// Journals without holding the answer (nobody waits for it here).
-struct Journaling<'a, 'b>(&'a mut Sink<'b>);
-
-impl RecordSink for Journaling<'_, '_> {
-    fn append(&mut self, record: &[u8], _answer: &[u8]) -> bool {
-        self.0.append(record, &[]);
-        false
-    }
-}
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 /// This process's user and system CPU time in seconds, from `/proc/self/stat` (Linux; clock
@@ -184,7 +126,7 @@ fn main() {
         let msisdn = format!("4917{:08}", s % ACCOUNTS);
         let session = format!("pgw;bench;{s}");
         for (kind, number) in [(1, 0), (3, 1)] {
-            ccr(&mut req, &session, &msisdn, kind, number);
+            ccr(&mut req, &session, &msisdn, kind, number, if kind == 3 { 3 * 1_048_576 } else { 0 });
             out.clear();
             engine.handle_with(NOW, &MessageRef::parse(&req).unwrap(), &mut out, &mut Journaling(&mut sink));
         }
