@@ -90,7 +90,7 @@ fn main() {
 
     // Checkpoint, then recover from the snapshot.
     let t = Instant::now();
-    let snap = checkpoint(journal, &catalog, &recovered.engine_cfg, 1, NOW).unwrap().unwrap();
+    let snap = checkpoint(journal, &recovered.engine_cfg, 1, NOW).unwrap().unwrap();
     let checkpoint_s = t.elapsed().as_secs_f64();
     drop(recovered);
     let t = Instant::now();

@@ -409,15 +409,8 @@ async fn serve_async(cfg: Config, dict: Arc<Dictionary>, defaults: bool) -> anyh
     let http_backend = Arc::clone(&http.1.backend);
     let http_task = tokio::spawn(crate::http::serve(http.0, http.1, http_shutdown.clone()));
     let (charging_cfg, local) = (cfg.clone(), peer.local.clone());
-    let Charged {
-        charging,
-        accounts,
-        catalog_name,
-        catalog_digest,
-        catalog,
-        checkpointer: _checkpointer,
-        mut worker,
-    } = tokio::task::spawn_blocking(move || charging(&charging_cfg, &local)).await??;
+    let Charged { charging, accounts, catalogs, checkpointer: _checkpointer, mut worker } =
+        tokio::task::spawn_blocking(move || charging(&charging_cfg, &local)).await??;
     if cfg.settlement.postgres.enabled() {
         if let Some(w) = worker.take() {
             worker = Some(w.with_billing(billing(&cfg).await?));
@@ -429,8 +422,7 @@ async fn serve_async(cfg: Config, dict: Arc<Dictionary>, defaults: bool) -> anyh
     let backend = crate::http::Backend {
         engine: Arc::clone(charging.engine()),
         journal: charging.journal().cloned(),
-        catalog: catalog.clone(),
-        catalog_digest: catalog_digest.clone(),
+        catalogs: Arc::clone(&catalogs),
         epoch: charging.epoch(),
         net: Some(Arc::clone(&shared)),
     };
@@ -442,13 +434,14 @@ async fn serve_async(cfg: Config, dict: Arc<Dictionary>, defaults: bool) -> anyh
         s.journal = charging.journal().cloned();
         s.worker = worker_stats;
         s.allowed_peers = cfg.diameter.allowed_peers.clone().unwrap_or_default();
-        s.catalog = Some((catalog_name.clone(), catalog_digest.clone()));
+        s.catalog = Some(Arc::clone(catalogs.live()));
     });
     let server = bind(&cfg, Arc::clone(&shared), defaults).await?;
     metrics.update(|s| s.net = Some(shared));
     ready.listening.store(true, std::sync::atomic::Ordering::Release);
     let addr = server.local_addr()?;
-    tracing::info!(catalog = %catalog_name, accounts, "credit control ready (application 4)");
+    let in_force = catalogs.live().current();
+    tracing::info!(catalog = %in_force.name, version = %in_force.digest, accounts, "credit control ready (application 4)");
     if cfg.charging.catalog.is_none() {
         eprintln!(
             "gyro: demo catalog loaded ({accounts} accounts). Try a data session:\n  \
@@ -567,9 +560,9 @@ type ServeWorker = crate::settlement::worker::Worker<
 struct Charged {
     charging: Arc<Charging>,
     accounts: usize,
-    catalog_name: String,
-    catalog_digest: String,
-    catalog: Catalog,
+    /// The catalog in force (the data directory's, which may differ from the file if the file
+    /// was refused) and the way to change it.
+    catalogs: Arc<crate::durable::Catalogs>,
     checkpointer: Option<crate::durable::Checkpointer>,
     /// With a data directory only (see `settlement_worker`).
     worker: Option<ServeWorker>,
@@ -584,7 +577,7 @@ fn settlement_worker(
     dir: &std::path::Path,
     engine: &crate::cc::Engine,
     journal: Arc<crate::durable::ChargingJournal>,
-    catalog: Catalog,
+    catalog: Arc<crate::catalog::Live>,
 ) -> anyhow::Result<ServeWorker> {
     use crate::settlement::payment::{AdapterKind, ConfiguredAdapter, SANDBOX_BOOKS_FILE};
     use crate::settlement::smtp::{Mailer, SmtpMailer};
@@ -625,12 +618,12 @@ fn settlement_worker(
         Arc::clone(engine.ledger()),
         journal,
         Arc::new(payments),
-        catalog,
+        catalog.current().catalog.clone(),
         st.clone(),
         out,
         clock,
     );
-    Ok(worker.with_mailer(mailer))
+    Ok(worker.with_catalog(catalog).with_mailer(mailer))
 }
 
 /// `[settlement.postgres]`: the billing database, connected and migrated before anything is
@@ -669,8 +662,9 @@ fn charging(cfg: &Config, local: &LocalIdentity) -> anyhow::Result<Charged> {
     engine_cfg.settle = journal_cfg.is_some();
     let epoch = tokio::time::Instant::now();
     let now = Charging::now_from(epoch);
-    let started = crate::durable::start(&catalog, &text, engine_cfg, journal_cfg, now)
+    let started = crate::durable::start_named(&name, &catalog, &text, engine_cfg, journal_cfg, now)
         .with_context(|| format!("catalog {name}"))?;
+    let catalogs = Arc::clone(&started.catalogs);
     let (engine, accounts) = (started.engine, started.accounts);
     let mut checkpointer = None;
     let mut worker = None;
@@ -679,7 +673,6 @@ fn charging(cfg: &Config, local: &LocalIdentity) -> anyhow::Result<Charged> {
             let interval = std::time::Duration::from_secs(cfg.journal.snapshot_interval_s);
             checkpointer = Some(crate::durable::spawn_checkpointer(
                 Arc::clone(&journal),
-                catalog.clone(),
                 started.engine_cfg.clone(),
                 interval,
                 cfg.journal.snapshots_kept,
@@ -692,7 +685,8 @@ fn charging(cfg: &Config, local: &LocalIdentity) -> anyhow::Result<Charged> {
                 "ledger recovered from the journal"
             );
             let dir = journal.dir().to_owned();
-            worker = Some(settlement_worker(cfg, &dir, &engine, Arc::clone(&journal), catalog.clone())?);
+            let live = Arc::clone(catalogs.live());
+            worker = Some(settlement_worker(cfg, &dir, &engine, Arc::clone(&journal), live)?);
             Charging::with_journal(Arc::clone(&engine), epoch, journal)
         }
         None => {
@@ -704,16 +698,7 @@ fn charging(cfg: &Config, local: &LocalIdentity) -> anyhow::Result<Charged> {
             Charging::new(Arc::clone(&engine))
         }
     };
-    let catalog_digest = crate::durable::catalog_digest(&text);
-    Ok(Charged {
-        charging: Arc::new(charging),
-        accounts,
-        catalog_name: name,
-        catalog_digest,
-        catalog,
-        checkpointer,
-        worker,
-    })
+    Ok(Charged { charging: Arc::new(charging), accounts, catalogs, checkpointer, worker })
 }
 
 /// SIGTERM and SIGINT start a graceful shutdown: stop accepting, DPR to peers, drain, exit 0.

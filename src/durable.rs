@@ -27,6 +27,10 @@ use crate::journal::{snapshot, Journal, JournalConfig, JournalError, Lsn, Recove
 use crate::ledger::Ledger;
 use crate::net::DurableWake;
 
+mod catalogs;
+
+pub use catalogs::{CatalogStore, Catalogs, InstallError, Installation, CATALOGS_DIR};
+
 /// The journal as the server uses it.
 pub type ChargingJournal = Journal<Completion>;
 
@@ -142,10 +146,11 @@ pub enum DataDirError {
     #[error("{path}: not a gyro identity file ({what}); is this the right data directory?")]
     Identity { path: PathBuf, what: &'static str },
     #[error(
-        "the catalog changed since the journal in {dir} began (digest {was}, now {now}): accounts \
-         and balances are the catalog's plus the journal's changes, so a different catalog would \
-         give wrong balances. Restore the catalog the journal began with, or start on an empty \
-         data directory"
+        "the catalog changed since the journal in {dir} began (digest {was}, now {now}), and the \
+         catalog it began with is not stored in {dir}/catalogs (a directory begun before catalog \
+         versions were kept): accounts and balances are that catalog's plus the journal's \
+         changes. Start once with the catalog the journal began with (it is stored then, and \
+         later catalogs are installed as changes), or start on an empty data directory"
     )]
     CatalogChanged { dir: PathBuf, was: String, now: String },
 }
@@ -154,8 +159,8 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DataDirError + '_ {
     move |source| DataDirError::Io { path: path.to_owned(), source }
 }
 
-/// Reads the identity of `dir`, or creates it (durably) for a new data directory. An existing
-/// journal with another catalog is refused.
+/// Reads the identity of `dir`, or creates it (durably) for a new data directory, begun with
+/// the catalog `catalog_digest`.
 pub fn identity(
     dir: &Path,
     catalog_digest: &str,
@@ -166,15 +171,9 @@ pub fn identity(
     let path = dir.join(IDENTITY_FILE);
     match std::fs::read_to_string(&path) {
         Ok(text) => {
-            let id = parse_identity(&path, &text)?;
-            if id.catalog_digest != catalog_digest {
-                return Err(DataDirError::CatalogChanged {
-                    dir: dir.to_owned(),
-                    was: id.catalog_digest,
-                    now: catalog_digest.to_owned(),
-                });
-            }
-            Ok(id)
+            // Its catalog is the directory's first; later ones are in `catalogs/` and the
+            // journal (see `catalogs`).
+            parse_identity(&path, &text)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let id = Identity {
@@ -254,64 +253,114 @@ pub struct Started {
     /// The configuration the engine runs with (its Session-Id key from the data directory), for
     /// the checkpointer's engines.
     pub engine_cfg: EngineConfig,
+    /// The catalog in force and the way to change it.
+    pub catalogs: Arc<Catalogs>,
+    /// Why the configured catalog file was not installed at start (the data directory's
+    /// catalog in force stays), if it was refused.
+    pub catalog_refused: Option<InstallError>,
 }
 
-/// Builds the engine the way `gyro serve` does: identity of the data directory (with a
-/// journal), catalog (`catalog_text` is its source, for the digest), then recovery. `now` is
-/// the engine clock reading for the monotonic origin the server will use.
+/// `start_named` for a catalog called "catalog" in messages.
 pub fn start(
+    catalog: &Catalog,
+    catalog_text: &str,
+    engine_cfg: EngineConfig,
+    journal: Option<JournalConfig>,
+    now: Now,
+) -> anyhow::Result<Started> {
+    start_named("catalog", catalog, catalog_text, engine_cfg, journal, now)
+}
+
+/// Builds the engine the way `gyro serve` does. Without a journal: the catalog (`catalog_text`
+/// is its source, for the digest), in memory. With one: the data directory's identity, the
+/// catalog versions in force (the directory's first, or a snapshot's), the snapshot, every
+/// journal record since; then, if the configured catalog is not the one in force, it is
+/// installed as a change (or refused with `catalog_refused`, and the one in force stays). `now`
+/// is the engine clock reading for the monotonic origin the server will use.
+pub fn start_named(
+    name: &str,
     catalog: &Catalog,
     catalog_text: &str,
     mut engine_cfg: EngineConfig,
     journal: Option<JournalConfig>,
     now: Now,
 ) -> anyhow::Result<Started> {
-    let mut since_unix_ms = now.unix_secs * 1000;
-    if let Some(j) = &journal {
-        let id = identity(&j.dir, &catalog_digest(catalog_text), engine_cfg.session_hash_key, since_unix_ms)?;
-        engine_cfg.session_hash_key = id.session_hash_key;
-        since_unix_ms = id.created_unix_ms;
-    }
-    let engine = Arc::new(Engine::new(engine_cfg.clone(), Arc::new(Ledger::new())));
-    let accounts = engine
-        .load_catalog_since(catalog, now, since_unix_ms)
-        .map_err(|e| anyhow::anyhow!("catalog: {e}"))?;
-    let journal = match journal {
-        Some(j) => {
-            let dir = j.dir.clone();
-            let recovered = recover(j, &engine, now)
-                .with_context(|| format!("cannot recover the journal in {}", dir.display()))?;
-            Some(recovered)
-        }
-        None => None,
+    let digest = catalog_digest(catalog_text);
+    let Some(j) = journal else {
+        let engine = Arc::new(Engine::new(engine_cfg.clone(), Arc::new(Ledger::new())));
+        let accounts = engine
+            .load_catalog_since(catalog, now, now.unix_secs * 1000)
+            .map_err(|e| anyhow::anyhow!("catalog: {e}"))?;
+        engine.set_catalog_base(&digest, now.unix_secs * 1000);
+        let live = Arc::new(crate::catalog::Live::new(crate::catalog::Installed::new(
+            catalog.clone(),
+            name,
+            digest,
+        )));
+        let catalogs = Arc::new(Catalogs::new(Arc::clone(&engine), None, None, live));
+        return Ok(Started { engine, accounts, journal: None, engine_cfg, catalogs, catalog_refused: None });
     };
-    Ok(Started { engine, accounts, journal, engine_cfg })
+    let id = identity(&j.dir, &digest, engine_cfg.session_hash_key, now.unix_secs * 1000)?;
+    engine_cfg.session_hash_key = id.session_hash_key;
+    let dir = j.dir.clone();
+    let (journal, report, engine, last) =
+        recover_named(j, &id, (name, catalog_text), engine_cfg.clone(), now)
+            .with_context(|| format!("cannot recover the journal in {}", dir.display()))?;
+    let engine = Arc::new(engine);
+    let store = CatalogStore::open(&dir)?;
+    let live = Arc::new(crate::catalog::Live::from_arc(last));
+    let catalogs =
+        Arc::new(Catalogs::new(Arc::clone(&engine), Some(Arc::clone(&journal)), Some(store), live));
+    let mut catalog_refused = None;
+    if catalogs.live().current().digest != digest {
+        match catalogs.install(name, catalog_text, now) {
+            Ok(done) => tracing::info!(
+                catalog = name,
+                digest = %done.digest,
+                previous = %done.previous,
+                accounts_added = done.accounts_added,
+                "the catalog file differs from the catalog in force: installed"
+            ),
+            Err(e) => {
+                tracing::error!(
+                    catalog = name,
+                    in_force = %catalogs.live().current().digest,
+                    error = %e,
+                    "the catalog file was refused; the catalog in force stays"
+                );
+                catalog_refused = Some(e);
+            }
+        }
+    }
+    let accounts = engine.ledger().stats().accounts as usize;
+    Ok(Started { engine, accounts, journal: Some((journal, report)), engine_cfg, catalogs, catalog_refused })
 }
 
-/// Loads the newest valid snapshot into `engine` (catalog loaded, no traffic yet), opens the
-/// journal and replays the records after the snapshot.
-pub fn recover(
+/// Rebuilds the engine from the data directory (catalog versions, newest valid snapshot,
+/// journal records after it) and opens the journal. Returns the catalog version in force.
+fn recover_named(
     mut cfg: JournalConfig,
-    engine: &Engine,
+    id: &Identity,
+    configured: (&str, &str),
+    engine_cfg: EngineConfig,
     now: Now,
-) -> anyhow::Result<(Arc<ChargingJournal>, RecoveryReport)> {
-    engine.ledger().begin_recovery();
-    if let Some(snap) = snapshot::newest_valid(&cfg.dir)? {
-        engine
-            .load_snapshot(now, &snap.body)
-            .with_context(|| format!("snapshot {} cannot be loaded", snap.path.display()))?;
+) -> anyhow::Result<(Arc<ChargingJournal>, RecoveryReport, Engine, Arc<crate::catalog::Installed>)> {
+    let snap = snapshot::newest_valid(&cfg.dir)?;
+    let (engine, mut replayer) =
+        catalogs::engine_at(&cfg.dir, id, configured, engine_cfg, snap.as_ref(), now)?;
+    if let Some(snap) = &snap {
         tracing::info!(snapshot = %snap.path.display(), lsn = %snap.lsn, "snapshot loaded");
         cfg.start_after = snap.lsn;
     }
     let dir = cfg.dir.clone();
-    let (journal, report) = Journal::open(cfg, |_lsn, payload| engine.recover(now, payload))?;
+    let (journal, report) = Journal::open(cfg, |_lsn, payload| replayer.replay(&engine, now, payload))?;
     anyhow::ensure!(
         engine.ledger().end_recovery(),
         "the ledger recovered from {} is inconsistent (conservation or an account's limits); this is \
          a bug or records are missing: keep the directory for analysis and report it",
         dir.display()
     );
-    Ok((Arc::new(journal), report))
+    Ok((Arc::new(journal), report, engine, replayer.last))
 }
 
 /// Stops the checkpointer thread when dropped.
@@ -332,7 +381,6 @@ impl Drop for Checkpointer {
 /// Runs `checkpoint` every `interval` on a thread of its own (it is CPU work, not async).
 pub fn spawn_checkpointer(
     journal: Arc<ChargingJournal>,
-    catalog: Catalog,
     engine_cfg: EngineConfig,
     interval: std::time::Duration,
     keep: usize,
@@ -344,7 +392,7 @@ pub fn spawn_checkpointer(
             let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
             let now = Now { mono_ms: epoch.elapsed().as_millis() as u64, unix_secs: unix.as_secs() };
             let started = std::time::Instant::now();
-            match checkpoint(&journal, &catalog, &engine_cfg, keep, now) {
+            match checkpoint(&journal, &engine_cfg, keep, now) {
                 Ok(Some(c)) => tracing::info!(
                     lsn = %c.lsn,
                     records = c.records,
@@ -372,10 +420,10 @@ pub struct Checkpoint {
 }
 
 /// Takes a snapshot without touching the serving engine: a fresh engine is built from the
-/// catalog, the newest snapshot and the journal records up to the last durable LSN (the same
-/// path as recovery), written out as a snapshot at that LSN, and the segments and snapshots it
-/// makes redundant are deleted. Serving never pauses for it; it costs one core for as long as
-/// the replay takes, and the memory of a second copy of the state while it runs.
+/// catalog versions, the newest snapshot and the journal records up to the last durable LSN
+/// (the same path as recovery), written out as a snapshot at that LSN, and the segments and
+/// snapshots it makes redundant are deleted. Serving never pauses for it; it costs one core for
+/// as long as the replay takes, and the memory of a second copy of the state while it runs.
 ///
 /// This departs from the guide's "snapshot the live state" on purpose: redo records are
 /// operations that commute (see `cc::redo`), not images, so a snapshot must be the state at one
@@ -383,7 +431,6 @@ pub struct Checkpoint {
 /// gives that state for free and reuses the recovery code, which the crash tests exercise.
 pub fn checkpoint(
     journal: &ChargingJournal,
-    catalog: &Catalog,
     engine_cfg: &EngineConfig,
     keep: usize,
     now: Now,
@@ -395,18 +442,16 @@ pub fn checkpoint(
     if upto <= base_lsn {
         return Ok(None);
     }
-    let since_unix_ms = read_identity(dir)?.created_unix_ms;
-    let engine = Engine::new(engine_cfg.clone(), Arc::new(Ledger::new()));
-    engine.load_catalog_since(catalog, now, since_unix_ms).map_err(|e| anyhow::anyhow!("catalog: {e}"))?;
-    engine.ledger().begin_recovery();
-    if let Some(b) = &base {
-        engine.load_snapshot(now, &b.body).with_context(|| format!("snapshot {}", b.path.display()))?;
-    }
+    let id = read_identity(dir)?;
+    // The directory's first catalog is stored (start-up made sure), so no configured one is
+    // needed: an empty text never matches a digest.
+    let (engine, mut replayer) =
+        catalogs::engine_at(dir, &id, ("", ""), engine_cfg.clone(), base.as_ref(), now)?;
     let mut records = 0u64;
     crate::journal::scan(dir, base_lsn, |r| {
         if r.lsn > base_lsn && r.lsn <= upto {
-            engine
-                .recover(now, r.payload)
+            replayer
+                .replay(&engine, now, r.payload)
                 .map_err(|e| JournalError::Replay { lsn: r.lsn, source: e.into() })?;
             records += 1;
         }
@@ -429,15 +474,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn identity_is_created_once_and_refuses_another_catalog() {
+    fn identity_is_created_once_and_keeps_its_first_catalog() {
         let dir = tempfile::tempdir().unwrap();
         let a = identity(dir.path(), "aa", [1; 16], 5_000).unwrap();
         assert_eq!((a.session_hash_key, a.created_unix_ms), ([1; 16], 5_000));
         // A second start keeps the first key and creation time.
         let b = identity(dir.path(), "aa", [2; 16], 9_000).unwrap();
         assert_eq!(b, a);
-        let e = identity(dir.path(), "bb", [2; 16], 9_000).unwrap_err().to_string();
-        assert!(e.contains("catalog changed") && e.contains("empty data directory"), "{e}");
+        // Another catalog later is a change (installed by `start`), not another directory.
+        assert_eq!(identity(dir.path(), "bb", [2; 16], 9_000).unwrap(), a);
         std::fs::write(dir.path().join(IDENTITY_FILE), "something else\n").unwrap();
         let e = identity(dir.path(), "aa", [2; 16], 9_000).unwrap_err().to_string();
         assert!(e.contains("not a gyro identity file"), "{e}");

@@ -33,8 +33,8 @@ pub struct Sources {
     pub worker: Option<Arc<Mutex<WorkerStats>>>,
     /// Hosts that get a `gyro_diameter_peer_up` series even before they connect.
     pub allowed_peers: Vec<String>,
-    /// `gyro_config_info` labels: the catalog's name and digest.
-    pub catalog: Option<(String, String)>,
+    /// `gyro_config_info` labels: the catalog in force's name and digest.
+    pub catalog: Option<Arc<crate::catalog::Live>>,
 }
 
 /// The registry `/metrics` encodes: the exporter's own families, the request latency
@@ -105,11 +105,12 @@ impl Collector for Exporter {
             "The running build: version label, value 1.",
             vec![metric(&[("version", env!("CARGO_PKG_VERSION"))], Value::Gauge(1.0))],
         );
-        if let Some((name, digest)) = &sources.catalog {
+        if let Some(live) = &sources.catalog {
+            let c = live.current();
             f.gauge(
                 "gyro_config_info",
                 "The active catalog: name and digest (version) labels, value 1.",
-                vec![metric(&[("catalog", name), ("version", digest)], Value::Gauge(1.0))],
+                vec![metric(&[("catalog", &c.name), ("version", &c.digest)], Value::Gauge(1.0))],
             );
         }
         if let Some(net) = &sources.net {

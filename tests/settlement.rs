@@ -718,7 +718,7 @@ async fn crash_case(steps: usize, crash: Crash, snapshot: bool) {
     drop(worker);
     let pending = node.engine.outbox().pending();
     if snapshot {
-        let c = durable::checkpoint(&node.journal, &node.catalog, &node.cfg, 2, now()).unwrap();
+        let c = durable::checkpoint(&node.journal, &node.cfg, 2, now()).unwrap();
         assert!(c.is_some(), "{what}: a snapshot");
     }
     node.close();

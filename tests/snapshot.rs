@@ -143,14 +143,13 @@ fn snapshot_plus_tail_recovers_the_live_state_and_prunes_segments() {
         }
     }
     live.send(&ccr("smsc.test;1;sms1", "491700000001", 4, 0, None));
-    let catalog = Catalog::demo();
     let (journal, _) = live.started.journal.as_ref().unwrap();
     let engine_cfg = live.started.engine_cfg.clone();
-    let done = checkpoint(journal, &catalog, &engine_cfg, 1, NOW).unwrap().expect("a snapshot is taken");
+    let done = checkpoint(journal, &engine_cfg, 1, NOW).unwrap().expect("a snapshot is taken");
     assert_eq!(done.lsn, journal.stats().durable_lsn);
     assert!(done.pruned_segments > 0, "segments before the snapshot are deleted: {done:?}");
     // Nothing new: no second snapshot.
-    assert_eq!(checkpoint(journal, &catalog, &engine_cfg, 1, NOW).unwrap(), None);
+    assert_eq!(checkpoint(journal, &engine_cfg, 1, NOW).unwrap(), None);
     // Traffic after the snapshot: more usage, Erin's session ends.
     for n in 21..=25u32 {
         live.send(&ccr("pgw.test;1;alice", "491700000001", 2, n, Some(50_000)));
@@ -159,10 +158,7 @@ fn snapshot_plus_tail_recovers_the_live_state_and_prunes_segments() {
 
     // A second node on the same directory (the live one's journal stays open but idle).
     let copy = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(dir.path()).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), copy.path().join(entry.file_name())).unwrap();
-    }
+    copy_dir(dir.path(), copy.path());
     let recovered = Node::open(copy.path());
     let (_, report) = recovered.started.journal.as_ref().unwrap();
     assert_eq!(report.records_replayed, 6, "only the records after the snapshot are replayed");
@@ -190,10 +186,7 @@ fn recovered_sessions_keep_their_session_id_and_origin_host() {
     let live = Node::open(dir.path());
     let copy_of = |dir: &std::path::Path| {
         let copy = tempfile::tempdir().unwrap();
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let entry = entry.unwrap();
-            std::fs::copy(entry.path(), copy.path().join(entry.file_name())).unwrap();
-        }
+        copy_dir(dir, copy.path());
         copy
     };
     let names = |node: &Node, id: &str| {
@@ -211,9 +204,8 @@ fn recovered_sessions_keep_their_session_id_and_origin_host() {
     assert_eq!(names(&from_journal, before), want);
 
     // From a snapshot: the CCR-I is before it, a CCR-U (an image without names) after it.
-    let catalog = Catalog::demo();
     let (journal, _) = live.started.journal.as_ref().unwrap();
-    checkpoint(journal, &catalog, &live.started.engine_cfg, 1, NOW).unwrap().expect("a snapshot is taken");
+    checkpoint(journal, &live.started.engine_cfg, 1, NOW).unwrap().expect("a snapshot is taken");
     live.send(&ccr(before, "491700000001", 2, 2, Some(1_000)));
     let snapshot_copy = copy_of(dir.path());
     let from_snapshot = Node::open(snapshot_copy.path());
@@ -224,4 +216,18 @@ fn recovered_sessions_keep_their_session_id_and_origin_host() {
     let listed = from_snapshot.started.engine.sessions(NOW, gyro::cc::SessionFilter::All, None, 10);
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].session_id.as_deref(), Some(before));
+}
+
+/// Copies a data directory (files and the `catalogs/` directory) as a crash would leave it.
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
 }

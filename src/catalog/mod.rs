@@ -9,6 +9,7 @@
 //!
 #![doc = include_str!("README.md")]
 
+mod change;
 mod load;
 mod package;
 mod raw;
@@ -21,6 +22,7 @@ use rust_decimal::Decimal;
 
 use crate::rating::{Currency, Rate, RateError};
 
+pub use change::{accounts_repriced, check_change, Installed, Live};
 pub use package::{discounted, DISCOUNT_SCALE};
 pub use validate::BALANCE_MAX;
 
@@ -342,6 +344,17 @@ pub enum Problem {
     BadGatewayRef { field: &'static str },
     #[error("{field} identifies a saved payment method at the gateway: it needs funding = \"on_file\" and a card or iban")]
     GatewayRefWithoutMethod { field: &'static str },
+    // Changes to the catalog in force (`check_change`).
+    #[error("{in_force} accounts are in force and the new catalog has {now}: accounts cannot be removed or reordered (accounts are matched by position; close one instead)")]
+    AccountRemoved { in_force: usize, now: usize },
+    #[error("{field} of an account in force cannot change (it was {was}); close the account and add a new one at the end")]
+    AccountChanged { field: &'static str, was: String },
+    #[error("{field} is an opening value (it was {was}); a running account's is changed through the admin API (top-ups, adjustments, bar/unbar)")]
+    OpeningValueChanged { field: &'static str, was: String },
+    #[error("the currency of accounts in force cannot change (was {was}, now {now})")]
+    CurrencyChanged { was: String, now: String },
+    #[error("services[{index}] was \"{was}\" and is now {}: open sessions and pending invoices refer to services by position; add new services after the old ones", now.as_ref().map_or("missing".to_owned(), |n| format!("\"{n}\"")))]
+    ServiceMoved { index: usize, was: String, now: Option<String> },
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
@@ -549,6 +549,11 @@ pub fn describe_record(record: &[u8], filter: &RecordFilter) -> Option<String> {
                     sessions.push(image.key.0);
                     parts.push(image.describe());
                 }
+                redo::TAG_CATALOG => {
+                    let len = usize::from(r.u16()?);
+                    let digest = String::from_utf8_lossy(r.take(len)?).into_owned();
+                    parts.push(format!("catalog installed digest={digest} unix_ms={}", r.u64()?));
+                }
                 redo::TAG_SESSION_GONE => {
                     let key = [r.u64()?, r.u64()?];
                     sessions.push(key);
@@ -699,6 +704,9 @@ pub struct Engine {
     /// Settlements waiting for the worker (entries added after their record was appended).
     outbox: Arc<Outbox>,
     counters: EngineCounters,
+    /// Catalog versions in force since the data directory began (digest, Unix ms installed),
+    /// written into snapshots.
+    catalogs: Mutex<Vec<(String, u64)>>,
 }
 
 /// An operator's change to an account (the admin API), journaled like a CCR's.
@@ -779,6 +787,7 @@ impl Engine {
             events: DuplicateCache::with_defaults(KeyCase::Sensitive),
             outbox: Arc::new(Outbox::new()),
             counters: EngineCounters::default(),
+            catalogs: Mutex::default(),
         }
     }
 
@@ -1821,6 +1830,11 @@ impl Engine {
                     let key = SessionKey([r.u64()?, r.u64()?]);
                     self.sessions.lock(key).remove(key);
                 }
+                redo::TAG_CATALOG => {
+                    return Err(RecordError(
+                        "a catalog change is replayed by durable::replay, which reads its file",
+                    ))
+                }
                 redo::TAG_RESERVE => {
                     let (account, key) = r.key()?;
                     let money = MoneyMinor(r.i64()?);
@@ -1898,6 +1912,9 @@ impl Engine {
     pub fn write_snapshot(&self, now: Now, w: &mut dyn std::io::Write) -> std::io::Result<()> {
         let mut rec = Recorder::new();
         w.write_all(redo::SNAPSHOT_MAGIC)?;
+        for (digest, unix_ms) in self.catalog_versions() {
+            w.write_all(&redo::catalog_entry(&digest, unix_ms))?;
+        }
         let accounts = self.ledger.stats().accounts;
         for id in (0..accounts).map(AccountId) {
             let (Some(view), Some(holds)) = (self.ledger.view(id), self.ledger.holds(id)) else { continue };
@@ -1941,7 +1958,12 @@ impl Engine {
     /// traffic: each account's balance (the difference from the catalog's booked as funding or
     /// debit), status, bundles and holds; then sessions and event answers.
     pub fn load_snapshot(&self, now: Now, body: &[u8]) -> Result<(), RecordError> {
-        let rest = body.strip_prefix(redo::SNAPSHOT_MAGIC).ok_or(RecordError("not a gyro snapshot"))?;
+        let mut rest = body.strip_prefix(redo::SNAPSHOT_MAGIC).ok_or(RecordError("not a gyro snapshot"))?;
+        // The catalog versions: the caller read them (`redo::snapshot_catalogs`) and installed
+        // them before.
+        while let Some((_, _, after)) = redo::read_catalog_entry(rest) {
+            rest = after;
+        }
         let mut r = Reader::new(rest);
         let refused = |what| move |_| RecordError(what);
         while !r.is_empty() {
@@ -1990,6 +2012,64 @@ impl Engine {
         since_unix_ms: u64,
     ) -> Result<usize, String> {
         load_catalog(self, catalog, |valid_ms| redo::mono_ms(now, since_unix_ms.saturating_add(valid_ms)))
+    }
+
+    /// Installs a new version of the catalog, one `catalog::check_change` accepted against the
+    /// one in force: every account in force gets its customer's new package, the accounts
+    /// after them are created (their bundles valid from `at_unix_ms`, when the change was
+    /// made), and every session switches to its account's new package, so its next update is
+    /// rated by the new prices. Recovery replays the change at the same place in the journal
+    /// and does the same, so live and recovered engines agree. Returns the accounts added.
+    pub fn install_catalog(
+        &self,
+        installed: &crate::catalog::Installed,
+        now: Now,
+        at_unix_ms: u64,
+    ) -> Result<usize, String> {
+        let in_force = self.ledger.stats().accounts as usize;
+        let catalog = &installed.catalog;
+        if catalog.accounts.len() < in_force {
+            return Err(format!(
+                "{} accounts are in force, the catalog has {}",
+                in_force,
+                catalog.accounts.len()
+            ));
+        }
+        for (i, a) in catalog.accounts.iter().enumerate().take(in_force) {
+            let package = installed
+                .packages
+                .get(&a.customer)
+                .ok_or_else(|| format!("accounts[{i}]: customer {:?} has no package", a.customer))?;
+            self.set_package(AccountId(i as u32), Arc::clone(package));
+        }
+        create_accounts(self, catalog, &installed.packages, in_force, |valid_ms| {
+            redo::mono_ms(now, at_unix_ms.saturating_add(valid_ms))
+        })?;
+        let packages = self.packages.read().unwrap_or_else(|e| e.into_inner());
+        self.sessions.for_each_shard(|shard| {
+            shard.retain(|s| {
+                if let Some(p) =
+                    packages.by_account.get(s.account.0 as usize).and_then(|&i| packages.list.get(i as usize))
+                {
+                    s.package = Arc::clone(p);
+                }
+                true
+            })
+        });
+        drop(packages);
+        self.catalogs.lock().unwrap_or_else(|e| e.into_inner()).push((installed.digest.clone(), at_unix_ms));
+        Ok(catalog.accounts.len() - in_force)
+    }
+
+    /// Records the version of the catalog the engine was loaded with (`load_catalog*`), for
+    /// snapshots: they name every catalog version in force since the data directory began.
+    pub fn set_catalog_base(&self, digest: &str, since_unix_ms: u64) {
+        *self.catalogs.lock().unwrap_or_else(|e| e.into_inner()) = vec![(digest.to_owned(), since_unix_ms)];
+    }
+
+    /// The catalog versions installed, oldest first, with when each was installed (Unix ms).
+    pub fn catalog_versions(&self) -> Vec<(String, u64)> {
+        self.catalogs.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -2294,7 +2374,19 @@ fn load_catalog(
     expires_at_ms: impl Fn(u64) -> u64,
 ) -> Result<usize, String> {
     let packages = catalog.packages();
-    for (i, a) in catalog.accounts.iter().enumerate() {
+    create_accounts(engine, catalog, &packages, 0, expires_at_ms)?;
+    Ok(catalog.accounts.len())
+}
+
+/// Creates the catalog's accounts from `first` on, each with its package.
+fn create_accounts(
+    engine: &Engine,
+    catalog: &Catalog,
+    packages: &std::collections::HashMap<String, SharedPackage>,
+    first: usize,
+    expires_at_ms: impl Fn(u64) -> u64,
+) -> Result<(), String> {
+    for (i, a) in catalog.accounts.iter().enumerate().skip(first) {
         let package = packages
             .get(&a.customer)
             .ok_or_else(|| format!("accounts[{i}]: customer {:?} has no package", a.customer))?;
@@ -2319,7 +2411,8 @@ fn load_catalog(
             bundles,
         };
         let id = engine.ledger.create(account).map_err(|e| format!("accounts[{i}]: {e:?}"))?;
+        debug_assert_eq!(id.0 as usize, i, "accounts are numbered in catalog order");
         engine.set_package(id, Arc::clone(package));
     }
-    Ok(catalog.accounts.len())
+    Ok(())
 }

@@ -47,6 +47,45 @@ pub(super) const TAG_STATUS: u8 = 21;
 /// refuses ("unknown entry tag") rather than misreads. Tag 1 stays for the images of CCR-U,
 /// CCR-T and sweeps (the names do not change) and for records written before tag 22.
 pub(super) const TAG_SESSION_NAMED: u8 = 22;
+/// A new catalog version installed (live reload or an admin change): `length u16 | digest
+/// (ASCII) | installed Unix ms u64`. Always a record of its own; the catalog's text is the file
+/// `catalogs/<digest>.toml` in the data directory, made durable before the record was
+/// appended. `durable` replays it (it reads the file); in snapshots, one per version in force
+/// since the directory began, oldest first, right after the magic.
+pub const TAG_CATALOG: u8 = 23;
+
+/// The record (or snapshot entry) for catalog version `digest`, installed at `unix_ms`.
+pub fn catalog_entry(digest: &str, unix_ms: u64) -> Vec<u8> {
+    let len = u16::try_from(digest.len()).expect("a digest is short");
+    let mut v = Vec::with_capacity(11 + digest.len());
+    v.push(TAG_CATALOG);
+    v.extend_from_slice(&len.to_le_bytes());
+    v.extend_from_slice(digest.as_bytes());
+    v.extend_from_slice(&unix_ms.to_le_bytes());
+    v
+}
+
+/// Reads one catalog entry at the start of `bytes`: (digest, Unix ms, the bytes after it), or
+/// `None` if `bytes` does not start with a well-formed one.
+pub fn read_catalog_entry(bytes: &[u8]) -> Option<(String, u64, &[u8])> {
+    let rest = bytes.strip_prefix(&[TAG_CATALOG])?;
+    let len = usize::from(u16::from_le_bytes(rest.get(..2)?.try_into().ok()?));
+    let digest = std::str::from_utf8(rest.get(2..2 + len)?).ok()?;
+    let unix_ms = u64::from_le_bytes(rest.get(2 + len..10 + len)?.try_into().ok()?);
+    Some((digest.to_owned(), unix_ms, &rest[10 + len..]))
+}
+
+/// The catalog versions a snapshot body names (oldest first); empty for snapshots written
+/// before live reload, whose catalog is the data directory's first.
+pub fn snapshot_catalogs(body: &[u8]) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    let Some(mut rest) = body.strip_prefix(SNAPSHOT_MAGIC.as_slice()) else { return out };
+    while let Some((digest, unix_ms, after)) = read_catalog_entry(rest) {
+        out.push((digest, unix_ms));
+        rest = after;
+    }
+    out
+}
 
 /// The first bytes of a snapshot body.
 pub(super) const SNAPSHOT_MAGIC: &[u8; 8] = b"GYROSNP1";
@@ -191,7 +230,7 @@ impl<'a> Reader<'a> {
         self.rest.is_empty()
     }
 
-    fn take(&mut self, n: usize) -> Result<&'a [u8], RecordError> {
+    pub(super) fn take(&mut self, n: usize) -> Result<&'a [u8], RecordError> {
         if self.rest.len() < n {
             return Err(RecordError("cut short"));
         }

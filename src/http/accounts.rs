@@ -63,7 +63,8 @@ pub(super) fn money(minor: i64, currency: Currency) -> String {
 }
 
 fn view_json(backend: &Backend, v: &AccountView) -> Value {
-    let spec = backend.catalog.accounts.get(v.id.0 as usize);
+    let catalog = backend.catalogs.live().current();
+    let spec = catalog.catalog.accounts.get(v.id.0 as usize);
     let subscriptions: Vec<String> =
         spec.map(|s| s.subscription_ids.iter().map(ToString::to_string).collect()).unwrap_or_default();
     json!({
@@ -316,7 +317,8 @@ pub(super) async fn unbar(
 pub(super) async fn plans(State(state): State<HttpState>, headers: HeaderMap) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
     let b = backend(&state)?;
-    let plans: Vec<Value> = b
+    let catalog = b.catalogs.live().current();
+    let plans: Vec<Value> = catalog
         .catalog
         .plans
         .iter()
@@ -331,7 +333,7 @@ pub(super) async fn plans(State(state): State<HttpState>, headers: HeaderMap) ->
             })
         })
         .collect();
-    Ok(Json(json!({ "plans": plans, "catalog_digest": b.catalog_digest })).into_response())
+    Ok(Json(json!({ "plans": plans, "catalog_digest": catalog.digest })).into_response())
 }
 
 /// `POST /v1/plans/validate` with a catalog's TOML as the body: whether gyro would load it,

@@ -26,7 +26,6 @@ use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog::Catalog;
 use crate::cc::Engine;
 use crate::durable::ChargingJournal;
 use crate::metrics::Metrics;
@@ -36,8 +35,8 @@ pub struct Backend {
     pub engine: Arc<Engine>,
     /// `None` without a data directory: changes are in memory only, like every charge then.
     pub journal: Option<Arc<ChargingJournal>>,
-    pub catalog: Catalog,
-    pub catalog_digest: String,
+    /// The catalog in force, and catalog changes (reload, `PUT /v1/catalog`).
+    pub catalogs: Arc<crate::durable::Catalogs>,
     /// The engine's monotonic origin (`Charging::now_from`): session deadlines are shown in
     /// Unix time.
     pub epoch: tokio::time::Instant,

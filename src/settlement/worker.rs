@@ -50,7 +50,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog::{Catalog, Funding, SharedPackage};
+use crate::catalog::{Catalog, Funding, Installed, Live};
 use crate::ledger::{AccountId, Ledger};
 use crate::limits::SETTLEMENTS_IN_FLIGHT_MAX;
 
@@ -168,11 +168,10 @@ pub struct Worker<J: StepLog, P: PaymentAdapter> {
     ledger: Arc<Ledger>,
     journal: J,
     payments: Arc<P>,
-    catalog: Catalog,
-    packages: HashMap<String, SharedPackage>,
-    /// Customers and plans by id: [`Self::context`] runs for every step.
-    customers: HashMap<String, usize>,
-    plans: HashMap<String, usize>,
+    /// The catalog in force (replaced by a reload): customers, plans and packages by id, as
+    /// [`Self::context`] runs for every step. A settlement is invoiced with the catalog in
+    /// force when it is numbered (names, addresses, VAT rate), not the one of its session.
+    catalog: Arc<Live>,
     cfg: SettlementConfig,
     out: Output,
     /// Where e-mails go: `out.mail` unless [`Self::with_mailer`] says otherwise.
@@ -234,9 +233,7 @@ impl<J: StepLog, P: PaymentAdapter + 'static> Worker<J, P> {
         out: Output,
         clock: Clock,
     ) -> Self {
-        let packages = catalog.packages();
-        let customers = catalog.customers.iter().enumerate().map(|(i, c)| (c.id.clone(), i)).collect();
-        let plans = catalog.plans.iter().enumerate().map(|(i, p)| (p.id.clone(), i)).collect();
+        let catalog = Arc::new(Live::new(Installed::new(catalog, "catalog", "")));
         let seed = clock();
         let mailer = Arc::new(Mailer::Files(out.mail.clone()));
         Self {
@@ -245,9 +242,6 @@ impl<J: StepLog, P: PaymentAdapter + 'static> Worker<J, P> {
             journal,
             payments,
             catalog,
-            packages,
-            customers,
-            plans,
             cfg,
             out,
             mailer,
@@ -257,6 +251,12 @@ impl<J: StepLog, P: PaymentAdapter + 'static> Worker<J, P> {
             numbering: Mutex::new(()),
             stats: Arc::new(Mutex::new(WorkerStats::default())),
         }
+    }
+
+    /// Reads the catalog from `live`, the server's catalog in force, which reloads replace.
+    pub fn with_catalog(mut self, live: Arc<Live>) -> Self {
+        self.catalog = live;
+        self
     }
 
     /// Sends e-mails through `mailer` instead of the `.eml` directory of [`Output`].
@@ -456,18 +456,11 @@ impl<J: StepLog, P: PaymentAdapter + 'static> Worker<J, P> {
     /// be invoiced at all.
     fn context(&self, p: &Pending) -> Result<Context, FailReason> {
         let e = &p.entry;
-        let account = self.catalog.accounts.get(e.account as usize).ok_or(FailReason::NotInCatalog)?;
-        let customer = self
-            .customers
-            .get(&account.customer)
-            .and_then(|&i| self.catalog.customers.get(i))
-            .ok_or(FailReason::NotInCatalog)?;
-        let plan = self
-            .plans
-            .get(&customer.plan)
-            .and_then(|&i| self.catalog.plans.get(i))
-            .ok_or(FailReason::NotInCatalog)?;
-        let package = self.packages.get(&customer.id).ok_or(FailReason::NotInCatalog)?;
+        let catalog = self.catalog.current();
+        let account = catalog.catalog.accounts.get(e.account as usize).ok_or(FailReason::NotInCatalog)?;
+        let customer = catalog.customer(&account.customer).ok_or(FailReason::NotInCatalog)?;
+        let plan = catalog.plan(&customer.plan).ok_or(FailReason::NotInCatalog)?;
+        let package = catalog.packages.get(&customer.id).ok_or(FailReason::NotInCatalog)?;
         let buyer = Buyer::from_customer(customer).map_err(|_| FailReason::InvoiceRejected)?;
         let vat = Vat::from_plan_rate(plan.vat_rate);
         let lines = e
