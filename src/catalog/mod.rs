@@ -12,6 +12,7 @@
 mod load;
 mod package;
 mod raw;
+mod save;
 mod validate;
 
 use std::fmt;
