@@ -13,6 +13,7 @@ mod change;
 mod load;
 mod package;
 mod raw;
+mod save;
 mod validate;
 
 use std::fmt;
@@ -26,14 +27,14 @@ pub use change::{accounts_repriced, check_change, Installed, Live};
 pub use package::{discounted, DISCOUNT_SCALE};
 pub use validate::BALANCE_MAX;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Catalog {
     pub plans: Vec<Plan>,
     pub customers: Vec<Customer>,
     pub accounts: Vec<AccountSpec>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
     pub id: String,
     pub name: String,
@@ -47,7 +48,7 @@ pub struct Plan {
 }
 
 /// One priced service of a plan, and how quota for it is granted.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Service {
     pub name: String,
     /// Service-Context-Id numbers it applies to (32251 Gy, 32260 IMS, 32274 SMS, 32275 MMTel,
@@ -85,7 +86,7 @@ pub enum FinalUnitAction {
 
 /// A bundle (free allowance) granted with a plan or an override: `units` of `service`, used
 /// before money, valid for `valid_days` from account creation.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct BundleSpec {
     pub name: String,
     pub service: String,
@@ -93,7 +94,7 @@ pub struct BundleSpec {
     pub valid_days: u32,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Customer {
     pub id: String,
     pub name: String,
@@ -104,7 +105,7 @@ pub struct Customer {
 }
 
 /// A customer's own deviations from the plan, without copying it.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Overrides {
     /// Applied to every price and connect fee of the plan.
     pub discount_percent: Option<Decimal>,
@@ -112,7 +113,7 @@ pub struct Overrides {
     pub bundles: Vec<BundleSpec>,
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct ServiceOverride {
     /// The plan service this overrides (by name).
     pub name: String,
@@ -179,7 +180,7 @@ pub enum AccountStatus {
     Barred,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct AccountSpec {
     pub customer: String,
     pub subscription_ids: Vec<SubscriptionId>,

@@ -676,3 +676,18 @@ fn an_existing_catalogs_digest_is_its_texts_and_unchanged() {
     assert!(!BASE.contains("gateway_customer") && !BASE.contains("payment_method_id"));
     assert_eq!(crate::durable::catalog_digest(BASE), "b17ec69cd01df271a5f7526175002bb2");
 }
+
+#[test]
+fn the_base_catalog_and_its_payment_variants_round_trip() {
+    save::tests::assert_round_trips("base", &base());
+    let on_file = "credit_limit = \"100\"";
+    for keys in [
+        "card = \"4242 4242 4242 4242\"\ngateway_customer = \"cus_A1\"\npayment_method_id = \"pm_1Qx\"",
+        "iban = \"DE89 3704 0044 0532 0130 00\"\nmandate = \"M-1\"\ngateway_customer = \"cus_A1\"",
+    ] {
+        let text = BASE.replacen(on_file, &format!("{on_file}\n{keys}"), 1);
+        let c = Catalog::from_toml("catalog.toml", &text).unwrap();
+        assert!(c.accounts[1].payment.is_some());
+        save::tests::assert_round_trips(keys, &c);
+    }
+}
