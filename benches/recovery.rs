@@ -15,7 +15,6 @@ use journaled::{ccr, env, local, Journaling};
 use std::time::Instant;
 
 use bytes::BytesMut;
-use gyro::catalog::Catalog;
 use gyro::cc::{EngineConfig, Now};
 use gyro::diameter::MessageRef;
 use gyro::durable::{checkpoint, start, Sink};
@@ -43,12 +42,11 @@ fn main() {
     let records = env("GYRO_RECOVERY_RECORDS", if full { 10_000_000 } else { 10_000 });
     let dir = tempfile::tempdir().unwrap();
     let text = catalog_text(accounts);
-    let catalog = Catalog::from_toml("bench", &text).unwrap();
     let journal_cfg = || JournalConfig { fsync: Fsync::Off, ..JournalConfig::new(dir.path()) };
 
     // Write: sessions of 10 records each (I, 8 × U, T), round robin over the accounts.
     let t = Instant::now();
-    let started = start(&catalog, &text, EngineConfig::new(&local()), Some(journal_cfg()), NOW).unwrap();
+    let started = start(&text, EngineConfig::new(&local()), Some(journal_cfg()), NOW).unwrap();
     let (journal, _) = started.journal.as_ref().unwrap();
     let mut sink = Sink::new(journal, None);
     let mut req = BytesMut::new();
@@ -82,7 +80,7 @@ fn main() {
 
     // Recover: catalog + every record.
     let t = Instant::now();
-    let recovered = start(&catalog, &text, EngineConfig::new(&local()), Some(journal_cfg()), NOW).unwrap();
+    let recovered = start(&text, EngineConfig::new(&local()), Some(journal_cfg()), NOW).unwrap();
     let recover_s = t.elapsed().as_secs_f64();
     let (journal, report) = recovered.journal.as_ref().unwrap();
     assert_eq!(report.records_replayed, appended.records);
@@ -94,8 +92,7 @@ fn main() {
     let checkpoint_s = t.elapsed().as_secs_f64();
     drop(recovered);
     let t = Instant::now();
-    let from_snapshot =
-        start(&catalog, &text, EngineConfig::new(&local()), Some(journal_cfg()), NOW).unwrap();
+    let from_snapshot = start(&text, EngineConfig::new(&local()), Some(journal_cfg()), NOW).unwrap();
     let from_snapshot_s = t.elapsed().as_secs_f64();
     assert_eq!(from_snapshot.journal.as_ref().unwrap().1.records_replayed, 0);
 

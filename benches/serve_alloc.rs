@@ -11,7 +11,6 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use gyro::catalog::Catalog;
 use gyro::cc::EngineConfig;
 use gyro::diameter::{ApplicationId, Dictionary, LocalIdentity};
 use gyro::journal::JournalConfig;
@@ -42,7 +41,6 @@ fn main() {
     })
     .unwrap();
     let text = std::fs::read_to_string(&catalog_path).unwrap();
-    let catalog = Catalog::from_toml("bench", &text).unwrap();
     let local = LocalIdentity {
         origin_host: "gyro.localdomain".into(),
         origin_realm: "localdomain".into(),
@@ -56,14 +54,9 @@ fn main() {
     let _guard = rt.enter();
     let epoch = tokio::time::Instant::now();
     let journal_cfg = JournalConfig::new(dir.path().join("data"));
-    let started = gyro::durable::start(
-        &catalog,
-        &text,
-        EngineConfig::new(&local),
-        Some(journal_cfg),
-        Charging::now_from(epoch),
-    )
-    .unwrap();
+    let started =
+        gyro::durable::start(&text, EngineConfig::new(&local), Some(journal_cfg), Charging::now_from(epoch))
+            .unwrap();
     let (journal, _) = started.journal.unwrap();
     let charging = Arc::new(Charging::with_journal(started.engine, epoch, Arc::clone(&journal)));
     let peer = Arc::new(PeerConfig {

@@ -114,7 +114,7 @@ fn main() {
     cfg.settle = true;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let _entered = runtime.enter();
-    let started = start(&catalog, &text, cfg, Some(JournalConfig::new(&data)), NOW).unwrap();
+    let started = start(&text, cfg, Some(JournalConfig::new(&data)), NOW).unwrap();
     let (journal, _) = started.journal.as_ref().unwrap();
     let engine = &started.engine;
 

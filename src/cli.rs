@@ -282,19 +282,48 @@ fn load_dictionary(cfg: &Config) -> anyhow::Result<Dictionary> {
 
 /// The log subscriber: `log.level` (or `RUST_LOG`) filters, `log.format` writes. Lines go to
 /// standard output, where they always have (`fmt`'s default writer).
-fn init_tracing(log: &LogConfig) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.level));
+///
+/// Returns how to replace the filter (`log.level` on reload), unless `RUST_LOG` set it: the
+/// environment wins over the file, at start and at reload alike.
+fn init_tracing(log: &LogConfig) -> Option<crate::reload::LogReload> {
+    let from_env = tracing_subscriber::EnvFilter::try_from_default_env().ok();
+    let env_set = from_env.is_some();
+    let filter = from_env.unwrap_or_else(|| tracing_subscriber::EnvFilter::new(&log.level));
     let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
-    let _ = match log.format {
-        LogFormat::Human => fmt.try_init(),
+    let reload = match log.format {
+        LogFormat::Human => {
+            let fmt = fmt.with_filter_reloading();
+            let handle = fmt.reload_handle();
+            fmt.try_init().ok().map(|()| log_reload(handle))
+        }
         // One object per line: timestamp, level, the event's fields (message included) at the
         // top level where collectors index them, and the current span's fields (a request's
         // peer, hbh, e2e) under "span". Only the innermost span: there is no nesting to show.
         LogFormat::Json => {
-            fmt.json().flatten_event(true).with_current_span(true).with_span_list(false).try_init()
+            let fmt = fmt
+                .json()
+                .flatten_event(true)
+                .with_current_span(true)
+                .with_span_list(false)
+                .with_filter_reloading();
+            let handle = fmt.reload_handle();
+            fmt.try_init().ok().map(|()| log_reload(handle))
         }
     };
+    reload.filter(|_| !env_set)
+}
+
+/// Replaces the filter behind `handle` with a `log.level` directive.
+fn log_reload<S>(
+    handle: tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, S>,
+) -> crate::reload::LogReload
+where
+    S: tracing::Subscriber + Send + Sync + 'static,
+{
+    Box::new(move |level: &str| {
+        let filter = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    })
 }
 
 /// The configuration file (or the embedded defaults) with the command line's overrides.
@@ -326,17 +355,32 @@ fn serve(
     http_listen: Option<std::net::SocketAddr>,
     log_format: Option<LogFormat>,
 ) -> anyhow::Result<()> {
-    let mut cfg = load_config(config.as_ref(), listen)?;
-    if let Some(d) = data_dir {
-        cfg.journal.dir = Some(d);
-    }
-    if let Some(h) = http_listen {
-        cfg.http.listen = h;
-    }
-    cfg.log.format = log_format.unwrap_or(cfg.log.format);
-    init_tracing(&cfg.log);
+    // The command line's overrides, applied again to every configuration a reload reads.
+    let overrides = move |cfg: &mut Config| {
+        if let Some(l) = listen {
+            cfg.diameter.listen = l;
+        }
+        if let Some(d) = &data_dir {
+            cfg.journal.dir = Some(d.clone());
+        }
+        if let Some(h) = http_listen {
+            cfg.http.listen = h;
+        }
+        cfg.log.format = log_format.unwrap_or(cfg.log.format);
+    };
+    let mut cfg = load_config(config.as_ref(), None)?;
+    overrides(&mut cfg);
+    let log = init_tracing(&cfg.log);
     let dict = Arc::new(load_dictionary(&cfg)?);
-    runtime(workers)?.block_on(serve_async(cfg, dict, config.is_none()))
+    let reload = ReloadSetup { config_path: config.clone(), overrides: Box::new(overrides), log };
+    runtime(workers)?.block_on(serve_async(cfg, dict, config.is_none(), reload))
+}
+
+/// What `serve_async` needs to build the `Reloader` once the catalog is recovered.
+struct ReloadSetup {
+    config_path: Option<PathBuf>,
+    overrides: Box<dyn Fn(&mut Config) + Send + Sync>,
+    log: Option<crate::reload::LogReload>,
 }
 
 /// Who this node is and how it treats peers, from `[diameter]` (shared by `serve` and `echo`).
@@ -399,8 +443,17 @@ async fn bind(cfg: &Config, shared: Arc<Shared>, defaults: bool) -> anyhow::Resu
     Ok(server)
 }
 
-async fn serve_async(cfg: Config, dict: Arc<Dictionary>, defaults: bool) -> anyhow::Result<()> {
+async fn serve_async(
+    cfg: Config,
+    dict: Arc<Dictionary>,
+    defaults: bool,
+    reload: ReloadSetup,
+) -> anyhow::Result<()> {
     let peer = peer_config(&cfg, dict);
+    // SIGHUP's default action ends the process: take it over before anything else, so a reload
+    // sent while gyro starts waits for it instead (it is acted on once serving).
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot install the SIGHUP handler")?;
     // The operations listener first, so probes see "alive, recovering" during a long replay.
     let metrics = Arc::new(crate::metrics::Metrics::new());
     let ready = Arc::new(crate::http::Readiness::default());
@@ -419,10 +472,20 @@ async fn serve_async(cfg: Config, dict: Arc<Dictionary>, defaults: bool) -> anyh
     // Before the admin API's backend: it sends RAR and ASR through the server's connections.
     let apps: Vec<Arc<dyn crate::net::Application>> = vec![charging.clone()];
     let shared = Arc::new(Shared::new(peer, apps, cfg.server_limits()));
+    let reloader = Arc::new(crate::reload::Reloader::new(
+        reload.config_path,
+        reload.overrides,
+        cfg.clone(),
+        Arc::clone(&catalogs),
+        reload.log,
+        charging.epoch(),
+    ));
+    reloader.set_net(Arc::clone(&shared));
     let backend = crate::http::Backend {
         engine: Arc::clone(charging.engine()),
         journal: charging.journal().cloned(),
         catalogs: Arc::clone(&catalogs),
+        reload: Some(Arc::clone(&reloader)),
         epoch: charging.epoch(),
         net: Some(Arc::clone(&shared)),
     };
@@ -435,6 +498,7 @@ async fn serve_async(cfg: Config, dict: Arc<Dictionary>, defaults: bool) -> anyh
         s.worker = worker_stats;
         s.allowed_peers = cfg.diameter.allowed_peers.clone().unwrap_or_default();
         s.catalog = Some(Arc::clone(catalogs.live()));
+        s.reload = Some(Arc::clone(reloader.stats()));
     });
     let server = bind(&cfg, Arc::clone(&shared), defaults).await?;
     metrics.update(|s| s.net = Some(shared));
@@ -450,6 +514,7 @@ async fn serve_async(cfg: Config, dict: Arc<Dictionary>, defaults: bool) -> anyh
     }
     let shutdown = CancellationToken::new();
     tokio::spawn(signals(shutdown.clone()));
+    tokio::spawn(hangups(hup, Arc::clone(&http_backend), shutdown.clone()));
     tokio::spawn(Arc::clone(&charging).supervise(shutdown.clone()));
     let worker = worker.map(|w| tokio::spawn(w.run(shutdown.clone())));
     server.run(shutdown).await;
@@ -522,7 +587,7 @@ fn echo(
 ) -> anyhow::Result<()> {
     let mut cfg = load_config(config.as_ref(), listen)?;
     cfg.log.format = log_format.unwrap_or(cfg.log.format);
-    init_tracing(&cfg.log);
+    let _ = init_tracing(&cfg.log);
     let dict = Arc::new(load_dictionary(&cfg)?);
     runtime(workers)?.block_on(echo_async(cfg, dict, config.is_none()))
 }
@@ -646,12 +711,14 @@ async fn billing(cfg: &Config) -> anyhow::Result<crate::settlement::billing::PgB
 /// Builds the ledger and the engine from the catalog (the embedded demo one by default) and,
 /// with a journal, recovers every change since from it.
 fn charging(cfg: &Config, local: &LocalIdentity) -> anyhow::Result<Charged> {
-    let (catalog, name, text) = match &cfg.charging.catalog {
+    // Parsed by `durable::start_named`: with a data directory, an invalid file leaves the
+    // catalog in force there (refused like a reload), rather than stopping the server.
+    let (name, text) = match &cfg.charging.catalog {
         Some(p) => {
             let text = std::fs::read_to_string(p).with_context(|| format!("{}", p.display()))?;
-            (Catalog::load(p)?, p.display().to_string(), text)
+            (p.display().to_string(), text)
         }
-        None => (Catalog::demo(), "embedded demo".to_owned(), Catalog::demo_toml().to_owned()),
+        None => ("embedded demo".to_owned(), Catalog::demo_toml().to_owned()),
     };
     let mut engine_cfg = EngineConfig::new(local);
     engine_cfg.tcc_grace_ms = cfg.charging.tcc_grace_ms;
@@ -662,7 +729,7 @@ fn charging(cfg: &Config, local: &LocalIdentity) -> anyhow::Result<Charged> {
     engine_cfg.settle = journal_cfg.is_some();
     let epoch = tokio::time::Instant::now();
     let now = Charging::now_from(epoch);
-    let started = crate::durable::start_named(&name, &catalog, &text, engine_cfg, journal_cfg, now)
+    let started = crate::durable::start_named(&name, &text, engine_cfg, journal_cfg, now)
         .with_context(|| format!("catalog {name}"))?;
     let catalogs = Arc::clone(&started.catalogs);
     let (engine, accounts) = (started.engine, started.accounts);
@@ -714,6 +781,26 @@ async fn signals(shutdown: CancellationToken) {
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
     }
     shutdown.cancel();
+}
+
+/// SIGHUP reloads the configuration, dictionaries and catalog (see `reload`), as
+/// `POST /v1/reload` does; the outcome is logged.
+async fn hangups(
+    mut hup: tokio::signal::unix::Signal,
+    backend: Arc<std::sync::OnceLock<crate::http::Backend>>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            got = hup.recv() => if got.is_none() { return },
+        }
+        tracing::info!("SIGHUP: reloading");
+        if let Some(b) = backend.get() {
+            // Logged by the reloader, success or not.
+            let _ = crate::http::reload(b, "SIGHUP").await;
+        }
+    }
 }
 
 /// RFC 6733 §5.3.4 Firmware-Revision: the crate version as MMmmpp (0.1.0 → 100).

@@ -262,44 +262,46 @@ pub struct Started {
 
 /// `start_named` for a catalog called "catalog" in messages.
 pub fn start(
-    catalog: &Catalog,
     catalog_text: &str,
     engine_cfg: EngineConfig,
     journal: Option<JournalConfig>,
     now: Now,
 ) -> anyhow::Result<Started> {
-    start_named("catalog", catalog, catalog_text, engine_cfg, journal, now)
+    start_named("catalog", catalog_text, engine_cfg, journal, now)
 }
 
-/// Builds the engine the way `gyro serve` does. Without a journal: the catalog (`catalog_text`
-/// is its source, for the digest), in memory. With one: the data directory's identity, the
+/// Builds the engine the way `gyro serve` does. Without a journal: the catalog `catalog_text`
+/// (`name` says where it is from), in memory. With one: the data directory's identity, the
 /// catalog versions in force (the directory's first, or a snapshot's), the snapshot, every
 /// journal record since; then, if the configured catalog is not the one in force, it is
-/// installed as a change (or refused with `catalog_refused`, and the one in force stays). `now`
-/// is the engine clock reading for the monotonic origin the server will use.
+/// installed as a change, or refused with `catalog_refused` (an invalid file too) and the one in
+/// force stays. A new data directory (or none) needs a valid catalog. `now` is the engine clock
+/// reading for the monotonic origin the server will use.
 pub fn start_named(
     name: &str,
-    catalog: &Catalog,
     catalog_text: &str,
     mut engine_cfg: EngineConfig,
     journal: Option<JournalConfig>,
     now: Now,
 ) -> anyhow::Result<Started> {
     let digest = catalog_digest(catalog_text);
+    let parsed = Catalog::from_toml(name, catalog_text);
+    let begun = journal.as_ref().is_some_and(|j| j.dir.join(IDENTITY_FILE).exists());
     let Some(j) = journal else {
+        let catalog = parsed?;
         let engine = Arc::new(Engine::new(engine_cfg.clone(), Arc::new(Ledger::new())));
         let accounts = engine
-            .load_catalog_since(catalog, now, now.unix_secs * 1000)
+            .load_catalog_since(&catalog, now, now.unix_secs * 1000)
             .map_err(|e| anyhow::anyhow!("catalog: {e}"))?;
         engine.set_catalog_base(&digest, now.unix_secs * 1000);
-        let live = Arc::new(crate::catalog::Live::new(crate::catalog::Installed::new(
-            catalog.clone(),
-            name,
-            digest,
-        )));
+        let live = Arc::new(crate::catalog::Live::new(crate::catalog::Installed::new(catalog, name, digest)));
         let catalogs = Arc::new(Catalogs::new(Arc::clone(&engine), None, None, live));
         return Ok(Started { engine, accounts, journal: None, engine_cfg, catalogs, catalog_refused: None });
     };
+    if !begun {
+        // A new directory begins with this catalog: it must be valid.
+        parsed?;
+    }
     let id = identity(&j.dir, &digest, engine_cfg.session_hash_key, now.unix_secs * 1000)?;
     engine_cfg.session_hash_key = id.session_hash_key;
     let dir = j.dir.clone();
@@ -313,7 +315,13 @@ pub fn start_named(
         Arc::new(Catalogs::new(Arc::clone(&engine), Some(Arc::clone(&journal)), Some(store), live));
     let mut catalog_refused = None;
     if catalogs.live().current().digest != digest {
-        match catalogs.install(name, catalog_text, now) {
+        match catalogs.install_file(name, catalog_text, now) {
+            Ok(done) if done.unchanged => tracing::info!(
+                catalog = name,
+                in_force = %done.digest,
+                "the catalog file is the one last installed; the catalog in force (changed through \
+                 the admin API since) stays"
+            ),
             Ok(done) => tracing::info!(
                 catalog = name,
                 digest = %done.digest,

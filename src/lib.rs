@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod net;
 pub mod peer;
 pub mod rating;
+pub mod reload;
 pub mod replay;
 pub mod settlement;
 pub mod tools;

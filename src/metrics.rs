@@ -35,6 +35,8 @@ pub struct Sources {
     pub allowed_peers: Vec<String>,
     /// `gyro_config_info` labels: the catalog in force's name and digest.
     pub catalog: Option<Arc<crate::catalog::Live>>,
+    /// Reloads, and the configuration's and dictionaries' versions.
+    pub reload: Option<Arc<crate::reload::ReloadStats>>,
 }
 
 /// The registry `/metrics` encodes: the exporter's own families, the request latency
@@ -107,10 +109,43 @@ impl Collector for Exporter {
         );
         if let Some(live) = &sources.catalog {
             let c = live.current();
+            let v =
+                sources.reload.as_ref().map(|r| r.versions.lock().unwrap_or_else(|e| e.into_inner()).clone());
+            let v = v.unwrap_or_default();
             f.gauge(
                 "gyro_config_info",
-                "The active catalog: name and digest (version) labels, value 1.",
-                vec![metric(&[("catalog", &c.name), ("version", &c.digest)], Value::Gauge(1.0))],
+                "What is in force: the catalog's name and digest (version), the configuration's and \
+                 the dictionaries' digests; value 1. A reload changes the labels.",
+                vec![metric(
+                    &[
+                        ("catalog", &c.name),
+                        ("version", &c.digest),
+                        ("config", &v.config),
+                        ("dictionaries", &v.dictionaries),
+                    ],
+                    Value::Gauge(1.0),
+                )],
+            );
+        }
+        if let Some(r) = &sources.reload {
+            f.counter(
+                "gyro_reloads_total",
+                "Reloads (SIGHUP, POST /v1/reload) by outcome: ok, or failed (nothing changed).",
+                vec![
+                    metric(
+                        &[("outcome", "ok")],
+                        Value::Counter(r.succeeded.load(std::sync::atomic::Ordering::Relaxed) as f64),
+                    ),
+                    metric(
+                        &[("outcome", "failed")],
+                        Value::Counter(r.failed.load(std::sync::atomic::Ordering::Relaxed) as f64),
+                    ),
+                ],
+            );
+            f.gauge1(
+                "gyro_reload_last_success_timestamp_seconds",
+                "When the last reload that succeeded ended (Unix seconds; 0: none since start).",
+                r.last_success_unix_s.load(std::sync::atomic::Ordering::Relaxed) as f64,
             );
         }
         if let Some(net) = &sources.net {

@@ -332,8 +332,7 @@ impl Setup {
 
     /// Builds the engine from the data directory as `gyro serve` does at start.
     fn recover(&self, now: Now, cfg: EngineConfig) -> durable::Started {
-        let catalog = Catalog::from_toml("catalog.toml", &self.catalog_text).unwrap();
-        durable::start(&catalog, &self.catalog_text, cfg, Some(JournalConfig::new(&self.data)), now)
+        durable::start(&self.catalog_text, cfg, Some(JournalConfig::new(&self.data)), now)
             .unwrap_or_else(|e| panic!("the data directory recovers: {e:#}"))
     }
 }

@@ -559,7 +559,7 @@ impl Node {
         // does not fork).
         let mut tries = 0;
         let started = loop {
-            match durable::start(&catalog, text, cfg.clone(), Some(JournalConfig::new(data)), now()) {
+            match durable::start(text, cfg.clone(), Some(JournalConfig::new(data)), now()) {
                 Err(e) if tries < 100 && format!("{e:#}").contains("in use") => {
                     tries += 1;
                     std::thread::sleep(Duration::from_millis(20));

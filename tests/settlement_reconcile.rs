@@ -484,7 +484,7 @@ impl Node {
         let mut cfg = EngineConfig::new(&local());
         cfg.settle = true;
         let now = Now { mono_ms: 1_000, unix_secs: T0 };
-        let started = durable::start(&catalog, text, cfg, Some(JournalConfig::new(data)), now).unwrap();
+        let started = durable::start(text, cfg, Some(JournalConfig::new(data)), now).unwrap();
         let (journal, _) = started.journal.expect("a journal");
         Self {
             engine: started.engine,

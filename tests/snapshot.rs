@@ -78,10 +78,9 @@ struct Node {
 
 impl Node {
     fn open(dir: &std::path::Path) -> Self {
-        let catalog = Catalog::demo();
         let mut cfg = JournalConfig::new(dir);
         cfg.segment_bytes = 4096; // several segments, so pruning has something to delete
-        let started = start(&catalog, Catalog::demo_toml(), EngineConfig::new(&local()), Some(cfg), NOW)
+        let started = start(Catalog::demo_toml(), EngineConfig::new(&local()), Some(cfg), NOW)
             .expect("the engine starts");
         Self { started }
     }

@@ -113,6 +113,9 @@ pub fn check_change(
                 return Err(at(Problem::OpeningValueChanged { field, was: a.to_string() }));
             }
         }
+        if was.closed && !now.closed {
+            return Err(at(Problem::Reopened));
+        }
         if was.status != now.status {
             return Err(at(Problem::OpeningValueChanged {
                 field: "status",

@@ -261,6 +261,7 @@ fn account(index: usize, raw: RawAccount) -> Result<AccountSpec, Located> {
         },
         payment,
         gateway,
+        closed: raw.closed,
     })
 }
 

@@ -10,6 +10,7 @@
 #![doc = include_str!("README.md")]
 
 mod change;
+mod edit;
 mod load;
 mod package;
 mod raw;
@@ -24,6 +25,7 @@ use rust_decimal::Decimal;
 use crate::rating::{Currency, Rate, RateError};
 
 pub use change::{accounts_repriced, check_change, Installed, Live};
+pub use edit::{Edit, EditError};
 pub use package::{discounted, DISCOUNT_SCALE};
 pub use validate::BALANCE_MAX;
 
@@ -196,6 +198,9 @@ pub struct AccountSpec {
     /// The account's ids at a remote gateway (`gateway_customer`, `payment_method_id`); only with
     /// a `payment`. The `stripe` adapter needs both, the sandbox neither.
     pub gateway: crate::settlement::payment::GatewayRefs,
+    /// Closed for good (`POST /v1/accounts/{ref}/close`): its ledger account is barred and stays
+    /// so; its position, balance and subscription ids stay (accounts are never removed).
+    pub closed: bool,
 }
 
 /// Longest Subscription-Id-Data we accept in a catalog.
@@ -352,6 +357,8 @@ pub enum Problem {
     AccountChanged { field: &'static str, was: String },
     #[error("{field} is an opening value (it was {was}); a running account's is changed through the admin API (top-ups, adjustments, bar/unbar)")]
     OpeningValueChanged { field: &'static str, was: String },
+    #[error("a closed account stays closed (closed = true cannot be removed)")]
+    Reopened,
     #[error("the currency of accounts in force cannot change (was {was}, now {now})")]
     CurrencyChanged { was: String, now: String },
     #[error("services[{index}] was \"{was}\" and is now {}: open sessions and pending invoices refer to services by position; add new services after the old ones", now.as_ref().map_or("missing".to_owned(), |n| format!("\"{n}\"")))]

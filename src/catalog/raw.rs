@@ -200,6 +200,9 @@ pub(super) struct RawAccount {
     pub(super) credit_limit: Option<Amount>,
     #[serde(default, skip_serializing_if = "RawStatus::is_active")]
     pub(super) status: RawStatus,
+    /// Closed for good (the admin API's close): barred, and never reopened.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub(super) closed: bool,
     /// on_file: a card (for the sandbox, a test card number; see `payment::test_instruments`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) card: Option<String>,
@@ -280,4 +283,8 @@ impl Visitor<'_> for AmountVisitor {
             "{v} is a float; write money and rates as decimal strings, e.g. \"{v}\", so they stay exact"
         )))
     }
+}
+
+fn is_false(v: &bool) -> bool {
+    !*v
 }

@@ -29,14 +29,21 @@ impl Catalog {
     /// `Card::from_number` / `Iban::parse`, subscription ids from `SubscriptionId::parse`, and
     /// redirect addresses, filter ids and mandates without surrounding spaces (loading trims them).
     pub fn to_toml(&self) -> String {
-        let raw = RawCatalog {
-            plans: self.plans.iter().map(plan).collect(),
-            customers: self.customers.iter().map(customer).collect(),
-            accounts: self.accounts.iter().map(account).collect(),
-        };
+        let raw = self.to_raw();
         // Every value is a string, an integer, an array or a table of those: nothing a TOML
         // serializer can refuse.
         toml::to_string(&raw).expect("a catalog always serializes to TOML")
+    }
+}
+
+impl Catalog {
+    /// The catalog as the file's structs (for `to_toml` and the admin API's edits).
+    pub(super) fn to_raw(&self) -> RawCatalog {
+        RawCatalog {
+            plans: self.plans.iter().map(plan).collect(),
+            customers: self.customers.iter().map(customer).collect(),
+            accounts: self.accounts.iter().map(account).collect(),
+        }
     }
 }
 
@@ -177,6 +184,7 @@ fn account(account: &AccountSpec) -> RawAccount {
             AccountStatus::Active => RawStatus::Active,
             AccountStatus::Barred => RawStatus::Barred,
         },
+        closed: account.closed,
         card,
         iban,
         mandate,

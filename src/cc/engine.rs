@@ -2041,6 +2041,12 @@ impl Engine {
                 .get(&a.customer)
                 .ok_or_else(|| format!("accounts[{i}]: customer {:?} has no package", a.customer))?;
             self.set_package(AccountId(i as u32), Arc::clone(package));
+            if a.closed {
+                // Closing is a catalog change: replayed here, it bars at the same place.
+                self.ledger
+                    .set_status(AccountId(i as u32), AccountStatus::Barred)
+                    .map_err(|e| format!("accounts[{i}]: {e:?}"))?;
+            }
         }
         create_accounts(self, catalog, &installed.packages, in_force, |valid_ms| {
             redo::mono_ms(now, at_unix_ms.saturating_add(valid_ms))
@@ -2405,7 +2411,7 @@ fn create_accounts(
             subscriptions: a.subscription_ids.iter().map(|s| (s.kind, s.data.clone())).collect(),
             currency,
             funding: a.funding,
-            status: a.status,
+            status: if a.closed { AccountStatus::Barred } else { a.status },
             balance: MoneyMinor::from_decimal_up(a.balance, currency),
             credit_limit: MoneyMinor::from_decimal_up(a.credit_limit, currency),
             bundles,

@@ -119,6 +119,26 @@ pub struct RatingGroupView {
 }
 
 impl Engine {
+    /// Open sessions of the accounts `of` selects, as (Session-Id, Origin-Host of the CCR-I),
+    /// at most `limit`: whom a RAR reaches after a price change. Sessions recovered without
+    /// names (records from before tag 22) are left out: there is no Session-Id to address.
+    pub fn open_sessions_of(&self, of: impl Fn(AccountId) -> bool, limit: usize) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        self.sessions.for_each_shard(|shard| {
+            for s in shard.iter() {
+                if out.len() >= limit {
+                    return;
+                }
+                if s.state == State::Open && of(s.account) {
+                    if let Some((id, host)) = s.names.split() {
+                        out.push((id.to_owned(), host.to_owned()));
+                    }
+                }
+            }
+        });
+        out
+    }
+
     /// The session with this Session-Id, if the table has it (open, or closed or expired and
     /// not yet forgotten).
     pub fn session(&self, now: Now, session_id: &str) -> Option<SessionView> {

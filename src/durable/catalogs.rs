@@ -20,6 +20,8 @@ use crate::cc::{Engine, Now};
 
 /// Where catalog versions are kept, under the data directory.
 pub const CATALOGS_DIR: &str = "catalogs";
+/// In `CATALOGS_DIR`: the digest of the catalog file last installed (see `CatalogStore::source`).
+const SOURCE_FILE: &str = "source";
 
 /// The content-addressed catalog files of a data directory.
 #[derive(Clone, Debug)]
@@ -53,6 +55,19 @@ impl CatalogStore {
         std::fs::rename(&tmp, &path).map_err(io(&path))?;
         std::fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io(&self.dir))?;
         Ok(digest)
+    }
+
+    /// The digest of the catalog file last installed (or found in force), if recorded: a
+    /// reload or start that reads the same file again leaves the catalog in force alone, so
+    /// changes made through the admin API are not fought by an unchanged file.
+    pub fn source(&self) -> Option<String> {
+        std::fs::read_to_string(self.dir.join(SOURCE_FILE)).ok().map(|s| s.trim().to_owned())
+    }
+
+    pub fn set_source(&self, digest: &str) -> Result<(), DataDirError> {
+        let (tmp, path) = (self.dir.join("source.tmp"), self.dir.join(SOURCE_FILE));
+        std::fs::write(&tmp, format!("{digest}\n")).map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io(&path))
     }
 
     /// The text stored under `digest`; an error names the file (and says when it does not hold
@@ -93,7 +108,7 @@ impl Replayer {
     /// the engine.
     pub(super) fn replay(&mut self, engine: &Engine, now: Now, payload: &[u8]) -> anyhow::Result<()> {
         match crate::cc::read_catalog_entry(payload) {
-            Some((digest, at_unix_ms, rest)) if rest.is_empty() => {
+            Some((digest, at_unix_ms, [])) => {
                 let name = self.store.path(&digest).display().to_string();
                 let v = self.version(&digest, &name)?;
                 engine
@@ -126,6 +141,9 @@ pub(super) fn engine_at(
     let configured_digest = catalog_digest(text);
     if id.catalog_digest == configured_digest {
         store.put(text)?;
+        if store.source().is_none() {
+            store.set_source(&configured_digest)?;
+        }
     } else if !store.path(&id.catalog_digest).exists() {
         return Err(DataDirError::CatalogChanged {
             dir: dir.to_owned(),
@@ -207,6 +225,8 @@ pub struct Catalogs {
     store: Option<CatalogStore>,
     live: Arc<Live>,
     lock: Mutex<()>,
+    /// The digest of the catalog file last installed (in memory without a data directory).
+    source: Mutex<Option<String>>,
 }
 
 impl Catalogs {
@@ -216,7 +236,32 @@ impl Catalogs {
         store: Option<CatalogStore>,
         live: Arc<Live>,
     ) -> Self {
-        Self { engine, journal, store, live, lock: Mutex::new(()) }
+        let source =
+            store.as_ref().and_then(CatalogStore::source).or_else(|| Some(live.current().digest.clone()));
+        Self { engine, journal, store, live, lock: Mutex::new(()), source: Mutex::new(source) }
+    }
+
+    /// Installs the catalog *file* `text` (start-up, reload): as `install`, unless it is the
+    /// file last installed, in which case the catalog in force stays as it is (it may have
+    /// been changed through the admin API since; an unchanged file does not undo that).
+    pub fn install_file(&self, name: &str, text: &str, now: Now) -> Result<Installation, InstallError> {
+        let digest = catalog_digest(text);
+        let current = self.live.current();
+        if self.source.lock().unwrap_or_else(|e| e.into_inner()).as_deref() == Some(digest.as_str()) {
+            return Ok(Installation {
+                digest: current.digest.clone(),
+                previous: current.digest.clone(),
+                unchanged: true,
+                accounts_added: 0,
+                repriced: Vec::new(),
+            });
+        }
+        let done = self.install(name, text, now)?;
+        if let Some(store) = &self.store {
+            store.set_source(&digest)?;
+        }
+        *self.source.lock().unwrap_or_else(|e| e.into_inner()) = Some(digest);
+        Ok(done)
     }
 
     /// The catalog in force.

@@ -62,7 +62,7 @@ pub(super) fn money(minor: i64, currency: Currency) -> String {
     Decimal::new(minor, u32::from(currency.exponent)).to_string()
 }
 
-fn view_json(backend: &Backend, v: &AccountView) -> Value {
+pub(super) fn view_json(backend: &Backend, v: &AccountView) -> Value {
     let catalog = backend.catalogs.live().current();
     let spec = catalog.catalog.accounts.get(v.id.0 as usize);
     let subscriptions: Vec<String> =
@@ -73,7 +73,11 @@ fn view_json(backend: &Backend, v: &AccountView) -> Value {
         "subscription_ids": subscriptions,
         "currency": v.currency.code,
         "funding": match v.funding { Funding::Prepaid => "prepaid", Funding::OnFile => "on_file" },
-        "status": match v.status { AccountStatus::Active => "active", AccountStatus::Barred => "barred" },
+        "status": match v.status {
+            _ if spec.is_some_and(|s| s.closed) => "closed",
+            AccountStatus::Active => "active",
+            AccountStatus::Barred => "barred",
+        },
         "balance": money(v.balance.0, v.currency),
         "credit_limit": money(v.credit_limit.0, v.currency),
         "reserved": money(v.reserved.0, v.currency),
@@ -289,6 +293,10 @@ async fn set_status(
     authorize(&state, &headers)?;
     let b = backend(&state)?;
     let id = account_of(b, &reference)?;
+    if status == AccountStatus::Active && super::catalog::is_closed(b, id) {
+        let message = format!("account {} is closed: a closed account is never unbarred", id.0);
+        return Err(ApiError::new(StatusCode::CONFLICT, message, Some("account")));
+    }
     let (what, trigger) = if status == AccountStatus::Barred {
         ("barred", Trigger::Barred)
     } else {

@@ -8,6 +8,7 @@
 //! recovering" (`/healthz` 200, `/readyz` 503) from "dead".
 
 mod accounts;
+mod catalog;
 mod notify;
 mod sessions;
 
@@ -37,6 +38,8 @@ pub struct Backend {
     pub journal: Option<Arc<ChargingJournal>>,
     /// The catalog in force, and catalog changes (reload, `PUT /v1/catalog`).
     pub catalogs: Arc<crate::durable::Catalogs>,
+    /// SIGHUP's reload, for `POST /v1/reload` (`None`: nothing to reload, e.g. in tests).
+    pub reload: Option<Arc<crate::reload::Reloader>>,
     /// The engine's monotonic origin (`Charging::now_from`): session deadlines are shown in
     /// Unix time.
     pub epoch: tokio::time::Instant,
@@ -118,8 +121,13 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/invoices/{number}", get(get_invoice))
         .route("/v1/payments", get(list_payments))
         .route("/v1/dead-letters", get(list_dead_letters))
-        .route("/v1/accounts", get(accounts::list))
-        .route("/v1/accounts/{account}", get(accounts::get))
+        .route("/v1/accounts", get(accounts::list).post(catalog::create_account))
+        .route("/v1/accounts/{account}", get(accounts::get).patch(catalog::update_account))
+        .route("/v1/accounts/{account}/close", post(catalog::close_account))
+        .route("/v1/customers", get(catalog::list_customers).post(catalog::create_customer))
+        .route("/v1/customers/{customer}", get(catalog::get_customer).patch(catalog::update_customer))
+        .route("/v1/catalog", get(catalog::get).put(catalog::put))
+        .route("/v1/reload", post(catalog::reload))
         .route("/v1/accounts/{account}/top-ups", post(accounts::top_up))
         .route("/v1/accounts/{account}/adjustments", post(accounts::adjust))
         .route("/v1/accounts/{account}/bar", post(accounts::bar))
@@ -133,6 +141,12 @@ pub fn router(state: HttpState) -> Router {
             error(StatusCode::NOT_FOUND, format!("no such endpoint: {}", uri.path()), None)
         })
         .with_state(state)
+}
+
+/// Reloads what SIGHUP reloads (see `reload`), then sends the RARs of a price change; the
+/// reloader logs the outcome. Returns whether it succeeded.
+pub async fn reload(backend: &Backend, why: &'static str) -> bool {
+    matches!(catalog::run_reload(backend, why).await, Ok(Ok(_)))
 }
 
 /// Serves `router(state)` on `listener` until `shutdown`.

@@ -136,3 +136,51 @@ pub(super) async fn send(
     }
     outcome
 }
+
+/// Sessions told about one price change at most, and RARs in flight at once.
+const REPRICE_SESSIONS_MAX: usize = 100_000;
+const REPRICE_IN_FLIGHT_MAX: usize = 64;
+
+/// After a catalog change repriced `accounts`: a RAR to each of their open sessions, so the
+/// clients re-authorise and get grants priced by the new plan (issue 7; RFC 4006 §5.5). Sent in
+/// the background, at most 64 at a time (a plan shared by a million subscribers must not open a
+/// million requests at once); returns how many were queued. The outcome is logged and counted
+/// by `net::metrics` per answer.
+pub(super) fn after_reprice(b: &Backend, accounts: &[u32]) -> usize {
+    let Some(net) = &b.net else { return 0 };
+    if accounts.is_empty() {
+        return 0;
+    }
+    let set: std::collections::HashSet<u32> = accounts.iter().copied().collect();
+    let sessions = b.engine.open_sessions_of(|a| set.contains(&a.0), REPRICE_SESSIONS_MAX);
+    let queued = sessions.len();
+    let (net, engine, journal, epoch) = (Arc::clone(net), Arc::clone(&b.engine), b.journal.clone(), b.epoch);
+    tokio::spawn(async move {
+        let limit = Arc::new(tokio::sync::Semaphore::new(REPRICE_IN_FLIGHT_MAX));
+        let mut tasks = tokio::task::JoinSet::new();
+        for (session_id, host) in sessions {
+            let Ok(permit) = Arc::clone(&limit).acquire_owned().await else { break };
+            let (net, engine, journal) = (Arc::clone(&net), Arc::clone(&engine), journal.clone());
+            tasks.spawn(async move {
+                let outcome =
+                    send(&net, &engine, journal.as_deref(), epoch, &host, ServerCommand::ReAuth, &session_id)
+                        .await;
+                drop(permit);
+                outcome.is_ok()
+            });
+        }
+        let (mut answered, mut unanswered) = (0usize, 0usize);
+        while let Some(done) = tasks.join_next().await {
+            match done {
+                Ok(true) => answered += 1,
+                _ => unanswered += 1,
+            }
+        }
+        tracing::info!(
+            answered,
+            unanswered,
+            "price change: RAR sent to the open sessions of repriced accounts"
+        );
+    });
+    queued
+}

@@ -19,6 +19,7 @@ extern "C" {
 }
 
 const SIGTERM: i32 = 15;
+const SIGHUP: i32 = 1;
 
 /// `gyro serve` as a child process; killed when dropped.
 pub struct Gyro {
@@ -75,6 +76,14 @@ impl Gyro {
     pub fn kill(&mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
+    }
+
+    /// SIGHUP: reload (configuration, dictionaries, catalog).
+    pub fn hangup(&self) {
+        let pid = i32::try_from(self.child.id()).unwrap();
+        // SAFETY: as in `terminate`.
+        let r = unsafe { kill(pid, SIGHUP) };
+        assert_eq!(r, 0, "SIGHUP delivered");
     }
 
     /// SIGTERM (graceful stop), then waits (bounded) for the exit.
