@@ -441,7 +441,6 @@ async fn serve_async(cfg: Config, dict: Arc<Dictionary>, defaults: bool) -> anyh
         s.engine = Some(Arc::clone(charging.engine()));
         s.journal = charging.journal().cloned();
         s.worker = worker_stats;
-        s.allowed_peers = cfg.diameter.allowed_peers.clone().unwrap_or_default();
         s.catalog = Some((catalog_name.clone(), catalog_digest.clone()));
     });
     let server = bind(&cfg, Arc::clone(&shared), defaults).await?;

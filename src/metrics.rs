@@ -31,8 +31,6 @@ pub struct Sources {
     pub engine: Option<Arc<Engine>>,
     pub journal: Option<Arc<ChargingJournal>>,
     pub worker: Option<Arc<Mutex<WorkerStats>>>,
-    /// Hosts that get a `gyro_diameter_peer_up` series even before they connect.
-    pub allowed_peers: Vec<String>,
     /// `gyro_config_info` labels: the catalog's name and digest.
     pub catalog: Option<(String, String)>,
 }
@@ -113,7 +111,7 @@ impl Collector for Exporter {
             );
         }
         if let Some(net) = &sources.net {
-            net_families(&mut f, net, &sources.allowed_peers);
+            net_families(&mut f, net);
         }
         if let Some(engine) = &sources.engine {
             engine_families(&mut f, engine, &sources);
@@ -158,8 +156,12 @@ impl Collector for Exporter {
     }
 }
 
-fn net_families(f: &mut Families, net: &Shared, allowed: &[String]) {
+fn net_families(f: &mut Families, net: &Shared) {
     use std::sync::atomic::Ordering::Relaxed;
+    // The allowlist in force now (it may have been replaced by a reload): its hosts get a
+    // `gyro_diameter_peer_up` series even before they connect.
+    let peer_config = net.peer_config();
+    let allowed = peer_config.allowed_peers.as_deref().unwrap_or_default();
     let requests = net
         .metrics
         .requests()

@@ -277,6 +277,19 @@ async fn avp_errors_get_the_right_result_code_and_failed_avp() {
 
 #[tokio::test]
 async fn avp_not_allowed_gets_5008() {
+    let s = start(Options { dictionary: Some(forbidding_dictionary()), ..Options::default() }).await;
+    let mut c = Client::open(s.addr).await;
+    let req = c.request(CommandCode(8_388_000), ApplicationId::COMMON, |e| {
+        e.u32(spec::RESULT_CODE, 2001);
+    });
+    let a = c.call(&req).await;
+    assert_eq!(result_code(&a), Some(5008));
+    assert_eq!(failed_avp(&a).unwrap().0, 268);
+}
+
+/// The embedded dictionaries plus command 8388000 (application 0), whose requests must not
+/// carry a Result-Code.
+fn forbidding_dictionary() -> Dictionary {
     let extra = r#"<dictionary>
       <application id="0" name="Test">
         <command code="8388000" name="Test-Forbidden" short="TF">
@@ -289,15 +302,50 @@ async fn avp_not_allowed_gets_5008() {
         .iter()
         .map(|(n, t)| ((*n).to_owned(), (*t).to_owned()))
         .chain([("test.xml".to_owned(), extra.to_owned())]);
-    let dict = Dictionary::from_sources(sources).unwrap();
-    let s = start(Options { dictionary: Some(dict), ..Options::default() }).await;
-    let mut c = Client::open(s.addr).await;
-    let req = c.request(CommandCode(8_388_000), ApplicationId::COMMON, |e| {
-        e.u32(spec::RESULT_CODE, 2001);
-    });
-    let a = c.call(&req).await;
-    assert_eq!(result_code(&a), Some(5008));
+    Dictionary::from_sources(sources).unwrap()
+}
+
+#[tokio::test]
+async fn new_peer_settings_apply_to_open_connections_and_later_cers() {
+    let s = start(Options::default()).await;
+    let mut old = Client::open(s.addr).await;
+    let forbidden = |c: &mut Client| {
+        c.request(CommandCode(8_388_000), ApplicationId::COMMON, |e| {
+            e.u32(spec::RESULT_CODE, 2001);
+        })
+    };
+    // The embedded dictionary does not know command 8388000.
+    let req = forbidden(&mut old);
+    assert_eq!(result_code(&old.call(&req).await), Some(3001));
+
+    // A reload: a dictionary that knows it, and an allowlist without the open peer.
+    let allowed = Some(vec!["pgw.new".to_owned()]);
+    s.shared.set_peer_config(peer_config(forbidding_dictionary(), allowed));
+    assert!(s.shared.peer_config().allowed_peers.is_some());
+
+    // The open connection validates with the new dictionary from its next read on...
+    let req = forbidden(&mut old);
+    let a = old.call(&req).await;
+    assert_eq!(result_code(&a), Some(5008), "validated with the new dictionary");
     assert_eq!(failed_avp(&a).unwrap().0, 268);
+    // ... and stays open although its host is not in the new allowlist (checked at CER only).
+    let dwr = old.dwr();
+    assert_eq!(result_code(&old.call(&dwr).await), Some(2001));
+
+    // A CER after the reload is checked against the new allowlist.
+    let mut refused = Client::connect(s.addr).await;
+    let cer = refused.cer(&[4]);
+    assert_eq!(result_code(&refused.call(&cer).await), Some(3010));
+    refused.expect_closed().await;
+    let mut new = Client::connect(s.addr).await;
+    new.origin_host = "pgw.new".into();
+    new.exchange_capabilities().await;
+    let req = forbidden(&mut new);
+    assert_eq!(result_code(&new.call(&req).await), Some(5008));
+
+    // The old connection still works after all that.
+    let dwr = old.dwr();
+    assert_eq!(result_code(&old.call(&dwr).await), Some(2001));
 }
 
 #[tokio::test]

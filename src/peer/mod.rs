@@ -130,6 +130,14 @@ impl Peer {
         &self.cfg
     }
 
+    /// Replaces the settings (a reload): the next message is validated with the new dictionary
+    /// and answered with the new identity. What the CER settled stays: the peer is not asked
+    /// again whether it is allowed (RFC 6733 §5.3 checks that at the capabilities exchange
+    /// only), and the applications negotiated then remain those usable on this connection.
+    pub fn set_config(&mut self, cfg: Arc<PeerConfig>) {
+        self.cfg = cfg;
+    }
+
     /// Handles one framed message. Answers go into `out`.
     pub fn handle(&mut self, now_ms: u64, msg: &MessageRef<'_>, out: &mut BytesMut) -> Action {
         if self.state == State::Closed {
@@ -665,6 +673,36 @@ mod tests {
         assert_eq!(p.handle(5, &MessageRef::parse(&c).unwrap(), &mut out), Action::Continue);
         let a = messages(&mut out).pop().unwrap();
         assert_eq!(MessageRef::parse(&a).unwrap().u32(AvpCode::RESULT_CODE), Some(5012));
+        assert_eq!(p.state(), State::Open);
+    }
+
+    #[test]
+    fn new_settings_apply_to_the_next_message_of_an_open_peer() {
+        let mut p = open(30_000);
+        let mut out = BytesMut::new();
+        let dwr = request(CommandCode::DEVICE_WATCHDOG, |_| {});
+        p.handle(1, &MessageRef::parse(&dwr).unwrap(), &mut out);
+        let a = messages(&mut out).pop().unwrap();
+        assert_eq!(MessageRef::parse(&a).unwrap().str(AvpCode::ORIGIN_HOST), Some("gyro.test"));
+        // A reload with another identity and an allowlist without this peer: still open, and
+        // answering as the new identity.
+        let old = config(30_000);
+        let mut local = old.local.clone();
+        local.origin_host = "gyro2.test".into();
+        p.set_config(Arc::new(PeerConfig {
+            local,
+            dictionary: Arc::clone(&old.dictionary),
+            applications: old.applications.clone(),
+            allowed_peers: Some(vec!["someone.else".into()]),
+            watchdog_interval_ms: 30_000,
+        }));
+        assert_eq!(p.handle(2, &MessageRef::parse(&dwr).unwrap(), &mut out), Action::Continue);
+        let a = messages(&mut out).pop().unwrap();
+        let m = MessageRef::parse(&a).unwrap();
+        assert_eq!(
+            (m.u32(AvpCode::RESULT_CODE), m.str(AvpCode::ORIGIN_HOST)),
+            (Some(2001), Some("gyro2.test"))
+        );
         assert_eq!(p.state(), State::Open);
     }
 

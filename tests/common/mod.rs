@@ -61,15 +61,20 @@ pub fn local() -> LocalIdentity {
     }
 }
 
-pub async fn start(opts: Options) -> TestServer {
-    let dict = opts.dictionary.unwrap_or_else(|| Dictionary::embedded().unwrap());
-    let peer = Arc::new(PeerConfig {
+/// The test server's peer settings (application 4, Tw 30 s) with a dictionary and allowlist.
+pub fn peer_config(dict: Dictionary, allowed_peers: Option<Vec<String>>) -> Arc<PeerConfig> {
+    Arc::new(PeerConfig {
         local: local(),
         dictionary: Arc::new(dict),
         applications: vec![ApplicationId::CREDIT_CONTROL],
-        allowed_peers: opts.allowed_peers,
+        allowed_peers,
         watchdog_interval_ms: 30_000,
-    });
+    })
+}
+
+pub async fn start(opts: Options) -> TestServer {
+    let dict = opts.dictionary.unwrap_or_else(|| Dictionary::embedded().unwrap());
+    let peer = peer_config(dict, opts.allowed_peers);
     let limits = ServerLimits {
         in_flight_per_connection: opts.in_flight_max,
         in_flight_total: opts.in_flight_total,
