@@ -183,6 +183,11 @@ fn net_families(f: &mut Families, net: &Shared) {
         "Requests answered 3004 DIAMETER_TOO_BUSY by overload control.",
         net.shed.load(Relaxed),
     );
+    f.counter1(
+        "gyro_diameter_peer_connections_refused_total",
+        "CERs answered 5012 and closed because their Origin-Host had diameter.connections_per_peer_max connections open.",
+        net.metrics.peer_refused.load(Relaxed),
+    );
     f.gauge1(
         "gyro_diameter_connections",
         "Open Diameter connections.",

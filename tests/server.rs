@@ -349,6 +349,59 @@ async fn new_peer_settings_apply_to_open_connections_and_later_cers() {
 }
 
 #[tokio::test]
+async fn connections_per_peer_are_limited_at_cer() {
+    let s = start(Options { connections_per_peer: 2, ..Options::default() }).await;
+    let mut first = Client::open(s.addr).await;
+    let mut second = Client::open(s.addr).await;
+
+    // A third from the same Origin-Host (compared case-insensitively): CEA 5012, then close.
+    let mut third = Client::connect(s.addr).await;
+    third.origin_host = "PGW.Test".into();
+    let cer = third.cer(&[4]);
+    let cea = third.call(&cer).await;
+    assert_eq!(result_code(&cea), Some(5012));
+    assert!(!msg(&cea).header.flags.is_error(), "5012 is a permanent failure, not a protocol error");
+    assert!(msg(&cea).str(AvpCode::ERROR_MESSAGE).unwrap().contains("too many connections"));
+    third.expect_closed().await;
+    assert_eq!(s.shared.metrics.peer_refused.load(Ordering::Relaxed), 1);
+
+    // The first two keep working, and another host still connects.
+    for c in [&mut first, &mut second] {
+        let dwr = c.dwr();
+        assert_eq!(result_code(&c.call(&dwr).await), Some(2001));
+    }
+    let mut other = Client::connect(s.addr).await;
+    other.origin_host = "pgw.other".into();
+    other.exchange_capabilities().await;
+
+    // One of the two leaves (DPR): its slot is freed when its connection ends.
+    let dpr = second.request(CommandCode::DISCONNECT_PEER, ApplicationId::COMMON, |e| {
+        e.u32(spec::DISCONNECT_CAUSE, 0);
+    });
+    assert_eq!(result_code(&second.call(&dpr).await), Some(2001));
+    second.expect_closed().await;
+    // The client sees the close just before the server's task drops the connection.
+    let mut accepted = false;
+    for _ in 0..100 {
+        let mut again = Client::connect(s.addr).await;
+        let cer = again.cer(&[4]);
+        match result_code(&again.call(&cer).await) {
+            Some(2001) => {
+                accepted = true;
+                let dwr = again.dwr();
+                assert_eq!(result_code(&again.call(&dwr).await), Some(2001));
+                break;
+            }
+            Some(5012) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            other => panic!("unexpected CEA {other:?}"),
+        }
+    }
+    assert!(accepted, "a slot freed by a closed connection is taken again");
+    let dwr = first.dwr();
+    assert_eq!(result_code(&first.call(&dwr).await), Some(2001));
+}
+
+#[tokio::test]
 async fn corrupt_streams_are_answered_then_closed() {
     let s = start(Options::default()).await;
     // 5015: length not a multiple of 4.

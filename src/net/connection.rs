@@ -309,7 +309,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             return Action::Continue;
         }
         let start = self.wbuf.len();
-        let action = match self.peer.handle(now, &msg, &mut self.wbuf) {
+        // RFC 6733 §5.3: the peer layer decides the CER; the count of open connections per
+        // Origin-Host is the registry's (`diameter.connections_per_peer_max`). Admitted = opened
+        // and registered in one step under the registry's lock, so two CERs racing on two
+        // connections cannot both take the last slot; `Drop` deregisters exactly once.
+        let (shared, id, out_tx) = (&self.shared, self.id, &self.out_tx);
+        let mut admit = |host: &str| {
+            let admitted =
+                shared.outgoing.try_register(host, id, out_tx.clone(), shared.connections_per_peer_max);
+            if !admitted {
+                shared.metrics.peer_refused.fetch_add(1, Ordering::Relaxed);
+            }
+            admitted
+        };
+        let action = match self.peer.handle_admitting(now, &msg, &mut self.wbuf, &mut admit) {
             Action::Dispatch => {
                 self.dispatch(now, &msg, f);
                 Action::Continue
@@ -325,7 +338,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             if let Some(remote) = self.peer.remote() {
                 let host: Arc<str> = Arc::from(remote.origin_host.as_str());
                 self.shared.metrics.peer_opened(&host);
-                self.shared.outgoing.register(&host, self.id, self.out_tx.clone());
+                // Registered for outgoing requests (and counted against the per-peer limit)
+                // when it was admitted, above.
                 self.peer_host = Some(host);
             }
         }

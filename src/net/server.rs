@@ -42,6 +42,8 @@ pub struct Shared {
     /// Requests, latency and open peers, for metrics.
     pub metrics: super::metrics::NetMetrics,
     pub connections_max: usize,
+    /// Open connections one Origin-Host may hold; a CER beyond it gets CEA 5012 and close.
+    pub connections_per_peer_max: usize,
     pub message_size_max: usize,
     seed: AtomicU64,
     /// Open connections by peer Origin-Host, for requests the server sends (RAR, ASR).
@@ -56,6 +58,8 @@ pub struct ServerLimits {
     pub in_flight_per_connection: usize,
     pub in_flight_total: usize,
     pub connections: usize,
+    /// Open connections per peer Origin-Host (at most `connections`).
+    pub connections_per_peer: usize,
     pub message_size_bytes: usize,
 }
 
@@ -65,6 +69,7 @@ impl Default for ServerLimits {
             in_flight_per_connection: crate::limits::IN_FLIGHT_PER_CONNECTION_MAX,
             in_flight_total: crate::limits::IN_FLIGHT_TOTAL_MAX,
             connections: CONNECTIONS_MAX,
+            connections_per_peer: crate::limits::CONNECTIONS_PER_PEER_DEFAULT,
             message_size_bytes: crate::limits::MESSAGE_SIZE_MAX_BYTES,
         }
     }
@@ -73,6 +78,7 @@ impl Default for ServerLimits {
 impl Shared {
     pub fn new(peer: Arc<PeerConfig>, applications: Vec<Arc<dyn Application>>, limits: ServerLimits) -> Self {
         assert!(limits.connections <= CONNECTIONS_MAX);
+        assert!((1..=limits.connections).contains(&limits.connections_per_peer));
         assert!(limits.message_size_bytes <= crate::limits::MESSAGE_SIZE_MAX_BYTES);
         // Seed ids and jitter from the process start time and pid, so restarts differ
         // (RFC 6733 §3: End-to-End ids should not repeat across reboots).
@@ -93,6 +99,7 @@ impl Shared {
             shed: AtomicU64::new(0),
             metrics: super::metrics::NetMetrics::new(),
             connections_max: limits.connections,
+            connections_per_peer_max: limits.connections_per_peer,
             message_size_max: limits.message_size_bytes,
             seed: AtomicU64::new(seed),
             outgoing: super::outgoing::Registry::default(),

@@ -35,6 +35,8 @@ pub struct Options {
     /// Server-wide in-flight limit (new work is shed from 75 % of it).
     pub in_flight_total: usize,
     pub dictionary: Option<Dictionary>,
+    /// Open connections one Origin-Host may hold.
+    pub connections_per_peer: usize,
 }
 
 impl Default for Options {
@@ -45,6 +47,7 @@ impl Default for Options {
             in_flight_max: 1024,
             in_flight_total: gyro::limits::IN_FLIGHT_TOTAL_MAX,
             dictionary: None,
+            connections_per_peer: gyro::limits::CONNECTIONS_PER_PEER_DEFAULT,
         }
     }
 }
@@ -78,6 +81,7 @@ pub async fn start(opts: Options) -> TestServer {
     let limits = ServerLimits {
         in_flight_per_connection: opts.in_flight_max,
         in_flight_total: opts.in_flight_total,
+        connections_per_peer: opts.connections_per_peer,
         ..ServerLimits::default()
     };
     let shared = Arc::new(Shared::new(peer, opts.applications, limits));
