@@ -680,6 +680,28 @@ async fn duplicate_request_gets_the_original_answer() {
     assert_eq!(app.calls.load(Ordering::SeqCst), 2);
 }
 
+#[tokio::test]
+async fn transport_duplicates_are_replayed_and_counted() {
+    // `Counting` keeps the default `remembers_answers() == false`: the connection's duplicate
+    // cache (RFC 6733 §5.5.4, Origin-Host + End-to-End) answers for it.
+    let app = Arc::new(Counting::default());
+    let s = start(Options { applications: vec![app.clone()], ..Options::default() }).await;
+    let replayed = || s.shared.metrics.replayed.load(Ordering::Relaxed);
+    let before = replayed();
+    let mut c = Client::open(s.addr).await;
+    let req = ccr(&mut c, "replay;1");
+    let first = c.call(&req).await;
+    assert_eq!(result_code(&first), Some(2001));
+    assert_eq!(replayed(), before, "a first request is not a replay");
+    // The same request again on the same connection, T flag set (RFC 6733 §3), same ids.
+    let mut again = req.to_vec();
+    again[4] |= CommandFlags::RETRANSMIT;
+    let second = c.call(&again).await;
+    assert_eq!(app.calls.load(Ordering::SeqCst), 1, "the handler ran once");
+    assert_eq!(second, first, "the same answer, byte for byte (its ids are the request's)");
+    assert_eq!(replayed(), before + 1, "the replay is counted once");
+}
+
 /// Answers 2001 after burning `per_request` of the connection's thread: a server short of CPU.
 struct Slow {
     per_request: std::time::Duration,
