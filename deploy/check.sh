@@ -44,6 +44,7 @@ METRICS=(
   gyro_granted_events_total
   gyro_duplicates_replayed_total
   gyro_overload_shed_total
+  gyro_diameter_peer_connections_refused_total
   gyro_journal_written_bytes_total
   gyro_journal_records_total
   gyro_journal_failed
@@ -262,7 +263,8 @@ ok("kubernetes cross-references checked")
 KEYS = {
     "diameter": {"listen", "origin_host", "origin_realm", "host_ip_addresses", "product_name",
                  "applications", "allowed_peers", "watchdog_interval_ms", "in_flight_per_connection",
-                 "in_flight_max", "connections_max", "message_size_max_bytes", "dictionary_dir"},
+                 "in_flight_max", "connections_max", "connections_per_peer_max", "message_size_max_bytes",
+                 "dictionary_dir"},
     "charging": {"catalog", "tcc_grace_ms", "closed_retention_ms"},
     "journal": {"dir", "fsync", "segment_mib", "preallocate", "snapshot_interval_s", "snapshots_kept"},
     "log": {"level", "format"},

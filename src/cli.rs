@@ -496,7 +496,6 @@ async fn serve_async(
         s.engine = Some(Arc::clone(charging.engine()));
         s.journal = charging.journal().cloned();
         s.worker = worker_stats;
-        s.allowed_peers = cfg.diameter.allowed_peers.clone().unwrap_or_default();
         s.catalog = Some(Arc::clone(catalogs.live()));
         s.reload = Some(Arc::clone(reloader.stats()));
     });

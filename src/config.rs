@@ -138,6 +138,10 @@ pub struct DiameterConfig {
     pub in_flight_max: usize,
     /// Concurrent connections; more are closed at once.
     pub connections_max: usize,
+    /// Open connections one peer (Origin-Host, case-insensitive) may hold; a CER beyond it gets
+    /// CEA 5012 and close. At most `connections_max`; absent = 16, or `connections_max` when
+    /// that is smaller (so a small `connections_max` alone stays a valid file).
+    pub connections_per_peer_max: Option<usize>,
     /// Largest message accepted; a larger one is a corrupt stream (5015, close).
     pub message_size_max_bytes: usize,
     /// Extra dictionary files (`*.xml`) loaded after the embedded ones.
@@ -226,6 +230,12 @@ impl TryFrom<String> for LogFormat {
 }
 
 impl DiameterConfig {
+    /// `connections_per_peer_max`, or its default within `connections_max`.
+    pub fn connections_per_peer(&self) -> usize {
+        self.connections_per_peer_max
+            .unwrap_or_else(|| crate::limits::CONNECTIONS_PER_PEER_DEFAULT.min(self.connections_max))
+    }
+
     /// Where the TLS listener binds: `tls.listen`, or port 5658 on the IP of `listen`.
     pub fn tls_listen(&self) -> SocketAddr {
         self.tls.listen.unwrap_or_else(|| SocketAddr::new(self.listen.ip(), DIAMETER_TLS_PORT))
@@ -246,6 +256,7 @@ impl Default for DiameterConfig {
             in_flight_per_connection: IN_FLIGHT_PER_CONNECTION_MAX,
             in_flight_max: crate::limits::IN_FLIGHT_TOTAL_MAX,
             connections_max: CONNECTIONS_MAX,
+            connections_per_peer_max: None,
             message_size_max_bytes: MESSAGE_SIZE_MAX_BYTES,
             dictionary_dir: None,
             plain: true,
@@ -335,6 +346,14 @@ impl Config {
                 "diameter.connections_max",
                 format!("{} is outside 1..={CONNECTIONS_MAX}", d.connections_max),
             ));
+        }
+        if let Some(n) = d.connections_per_peer_max {
+            if !(1..=d.connections_max).contains(&n) {
+                return Err(err(
+                    "diameter.connections_per_peer_max",
+                    format!("{n} is outside 1..={} (diameter.connections_max)", d.connections_max),
+                ));
+            }
         }
         // The smallest useful limit holds a CER with a few addresses and applications.
         if !(1024..=MESSAGE_SIZE_MAX_BYTES).contains(&d.message_size_max_bytes)
@@ -497,6 +516,7 @@ impl Config {
             in_flight_per_connection: self.diameter.in_flight_per_connection,
             in_flight_total: self.diameter.in_flight_max,
             connections: self.diameter.connections_max,
+            connections_per_peer: self.diameter.connections_per_peer(),
             message_size_bytes: self.diameter.message_size_max_bytes,
         }
     }
@@ -550,6 +570,21 @@ mod tests {
         assert!(e.contains("diameter.origin_host"), "{e}");
         let e = Config::parse("g.toml", "[diameter]\nlisten = \"nope\"\n").unwrap_err().to_string();
         assert!(e.contains("listen"), "{e}");
+    }
+
+    #[test]
+    fn connections_per_peer_max_is_within_connections_max() {
+        let c = Config::default();
+        assert_eq!(c.server_limits().connections_per_peer, crate::limits::CONNECTIONS_PER_PEER_DEFAULT);
+        // A small connections_max alone is valid: the default follows it down.
+        let c = Config::parse("g.toml", "[diameter]\nconnections_max = 4\n").unwrap();
+        assert_eq!(c.server_limits().connections_per_peer, 4);
+        let c = Config::parse("g.toml", "[diameter]\nconnections_per_peer_max = 2\n").unwrap();
+        assert_eq!(c.server_limits().connections_per_peer, 2);
+        for bad in ["connections_per_peer_max = 0", "connections_max = 4\nconnections_per_peer_max = 5"] {
+            let e = Config::parse("g.toml", &format!("[diameter]\n{bad}\n")).unwrap_err().to_string();
+            assert!(e.contains("diameter.connections_per_peer_max"), "{bad}: {e}");
+        }
     }
 
     #[test]

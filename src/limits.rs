@@ -27,6 +27,14 @@ pub const MSCC_PER_REQUEST_MAX: usize = 64;
 /// Concurrent Diameter connections the server accepts; further ones are closed at once.
 pub const CONNECTIONS_MAX: usize = 1024;
 
+/// Open connections one peer (Origin-Host) may hold unless `diameter.connections_per_peer_max`
+/// says otherwise: RFC 6733 §5.1 asks a client for a primary and a secondary peer, and a few
+/// links to one server spread its load; more is a peer stuck in a reconnect loop or a
+/// misconfiguration, and must not take every slot of `diameter.connections_max`.
+pub const CONNECTIONS_PER_PEER_DEFAULT: usize = 16;
+
+const _: () = assert!(CONNECTIONS_PER_PEER_DEFAULT >= 1 && CONNECTIONS_PER_PEER_DEFAULT <= CONNECTIONS_MAX);
+
 /// Requests dispatched but not yet answered on one connection; more get 3004 TOO_BUSY.
 pub const IN_FLIGHT_PER_CONNECTION_MAX: usize = 1024;
 

@@ -31,8 +31,6 @@ pub struct Sources {
     pub engine: Option<Arc<Engine>>,
     pub journal: Option<Arc<ChargingJournal>>,
     pub worker: Option<Arc<Mutex<WorkerStats>>>,
-    /// Hosts that get a `gyro_diameter_peer_up` series even before they connect.
-    pub allowed_peers: Vec<String>,
     /// `gyro_config_info` labels: the catalog in force's name and digest.
     pub catalog: Option<Arc<crate::catalog::Live>>,
     /// Reloads, and the configuration's and dictionaries' versions.
@@ -149,7 +147,7 @@ impl Collector for Exporter {
             );
         }
         if let Some(net) = &sources.net {
-            net_families(&mut f, net, &sources.allowed_peers);
+            net_families(&mut f, net);
         }
         if let Some(engine) = &sources.engine {
             engine_families(&mut f, engine, &sources);
@@ -194,8 +192,12 @@ impl Collector for Exporter {
     }
 }
 
-fn net_families(f: &mut Families, net: &Shared, allowed: &[String]) {
+fn net_families(f: &mut Families, net: &Shared) {
     use std::sync::atomic::Ordering::Relaxed;
+    // The allowlist in force now (it may have been replaced by a reload): its hosts get a
+    // `gyro_diameter_peer_up` series even before they connect.
+    let peer_config = net.peer_config();
+    let allowed = peer_config.allowed_peers.as_deref().unwrap_or_default();
     let requests = net
         .metrics
         .requests()
@@ -216,6 +218,11 @@ fn net_families(f: &mut Families, net: &Shared, allowed: &[String]) {
         "gyro_overload_shed_total",
         "Requests answered 3004 DIAMETER_TOO_BUSY by overload control.",
         net.shed.load(Relaxed),
+    );
+    f.counter1(
+        "gyro_diameter_peer_connections_refused_total",
+        "CERs answered 5012 and closed because their Origin-Host had diameter.connections_per_peer_max connections open.",
+        net.metrics.peer_refused.load(Relaxed),
     );
     f.gauge1(
         "gyro_diameter_connections",

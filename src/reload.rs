@@ -254,7 +254,14 @@ impl Reloader {
         let allowed_peers_changed = running.diameter.allowed_peers != cfg.diameter.allowed_peers;
         if let Some(net) = self.net.get() {
             if dictionaries_changed || allowed_peers_changed {
-                swap_peer(net, dictionary, cfg.diameter.allowed_peers.clone());
+                let old = net.peer_config();
+                net.set_peer_config(Arc::new(crate::peer::PeerConfig {
+                    local: old.local.clone(),
+                    dictionary: Arc::new(dictionary),
+                    applications: old.applications.clone(),
+                    allowed_peers: cfg.diameter.allowed_peers.clone(),
+                    watchdog_interval_ms: old.watchdog_interval_ms,
+                }));
             }
         }
         let log_level_changed = running.log.level != cfg.log.level;
@@ -322,6 +329,3 @@ fn restart_required(running: &Config, new: &Config) -> Vec<&'static str> {
     }
     out
 }
-
-// MERGE-TODO: replace with the net helper's API.
-fn swap_peer(_net: &Shared, _dictionary: Dictionary, _allowed: Option<Vec<String>>) {}

@@ -277,6 +277,19 @@ async fn avp_errors_get_the_right_result_code_and_failed_avp() {
 
 #[tokio::test]
 async fn avp_not_allowed_gets_5008() {
+    let s = start(Options { dictionary: Some(forbidding_dictionary()), ..Options::default() }).await;
+    let mut c = Client::open(s.addr).await;
+    let req = c.request(CommandCode(8_388_000), ApplicationId::COMMON, |e| {
+        e.u32(spec::RESULT_CODE, 2001);
+    });
+    let a = c.call(&req).await;
+    assert_eq!(result_code(&a), Some(5008));
+    assert_eq!(failed_avp(&a).unwrap().0, 268);
+}
+
+/// The embedded dictionaries plus command 8388000 (application 0), whose requests must not
+/// carry a Result-Code.
+fn forbidding_dictionary() -> Dictionary {
     let extra = r#"<dictionary>
       <application id="0" name="Test">
         <command code="8388000" name="Test-Forbidden" short="TF">
@@ -289,15 +302,103 @@ async fn avp_not_allowed_gets_5008() {
         .iter()
         .map(|(n, t)| ((*n).to_owned(), (*t).to_owned()))
         .chain([("test.xml".to_owned(), extra.to_owned())]);
-    let dict = Dictionary::from_sources(sources).unwrap();
-    let s = start(Options { dictionary: Some(dict), ..Options::default() }).await;
-    let mut c = Client::open(s.addr).await;
-    let req = c.request(CommandCode(8_388_000), ApplicationId::COMMON, |e| {
-        e.u32(spec::RESULT_CODE, 2001);
-    });
-    let a = c.call(&req).await;
-    assert_eq!(result_code(&a), Some(5008));
+    Dictionary::from_sources(sources).unwrap()
+}
+
+#[tokio::test]
+async fn new_peer_settings_apply_to_open_connections_and_later_cers() {
+    let s = start(Options::default()).await;
+    let mut old = Client::open(s.addr).await;
+    let forbidden = |c: &mut Client| {
+        c.request(CommandCode(8_388_000), ApplicationId::COMMON, |e| {
+            e.u32(spec::RESULT_CODE, 2001);
+        })
+    };
+    // The embedded dictionary does not know command 8388000.
+    let req = forbidden(&mut old);
+    assert_eq!(result_code(&old.call(&req).await), Some(3001));
+
+    // A reload: a dictionary that knows it, and an allowlist without the open peer.
+    let allowed = Some(vec!["pgw.new".to_owned()]);
+    s.shared.set_peer_config(peer_config(forbidding_dictionary(), allowed));
+    assert!(s.shared.peer_config().allowed_peers.is_some());
+
+    // The open connection validates with the new dictionary from its next read on...
+    let req = forbidden(&mut old);
+    let a = old.call(&req).await;
+    assert_eq!(result_code(&a), Some(5008), "validated with the new dictionary");
     assert_eq!(failed_avp(&a).unwrap().0, 268);
+    // ... and stays open although its host is not in the new allowlist (checked at CER only).
+    let dwr = old.dwr();
+    assert_eq!(result_code(&old.call(&dwr).await), Some(2001));
+
+    // A CER after the reload is checked against the new allowlist.
+    let mut refused = Client::connect(s.addr).await;
+    let cer = refused.cer(&[4]);
+    assert_eq!(result_code(&refused.call(&cer).await), Some(3010));
+    refused.expect_closed().await;
+    let mut new = Client::connect(s.addr).await;
+    new.origin_host = "pgw.new".into();
+    new.exchange_capabilities().await;
+    let req = forbidden(&mut new);
+    assert_eq!(result_code(&new.call(&req).await), Some(5008));
+
+    // The old connection still works after all that.
+    let dwr = old.dwr();
+    assert_eq!(result_code(&old.call(&dwr).await), Some(2001));
+}
+
+#[tokio::test]
+async fn connections_per_peer_are_limited_at_cer() {
+    let s = start(Options { connections_per_peer: 2, ..Options::default() }).await;
+    let mut first = Client::open(s.addr).await;
+    let mut second = Client::open(s.addr).await;
+
+    // A third from the same Origin-Host (compared case-insensitively): CEA 5012, then close.
+    let mut third = Client::connect(s.addr).await;
+    third.origin_host = "PGW.Test".into();
+    let cer = third.cer(&[4]);
+    let cea = third.call(&cer).await;
+    assert_eq!(result_code(&cea), Some(5012));
+    assert!(!msg(&cea).header.flags.is_error(), "5012 is a permanent failure, not a protocol error");
+    assert!(msg(&cea).str(AvpCode::ERROR_MESSAGE).unwrap().contains("too many connections"));
+    third.expect_closed().await;
+    assert_eq!(s.shared.metrics.peer_refused.load(Ordering::Relaxed), 1);
+
+    // The first two keep working, and another host still connects.
+    for c in [&mut first, &mut second] {
+        let dwr = c.dwr();
+        assert_eq!(result_code(&c.call(&dwr).await), Some(2001));
+    }
+    let mut other = Client::connect(s.addr).await;
+    other.origin_host = "pgw.other".into();
+    other.exchange_capabilities().await;
+
+    // One of the two leaves (DPR): its slot is freed when its connection ends.
+    let dpr = second.request(CommandCode::DISCONNECT_PEER, ApplicationId::COMMON, |e| {
+        e.u32(spec::DISCONNECT_CAUSE, 0);
+    });
+    assert_eq!(result_code(&second.call(&dpr).await), Some(2001));
+    second.expect_closed().await;
+    // The client sees the close just before the server's task drops the connection.
+    let mut accepted = false;
+    for _ in 0..100 {
+        let mut again = Client::connect(s.addr).await;
+        let cer = again.cer(&[4]);
+        match result_code(&again.call(&cer).await) {
+            Some(2001) => {
+                accepted = true;
+                let dwr = again.dwr();
+                assert_eq!(result_code(&again.call(&dwr).await), Some(2001));
+                break;
+            }
+            Some(5012) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            other => panic!("unexpected CEA {other:?}"),
+        }
+    }
+    assert!(accepted, "a slot freed by a closed connection is taken again");
+    let dwr = first.dwr();
+    assert_eq!(result_code(&first.call(&dwr).await), Some(2001));
 }
 
 #[tokio::test]
@@ -577,6 +678,28 @@ async fn duplicate_request_gets_the_original_answer() {
     let req2 = ccr(&mut c, "dup;1");
     c.call(&req2).await;
     assert_eq!(app.calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn transport_duplicates_are_replayed_and_counted() {
+    // `Counting` keeps the default `remembers_answers() == false`: the connection's duplicate
+    // cache (RFC 6733 §5.5.4, Origin-Host + End-to-End) answers for it.
+    let app = Arc::new(Counting::default());
+    let s = start(Options { applications: vec![app.clone()], ..Options::default() }).await;
+    let replayed = || s.shared.metrics.replayed.load(Ordering::Relaxed);
+    let before = replayed();
+    let mut c = Client::open(s.addr).await;
+    let req = ccr(&mut c, "replay;1");
+    let first = c.call(&req).await;
+    assert_eq!(result_code(&first), Some(2001));
+    assert_eq!(replayed(), before, "a first request is not a replay");
+    // The same request again on the same connection, T flag set (RFC 6733 §3), same ids.
+    let mut again = req.to_vec();
+    again[4] |= CommandFlags::RETRANSMIT;
+    let second = c.call(&again).await;
+    assert_eq!(app.calls.load(Ordering::SeqCst), 1, "the handler ran once");
+    assert_eq!(second, first, "the same answer, byte for byte (its ids are the request's)");
+    assert_eq!(replayed(), before + 1, "the replay is counted once");
 }
 
 /// Answers 2001 after burning `per_request` of the connection's thread: a server short of CPU.

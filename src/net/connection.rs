@@ -30,6 +30,8 @@ pub(super) struct Connection<S> {
     addr: SocketAddr,
     shared: Arc<Shared>,
     peer: Peer,
+    /// `Shared::peer_version` when `peer`'s config was taken; checked once per read.
+    peer_version: u64,
     rbuf: BytesMut,
     wbuf: BytesMut,
     in_flight: usize,
@@ -99,7 +101,9 @@ impl<S> Drop for Connection<S> {
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     pub(super) fn new(stream: S, addr: SocketAddr, shared: Arc<Shared>) -> Self {
         let now = shared.now_ms();
-        let peer = Peer::new(Arc::clone(&shared.peer), now, shared.next_seed());
+        // The version first: a reload between the two loads is seen again at the first read.
+        let peer_version = shared.peer_version();
+        let peer = Peer::new(shared.peer_config(), now, shared.next_seed());
         let (tx, rx) = mpsc::unbounded_channel();
         let (out_tx, out_rx) = super::outgoing::queue();
         let id = shared.connection_ids.fetch_add(1, Ordering::Relaxed);
@@ -108,6 +112,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             addr,
             shared,
             peer,
+            peer_version,
             rbuf: BytesMut::with_capacity(READ_CHUNK_BYTES),
             wbuf: BytesMut::with_capacity(READ_CHUNK_BYTES),
             in_flight: 0,
@@ -146,6 +151,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     Ok(n) => {
                         self.read_at = std::time::Instant::now();
                         self.queue_delay(n == room);
+                        self.refresh_peer_config();
                         self.on_read()
                     }
                     Err(error) => {
@@ -187,6 +193,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
         let _ = self.stream.shutdown().await;
         tracing::debug!(addr = %self.addr, peer = self.peer.remote().map(|r| r.origin_host.as_str()), "connection closed");
+    }
+
+    /// Takes the server's current peer settings if they were replaced (`Shared::set_peer_config`)
+    /// since this connection took its own: one atomic load per read, no lock on the hot path.
+    fn refresh_peer_config(&mut self) {
+        let version = self.shared.peer_version();
+        if version != self.peer_version {
+            self.peer_version = version;
+            self.peer.set_config(self.shared.peer_config());
+            tracing::debug!(addr = %self.addr, version, "peer settings reloaded on an open connection");
+        }
     }
 
     /// Tracks how long the socket has been backed up and what to shed for it.
@@ -276,7 +293,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         header[1..4].copy_from_slice(&[0, 0, HEADER_SIZE_BYTES as u8]);
         let Some(msg) = MessageRef::parse(&header) else { return };
         let text = e.to_string();
-        error_answer(&mut self.wbuf, &self.shared.peer.local, &msg, e.result_code(), Some(&text), None);
+        error_answer(&mut self.wbuf, &self.peer.config().local, &msg, e.result_code(), Some(&text), None);
     }
 
     fn on_frame(&mut self, f: &Bytes) -> Action {
@@ -292,7 +309,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             return Action::Continue;
         }
         let start = self.wbuf.len();
-        let action = match self.peer.handle(now, &msg, &mut self.wbuf) {
+        // RFC 6733 §5.3: the peer layer decides the CER; the count of open connections per
+        // Origin-Host is the registry's (`diameter.connections_per_peer_max`). Admitted = opened
+        // and registered in one step under the registry's lock, so two CERs racing on two
+        // connections cannot both take the last slot; `Drop` deregisters exactly once.
+        let (shared, id, out_tx) = (&self.shared, self.id, &self.out_tx);
+        let mut admit = |host: &str| {
+            let admitted =
+                shared.outgoing.try_register(host, id, out_tx.clone(), shared.connections_per_peer_max);
+            if !admitted {
+                shared.metrics.peer_refused.fetch_add(1, Ordering::Relaxed);
+            }
+            admitted
+        };
+        let action = match self.peer.handle_admitting(now, &msg, &mut self.wbuf, &mut admit) {
             Action::Dispatch => {
                 self.dispatch(now, &msg, f);
                 Action::Continue
@@ -308,7 +338,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             if let Some(remote) = self.peer.remote() {
                 let host: Arc<str> = Arc::from(remote.origin_host.as_str());
                 self.shared.metrics.peer_opened(&host);
-                self.shared.outgoing.register(&host, self.id, self.out_tx.clone());
+                // Registered for outgoing requests (and counted against the per-peer limit)
+                // when it was admitted, above.
                 self.peer_host = Some(host);
             }
         }
@@ -317,7 +348,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     fn dispatch(&mut self, now: u64, msg: &MessageRef<'_>, f: &Bytes) {
         let h = msg.header;
-        let local = &self.shared.peer.local;
+        let local = &self.peer.config().local;
         let Some(app) = self.shared.application(h.application).cloned() else {
             let text = format!("application {} is not served by this node", h.application.0);
             error_answer(&mut self.wbuf, local, msg, ResultCode::APPLICATION_UNSUPPORTED, Some(&text), None);
@@ -400,7 +431,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             self.wbuf.truncate(start);
             error_answer(
                 &mut self.wbuf,
-                &self.shared.peer.local,
+                &self.peer.config().local,
                 msg,
                 ResultCode::UNABLE_TO_COMPLY,
                 Some("internal error"),
@@ -483,7 +514,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let Some(remote) = self.peer.remote() else { return };
         let (host, realm) = (remote.origin_host.clone(), remote.origin_realm.clone());
         let hop_by_hop = self.peer.next_hop_by_hop();
-        super::outgoing::encode(&mut self.wbuf, &o, &self.shared.peer.local, &host, &realm, hop_by_hop);
+        super::outgoing::encode(&mut self.wbuf, &o, &self.peer.config().local, &host, &realm, hop_by_hop);
         tracing::debug!(peer = %host, command = o.command.name(), session_id = %o.session_id, hop_by_hop, t_flag = o.retransmit, "request sent");
         self.pending.insert(hop_by_hop, o.reply);
     }

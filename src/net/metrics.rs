@@ -36,6 +36,9 @@ pub struct NetMetrics {
     /// Transport-level duplicates (same Origin-Host and End-to-End id) answered from the
     /// duplicate cache, for applications that do not remember their own answers.
     pub replayed: AtomicU64,
+    /// CERs refused because their Origin-Host already had `diameter.connections_per_peer_max`
+    /// open connections.
+    pub peer_refused: AtomicU64,
     requests: Box<[AtomicU64]>,
     latency_vec: HistogramVec,
     latency: Vec<Histogram>,
@@ -111,6 +114,7 @@ impl NetMetrics {
         let latency = COMMANDS.iter().map(|(_, name)| latency_vec.with_label_values(&[name])).collect();
         Self {
             replayed: AtomicU64::new(0),
+            peer_refused: AtomicU64::new(0),
             requests: (0..COMMANDS.len() * REQUEST_TYPES.len() * RESULTS)
                 .map(|_| AtomicU64::new(0))
                 .collect(),

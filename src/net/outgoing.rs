@@ -162,9 +162,18 @@ pub(super) struct Registry {
 }
 
 impl Registry {
-    pub(super) fn register(&self, host: &str, id: u64, tx: mpsc::Sender<Outgoing>) {
+    /// Registers connection `id` under `host` unless `host` already has `max` open connections
+    /// (`diameter.connections_per_peer_max`); returns whether it did. Checked and registered
+    /// under one lock, so concurrent CERs from one host never exceed `max` together.
+    pub(super) fn try_register(&self, host: &str, id: u64, tx: mpsc::Sender<Outgoing>, max: usize) -> bool {
         let mut peers = self.peers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        peers.entry(host.to_ascii_lowercase()).or_default().push((id, tx));
+        let conns = peers.entry(host.to_ascii_lowercase()).or_default();
+        if conns.len() >= max {
+            // The entry is never left empty: a refused host has `max` ≥ 1 links already.
+            return false;
+        }
+        conns.push((id, tx));
+        true
     }
 
     pub(super) fn deregister(&self, host: &str, id: u64) {

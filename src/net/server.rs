@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -19,7 +19,13 @@ use crate::replay::{DuplicateCache, KeyCase};
 
 /// State every connection shares.
 pub struct Shared {
-    pub peer: Arc<PeerConfig>,
+    /// The peer settings (local identity, dictionary, allowlist), replaceable at run time by
+    /// `set_peer_config`. Read under the lock only when a connection starts or sees `peer_version`
+    /// change; the hot path never takes it.
+    peer: RwLock<Arc<PeerConfig>>,
+    /// Bumped by every `set_peer_config`: one atomic load per read tells a connection whether its
+    /// cached `PeerConfig` is still the current one.
+    peer_version: AtomicU64,
     pub dedupe: DuplicateCache,
     /// Applications with a handler; a request for any other gets 3007.
     pub applications: Vec<Arc<dyn Application>>,
@@ -36,6 +42,8 @@ pub struct Shared {
     /// Requests, latency and open peers, for metrics.
     pub metrics: super::metrics::NetMetrics,
     pub connections_max: usize,
+    /// Open connections one Origin-Host may hold; a CER beyond it gets CEA 5012 and close.
+    pub connections_per_peer_max: usize,
     pub message_size_max: usize,
     seed: AtomicU64,
     /// Open connections by peer Origin-Host, for requests the server sends (RAR, ASR).
@@ -50,6 +58,8 @@ pub struct ServerLimits {
     pub in_flight_per_connection: usize,
     pub in_flight_total: usize,
     pub connections: usize,
+    /// Open connections per peer Origin-Host (at most `connections`).
+    pub connections_per_peer: usize,
     pub message_size_bytes: usize,
 }
 
@@ -59,6 +69,7 @@ impl Default for ServerLimits {
             in_flight_per_connection: crate::limits::IN_FLIGHT_PER_CONNECTION_MAX,
             in_flight_total: crate::limits::IN_FLIGHT_TOTAL_MAX,
             connections: CONNECTIONS_MAX,
+            connections_per_peer: crate::limits::CONNECTIONS_PER_PEER_DEFAULT,
             message_size_bytes: crate::limits::MESSAGE_SIZE_MAX_BYTES,
         }
     }
@@ -67,6 +78,7 @@ impl Default for ServerLimits {
 impl Shared {
     pub fn new(peer: Arc<PeerConfig>, applications: Vec<Arc<dyn Application>>, limits: ServerLimits) -> Self {
         assert!(limits.connections <= CONNECTIONS_MAX);
+        assert!((1..=limits.connections).contains(&limits.connections_per_peer));
         assert!(limits.message_size_bytes <= crate::limits::MESSAGE_SIZE_MAX_BYTES);
         // Seed ids and jitter from the process start time and pid, so restarts differ
         // (RFC 6733 §3: End-to-End ids should not repeat across reboots).
@@ -74,7 +86,8 @@ impl Shared {
         let seed =
             (now.as_secs() << 52) ^ (u64::from(now.subsec_nanos()) << 20) ^ u64::from(std::process::id());
         Self {
-            peer,
+            peer: RwLock::new(peer),
+            peer_version: AtomicU64::new(0),
             dedupe: DuplicateCache::with_defaults(KeyCase::Insensitive),
             applications,
             epoch: tokio::time::Instant::now(),
@@ -86,11 +99,35 @@ impl Shared {
             shed: AtomicU64::new(0),
             metrics: super::metrics::NetMetrics::new(),
             connections_max: limits.connections,
+            connections_per_peer_max: limits.connections_per_peer,
             message_size_max: limits.message_size_bytes,
             seed: AtomicU64::new(seed),
             outgoing: super::outgoing::Registry::default(),
             connection_ids: AtomicU64::new(0),
         }
+    }
+
+    /// The current peer settings. Takes a read lock: for start-up, reloads and scrapes, not per
+    /// message (a connection keeps its own `Arc` and checks `peer_version`).
+    pub fn peer_config(&self) -> Arc<PeerConfig> {
+        Arc::clone(&self.peer.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Installs new peer settings (a reload): new connections take them at once, open ones at
+    /// their next read, without being dropped. The dictionary validates every later message; the
+    /// allowlist is checked at the next CER only (RFC 6733 §5.3 makes it part of the capabilities
+    /// exchange), so an open peer no longer listed stays connected until it or an operator
+    /// closes it. Applications negotiated at CER stay as negotiated on open connections.
+    pub fn set_peer_config(&self, cfg: Arc<PeerConfig>) {
+        *self.peer.write().unwrap_or_else(PoisonError::into_inner) = cfg;
+        // After the store: a connection that sees the new version reads the new config (or a
+        // newer one, whose version it will see on its next read and load again, harmlessly).
+        self.peer_version.fetch_add(1, Ordering::Release);
+    }
+
+    /// The version `set_peer_config` last installed (0 until the first reload).
+    pub(super) fn peer_version(&self) -> u64 {
+        self.peer_version.load(Ordering::Acquire)
     }
 
     pub fn now_ms(&self) -> u64 {

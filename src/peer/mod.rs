@@ -130,21 +130,49 @@ impl Peer {
         &self.cfg
     }
 
+    /// Replaces the settings (a reload): the next message is validated with the new dictionary
+    /// and answered with the new identity. What the CER settled stays: the peer is not asked
+    /// again whether it is allowed (RFC 6733 §5.3 checks that at the capabilities exchange
+    /// only), and the applications negotiated then remain those usable on this connection.
+    pub fn set_config(&mut self, cfg: Arc<PeerConfig>) {
+        self.cfg = cfg;
+    }
+
     /// Handles one framed message. Answers go into `out`.
     pub fn handle(&mut self, now_ms: u64, msg: &MessageRef<'_>, out: &mut BytesMut) -> Action {
+        self.handle_admitting(now_ms, msg, out, &mut |_| true)
+    }
+
+    /// `handle`, with `admit` asked about a CER's Origin-Host once every other check passed:
+    /// false refuses it (the caller counts connections per peer; this layer has no view of
+    /// the others). True means the peer is open on this connection, so the caller's count
+    /// must be released when the connection ends.
+    pub fn handle_admitting(
+        &mut self,
+        now_ms: u64,
+        msg: &MessageRef<'_>,
+        out: &mut BytesMut,
+        admit: &mut dyn FnMut(&str) -> bool,
+    ) -> Action {
         if self.state == State::Closed {
             return Action::Close;
         }
         // RFC 3539 §3.4.1: any message received counts as traffic and revives the watchdog.
         self.traffic(now_ms);
         if msg.header.flags.is_request() {
-            self.handle_request(now_ms, msg, out)
+            self.handle_request(now_ms, msg, out, admit)
         } else {
             self.handle_answer(msg)
         }
     }
 
-    fn handle_request(&mut self, now_ms: u64, msg: &MessageRef<'_>, out: &mut BytesMut) -> Action {
+    fn handle_request(
+        &mut self,
+        now_ms: u64,
+        msg: &MessageRef<'_>,
+        out: &mut BytesMut,
+        admit: &mut dyn FnMut(&str) -> bool,
+    ) -> Action {
         let dict = Arc::clone(&self.cfg.dictionary);
         let cmd = msg.header.command;
         if let State::WaitCer { .. } = self.state {
@@ -162,7 +190,7 @@ impl Peer {
                 self.state = State::Closed;
                 return Action::Close;
             }
-            return self.handle_cer(now_ms, msg, out);
+            return self.handle_cer(now_ms, msg, out, admit);
         }
         let usable = std::mem::take(&mut self.usable);
         let validated = validate_request(&dict, msg, &usable);
@@ -237,7 +265,13 @@ impl Peer {
     }
 
     /// RFC 6733 §5.3: capabilities exchange, as the responder.
-    fn handle_cer(&mut self, now_ms: u64, msg: &MessageRef<'_>, out: &mut BytesMut) -> Action {
+    fn handle_cer(
+        &mut self,
+        now_ms: u64,
+        msg: &MessageRef<'_>,
+        out: &mut BytesMut,
+        admit: &mut dyn FnMut(&str) -> bool,
+    ) -> Action {
         let dict = Arc::clone(&self.cfg.dictionary);
         if let Err(invalid) = validate_request(&dict, msg, &[ApplicationId::COMMON]) {
             let text = invalid.message(&dict);
@@ -276,6 +310,19 @@ impl Peer {
             // DIAMETER_NO_COMMON_APPLICATION" and the connection is closed.
             tracing::warn!(peer = %origin_host, ?offered, "CER with no common application");
             self.write_cea(out, msg, ResultCode::NO_COMMON_APPLICATION, Some("no common application"), None);
+            self.state = State::Closed;
+            return Action::Close;
+        }
+        // Last, so a peer admitted here is open: the caller's count then holds exactly the
+        // open connections. RFC 6733 has no code for "too many connections from you": 3004 is a
+        // protocol error for a busy server (§7.1.3), which this is not (the peer's other links
+        // are served); 4003 belongs to the election (§5.6.4), which gyro never runs. 5012
+        // DIAMETER_UNABLE_TO_COMPLY (§7.1.5, "rejected for unspecified reasons") says no without
+        // inviting a retry, with the reason in Error-Message (ARCHITECTURE.md, limits).
+        if !admit(&origin_host) {
+            tracing::warn!(peer = %origin_host, "CER beyond the connections allowed per peer");
+            let text = "too many connections from this peer";
+            self.write_cea(out, msg, ResultCode::UNABLE_TO_COMPLY, Some(text), None);
             self.state = State::Closed;
             return Action::Close;
         }
@@ -665,6 +712,61 @@ mod tests {
         assert_eq!(p.handle(5, &MessageRef::parse(&c).unwrap(), &mut out), Action::Continue);
         let a = messages(&mut out).pop().unwrap();
         assert_eq!(MessageRef::parse(&a).unwrap().u32(AvpCode::RESULT_CODE), Some(5012));
+        assert_eq!(p.state(), State::Open);
+    }
+
+    #[test]
+    fn a_cer_refused_by_admission_gets_5012_and_close() {
+        let mut p = Peer::new(config(30_000), 0, 1);
+        let mut out = BytesMut::new();
+        let mut asked = Vec::new();
+        let mut admit = |host: &str| {
+            asked.push(host.to_owned());
+            false
+        };
+        let action = p.handle_admitting(0, &MessageRef::parse(&cer()).unwrap(), &mut out, &mut admit);
+        assert_eq!(action, Action::Close);
+        assert_eq!(asked, ["pgw.test"]);
+        let a = messages(&mut out).pop().unwrap();
+        assert_eq!(MessageRef::parse(&a).unwrap().u32(AvpCode::RESULT_CODE), Some(5012));
+        assert_eq!((p.state(), p.remote()), (State::Closed, None));
+        // A CER refused for another reason never asks (nothing would be released later).
+        let mut p = Peer::new(config(30_000), 0, 1);
+        let c = request(CommandCode::CAPABILITIES_EXCHANGE, |_| {});
+        let mut never = |_: &str| -> bool { panic!("asked about an invalid CER") };
+        assert_eq!(
+            p.handle_admitting(0, &MessageRef::parse(&c).unwrap(), &mut out, &mut never),
+            Action::Close
+        );
+    }
+
+    #[test]
+    fn new_settings_apply_to_the_next_message_of_an_open_peer() {
+        let mut p = open(30_000);
+        let mut out = BytesMut::new();
+        let dwr = request(CommandCode::DEVICE_WATCHDOG, |_| {});
+        p.handle(1, &MessageRef::parse(&dwr).unwrap(), &mut out);
+        let a = messages(&mut out).pop().unwrap();
+        assert_eq!(MessageRef::parse(&a).unwrap().str(AvpCode::ORIGIN_HOST), Some("gyro.test"));
+        // A reload with another identity and an allowlist without this peer: still open, and
+        // answering as the new identity.
+        let old = config(30_000);
+        let mut local = old.local.clone();
+        local.origin_host = "gyro2.test".into();
+        p.set_config(Arc::new(PeerConfig {
+            local,
+            dictionary: Arc::clone(&old.dictionary),
+            applications: old.applications.clone(),
+            allowed_peers: Some(vec!["someone.else".into()]),
+            watchdog_interval_ms: 30_000,
+        }));
+        assert_eq!(p.handle(2, &MessageRef::parse(&dwr).unwrap(), &mut out), Action::Continue);
+        let a = messages(&mut out).pop().unwrap();
+        let m = MessageRef::parse(&a).unwrap();
+        assert_eq!(
+            (m.u32(AvpCode::RESULT_CODE), m.str(AvpCode::ORIGIN_HOST)),
+            (Some(2001), Some("gyro2.test"))
+        );
         assert_eq!(p.state(), State::Open);
     }
 

@@ -35,6 +35,8 @@ pub struct Options {
     /// Server-wide in-flight limit (new work is shed from 75 % of it).
     pub in_flight_total: usize,
     pub dictionary: Option<Dictionary>,
+    /// Open connections one Origin-Host may hold.
+    pub connections_per_peer: usize,
 }
 
 impl Default for Options {
@@ -45,6 +47,7 @@ impl Default for Options {
             in_flight_max: 1024,
             in_flight_total: gyro::limits::IN_FLIGHT_TOTAL_MAX,
             dictionary: None,
+            connections_per_peer: gyro::limits::CONNECTIONS_PER_PEER_DEFAULT,
         }
     }
 }
@@ -61,18 +64,24 @@ pub fn local() -> LocalIdentity {
     }
 }
 
-pub async fn start(opts: Options) -> TestServer {
-    let dict = opts.dictionary.unwrap_or_else(|| Dictionary::embedded().unwrap());
-    let peer = Arc::new(PeerConfig {
+/// The test server's peer settings (application 4, Tw 30 s) with a dictionary and allowlist.
+pub fn peer_config(dict: Dictionary, allowed_peers: Option<Vec<String>>) -> Arc<PeerConfig> {
+    Arc::new(PeerConfig {
         local: local(),
         dictionary: Arc::new(dict),
         applications: vec![ApplicationId::CREDIT_CONTROL],
-        allowed_peers: opts.allowed_peers,
+        allowed_peers,
         watchdog_interval_ms: 30_000,
-    });
+    })
+}
+
+pub async fn start(opts: Options) -> TestServer {
+    let dict = opts.dictionary.unwrap_or_else(|| Dictionary::embedded().unwrap());
+    let peer = peer_config(dict, opts.allowed_peers);
     let limits = ServerLimits {
         in_flight_per_connection: opts.in_flight_max,
         in_flight_total: opts.in_flight_total,
+        connections_per_peer: opts.connections_per_peer,
         ..ServerLimits::default()
     };
     let shared = Arc::new(Shared::new(peer, opts.applications, limits));
