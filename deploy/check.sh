@@ -62,6 +62,8 @@ METRICS=(
   gyro_emails_sent_total
   gyro_emails_refused_total
   gyro_config_info
+  gyro_reloads_total
+  gyro_reload_last_success_timestamp_seconds
   gyro_build_info
   process_cpu_seconds_total
   process_resident_memory_bytes

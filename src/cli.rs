@@ -84,7 +84,8 @@ pub enum Command {
         #[command(subcommand)]
         command: JournalCommand,
     },
-    /// Accounts through the admin API of a running gyro serve: show, top up, adjust, bar.
+    /// Accounts through the admin API of a running gyro serve: list, show, create, update,
+    /// close, top up, adjust, bar, unbar.
     Account {
         #[command(flatten)]
         api: crate::tools::admin::ApiArgs,
@@ -111,6 +112,26 @@ pub enum Command {
         api: crate::tools::admin::ApiArgs,
         #[command(subcommand)]
         command: crate::tools::admin::SessionCommand,
+    },
+    /// Customers through the admin API: list, show, create, update (catalog changes).
+    Customer {
+        #[command(flatten)]
+        api: crate::tools::admin::ApiArgs,
+        #[command(subcommand)]
+        command: crate::tools::admin::CustomerCommand,
+    },
+    /// The catalog in force through the admin API: print it as TOML, or load a file.
+    Catalog {
+        #[command(flatten)]
+        api: crate::tools::admin::ApiArgs,
+        #[command(subcommand)]
+        command: crate::tools::admin::CatalogCommand,
+    },
+    /// Reload a running gyro serve (configuration, dictionaries, catalog), as SIGHUP does, and
+    /// print what changed or why nothing did.
+    Reload {
+        #[command(flatten)]
+        api: crate::tools::admin::ApiArgs,
     },
 }
 
@@ -198,6 +219,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Invoice { api, command } => std::process::exit(crate::tools::admin::invoice(&api, &command)),
         Command::Plan { api, command } => std::process::exit(crate::tools::admin::plan(&api, &command)),
         Command::Session { api, command } => std::process::exit(crate::tools::admin::session(&api, &command)),
+        Command::Customer { api, command } => {
+            std::process::exit(crate::tools::admin::customer(&api, &command))
+        }
+        Command::Catalog { api, command } => std::process::exit(crate::tools::admin::catalog(&api, &command)),
+        Command::Reload { api } => std::process::exit(crate::tools::admin::reload(&api)),
     }
 }
 

@@ -518,6 +518,38 @@ fn the_cli_calls_the_admin_api() {
     let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/catalog/demo.toml");
     let (code, out, err) = gyro(&["plan", "validate", demo.to_str().unwrap()]);
     assert_eq!((code, json(&out)["valid"].as_bool()), (0, Some(true)), "{err}");
+    assert_eq!(json(&out)["change_allowed"].as_bool(), Some(true), "the demo may replace itself");
+    // Catalog changes (tests/reload.rs has their rules): a customer, an account, a close.
+    let (code, out, err) =
+        gyro(&["customer", "create", r#"{"id":"c-cli","name":"CLI","plan":"mobile-basic"}"#]);
+    assert_eq!((code, json(&out)["id"].as_str()), (0, Some("c-cli")), "{err}");
+    let body = dir.path().join("account.json");
+    std::fs::write(
+        &body,
+        r#"{"customer":"c-cli","subscription_ids":["e164:491708888888"],"funding":"prepaid"}"#,
+    )
+    .unwrap();
+    let (code, out, err) = gyro(&["account", "create", &format!("@{}", body.display())]);
+    assert_eq!((code, json(&out)["id"].as_u64()), (0, Some(5)), "{err}");
+    let (code, _, err) = gyro(&["account", "update", "5", r#"{"funding":"on_file"}"#]);
+    assert_eq!(code, 1);
+    assert!(err.contains("422") && err.contains("funding"), "{err}");
+    let (code, out, err) = gyro(&["account", "close", "e164:491708888888"]);
+    assert_eq!((code, json(&out)["status"].as_str()), (0, Some("closed")), "{err}");
+    let (code, out, err) = gyro(&["customer", "show", "c-cli"]);
+    assert_eq!((code, json(&out)["accounts"].clone()), (0, serde_json::json!([5])), "{err}");
+    let (code, out, err) = gyro(&["catalog", "show"]);
+    assert!(code == 0 && out.contains("c-cli") && out.contains("closed = true"), "{err}");
+    let shown = dir.path().join("in-force.toml");
+    std::fs::write(&shown, &out).unwrap();
+    let (code, out, err) = gyro(&["catalog", "load", shown.to_str().unwrap()]);
+    assert_eq!(
+        (code, json(&out)["changed"].as_bool()),
+        (0, Some(false)),
+        "the same content is no change: {err}"
+    );
+    let (code, out, err) = gyro(&["reload"]);
+    assert_eq!((code, json(&out)["catalog"]["changed"].as_bool()), (0, Some(false)), "{err}");
     // A wrong token is the API's refusal (1); no token at all is a usage error (2).
     std::fs::write(dir.path().join("wrong"), "wrong-token-wrong-token").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_gyro"))

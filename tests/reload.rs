@@ -152,6 +152,29 @@ fn a_bad_configuration_or_a_key_that_needs_a_restart_is_reported() {
     let (status, body) = http(api, "POST", "/v1/reload", None);
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["restart_required"], serde_json::json!(["journal"]), "{body}");
+
+    // Dictionaries: a vendor file added to diameter.dictionary_dir is loaded; a broken one is
+    // refused naming the key, and the set in force stays.
+    let dicts = dir.path().join("dicts");
+    std::fs::create_dir(&dicts).unwrap();
+    std::fs::write(
+        dicts.join("vendor.xml"),
+        r#"<dictionary><vendor id="99" name="Example"/><avp name="Example-Counter" code="9001" vendor="99" type="Unsigned32" must="V"/></dictionary>"#,
+    )
+    .unwrap();
+    let with_dicts = format!("{extra}[diameter]\ndictionary_dir = {:?}\n", dicts.display().to_string());
+    admin::write_config(dir.path(), &with_dicts);
+    let before = body["dictionaries"]["version"].clone();
+    let (status, body) = http(api, "POST", "/v1/reload", None);
+    assert_eq!((status, body["dictionaries"]["changed"].as_bool()), (200, Some(true)), "{body}");
+    let loaded = body["dictionaries"]["version"].clone();
+    assert_ne!(loaded, before);
+    assert!(metric_line(api, "gyro_config_info").contains(&format!("dictionaries={loaded}")));
+    std::fs::write(dicts.join("zz-broken.xml"), "<dictionary><avp name=").unwrap();
+    let (status, body) = http(api, "POST", "/v1/reload", None);
+    assert_eq!((status, body["field"].as_str()), (422, Some("diameter.dictionary_dir")), "{body}");
+    assert!(body["error"].as_str().unwrap().contains("zz-broken.xml"), "{body}");
+    assert!(metric_line(api, "gyro_config_info").contains(&format!("dictionaries={loaded}")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

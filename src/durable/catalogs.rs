@@ -286,6 +286,17 @@ impl Catalogs {
                 repriced: Vec::new(),
             });
         }
+        // The same content in other words (comments, order of keys, `GET /v1/catalog`'s text):
+        // no new version. Debug too, as `Decimal`'s == ignores the scale ("1.0" == "1.00").
+        if catalog == current.catalog && format!("{catalog:?}") == format!("{:?}", current.catalog) {
+            return Ok(Installation {
+                digest: current.digest.clone(),
+                previous: current.digest.clone(),
+                unchanged: true,
+                accounts_added: 0,
+                repriced: Vec::new(),
+            });
+        }
         let installed = Installed::new(catalog, name, digest.clone());
         check_change(name, &current.catalog, &current.packages, &installed.catalog, &installed.packages)?;
         if let Some(store) = &self.store {

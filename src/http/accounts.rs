@@ -353,14 +353,23 @@ pub(super) async fn validate(
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
     match Catalog::from_toml("request body", &body) {
-        Ok(c) => Ok(Json(json!({
-            "valid": true,
-            "plans": c.plans.len(),
-            "customers": c.customers.len(),
-            "accounts": c.accounts.len(),
-            "digest": crate::durable::catalog_digest(&body),
-        }))
-        .into_response()),
+        Ok(c) => {
+            // Whether it may also replace the catalog in force (`PUT /v1/catalog`, a reload).
+            let change = state.backend.get().map(|b| {
+                let now = b.catalogs.live().current();
+                crate::catalog::check_change("request body", &now.catalog, &now.packages, &c, &c.packages())
+            });
+            Ok(Json(json!({
+                "valid": true,
+                "plans": c.plans.len(),
+                "customers": c.customers.len(),
+                "accounts": c.accounts.len(),
+                "digest": crate::durable::catalog_digest(&body),
+                "change_allowed": change.as_ref().map(Result::is_ok),
+                "change_error": change.and_then(Result::err).map(|e| e.to_string()),
+            }))
+            .into_response())
+        }
         Err(e) => Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string(), Some("catalog"))),
     }
 }

@@ -1,4 +1,5 @@
-//! `gyro account …`, `gyro invoice …`, `gyro plan …`, `gyro session …`: the admin API from the command line. They
+//! `gyro account …`, `gyro customer …`, `gyro catalog …`, `gyro invoice …`, `gyro plan …`,
+//! `gyro session …`, `gyro reload`: the admin API from the command line. They
 //! call the same HTTP endpoints as any other client (`[http]` of `gyro serve`, default
 //! 127.0.0.1:9464) with the bearer token from `--token-file` or `GYRO_ADMIN_TOKEN`, print the
 //! JSON (or UBL) answer on stdout, and on an error print the API's message naming the field.
@@ -59,6 +60,41 @@ pub enum AccountCommand {
     Bar { account: String },
     /// Unbar an account.
     Unbar { account: String },
+    /// Create an account: BODY is a JSON object with the catalog's [[accounts]] keys, e.g.
+    /// '{"customer":"c-acme","subscription_ids":["e164:491709999999"],"funding":"prepaid","balance":"5.00"}',
+    /// or @FILE.
+    Create { body: String },
+    /// Update an account's catalog keys (payment details): BODY is a JSON merge patch, or @FILE.
+    Update { account: String, body: String },
+    /// Close an account for good: barred, its sessions aborted (ASR), never unbarred.
+    Close { account: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CustomerCommand {
+    /// List customers in id order.
+    List {
+        #[arg(long)]
+        after: Option<String>,
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+    /// Show a customer and its accounts.
+    Show { id: String },
+    /// Create a customer: BODY is a JSON object with the catalog's [[customers]] keys, or @FILE.
+    Create { body: String },
+    /// Update a customer: BODY is a JSON merge patch of its keys (a new plan reprices its
+    /// accounts: their open sessions get a RAR), or @FILE.
+    Update { id: String, body: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CatalogCommand {
+    /// Print the catalog in force as TOML (with the changes made through the admin API).
+    Show,
+    /// Load a catalog file in place of the one in force (refused, naming the entry, if it is
+    /// invalid or may not replace it).
+    Load { file: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -108,6 +144,57 @@ pub enum SessionCommand {
 enum Method {
     Get,
     Post(Option<(String, &'static str)>),
+    Patch(String),
+    Put(String, &'static str),
+}
+
+/// A JSON body given inline or as `@FILE`.
+fn body(arg: &str) -> Result<String, String> {
+    match arg.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}")),
+        None => Ok(arg.to_owned()),
+    }
+}
+
+/// `call` with a body read by `body`; a file that cannot be read is a usage error (2).
+fn call_with(api: &ApiArgs, arg: &str, method: impl FnOnce(String) -> Method, path: &str) -> i32 {
+    match body(arg) {
+        Ok(b) => call(api, method(b), path),
+        Err(e) => {
+            eprintln!("gyro: {e}");
+            2
+        }
+    }
+}
+
+pub fn customer(api: &ApiArgs, command: &CustomerCommand) -> i32 {
+    match command {
+        CustomerCommand::List { after, limit } => {
+            let q = query(&[("after", after.clone()), ("limit", limit.map(|l| l.to_string()))]);
+            call(api, Method::Get, &format!("/v1/customers{q}"))
+        }
+        CustomerCommand::Show { id } => call(api, Method::Get, &format!("/v1/customers/{}", percent(id))),
+        CustomerCommand::Create { body } => {
+            call_with(api, body, |b| Method::Post(Some((b, "application/json"))), "/v1/customers")
+        }
+        CustomerCommand::Update { id, body } => {
+            call_with(api, body, Method::Patch, &format!("/v1/customers/{}", percent(id)))
+        }
+    }
+}
+
+pub fn catalog(api: &ApiArgs, command: &CatalogCommand) -> i32 {
+    match command {
+        CatalogCommand::Show => call(api, Method::Get, "/v1/catalog"),
+        CatalogCommand::Load { file } => {
+            let file = format!("@{}", file.display());
+            call_with(api, &file, |b| Method::Put(b, "application/toml"), "/v1/catalog")
+        }
+    }
+}
+
+pub fn reload(api: &ApiArgs) -> i32 {
+    call(api, Method::Post(None), "/v1/reload")
 }
 
 pub fn account(api: &ApiArgs, command: &AccountCommand) -> i32 {
@@ -138,6 +225,15 @@ pub fn account(api: &ApiArgs, command: &AccountCommand) -> i32 {
         AccountCommand::Bar { account } => (Method::Post(None), format!("/v1/accounts/{}/bar", enc(account))),
         AccountCommand::Unbar { account } => {
             (Method::Post(None), format!("/v1/accounts/{}/unbar", enc(account)))
+        }
+        AccountCommand::Create { body } => {
+            return call_with(api, body, |b| Method::Post(Some((b, "application/json"))), "/v1/accounts");
+        }
+        AccountCommand::Update { account, body } => {
+            return call_with(api, body, Method::Patch, &format!("/v1/accounts/{}", enc(account)));
+        }
+        AccountCommand::Close { account } => {
+            (Method::Post(None), format!("/v1/accounts/{}/close", enc(account)))
         }
     };
     call(api, method, &path)
@@ -253,6 +349,8 @@ fn call(api: &ApiArgs, method: Method, path: &str) -> i32 {
             Method::Get => client.get(&url),
             Method::Post(None) => client.post(&url),
             Method::Post(Some((body, kind))) => client.post(&url).header("Content-Type", kind).body(body),
+            Method::Patch(body) => client.patch(&url).header("Content-Type", "application/json").body(body),
+            Method::Put(body, kind) => client.put(&url).header("Content-Type", kind).body(body),
         };
         let response = match request.bearer_auth(token).send().await {
             Ok(r) => r,
