@@ -406,6 +406,7 @@ pub fn spawn_checkpointer(
                     records = c.records,
                     bytes = c.bytes,
                     pruned_segments = c.pruned_segments,
+                    pruned_catalogs = c.pruned_catalogs,
                     ms = started.elapsed().as_millis() as u64,
                     "snapshot taken"
                 ),
@@ -425,6 +426,8 @@ pub struct Checkpoint {
     pub records: u64,
     pub bytes: u64,
     pub pruned_segments: usize,
+    /// Stored catalogs no snapshot or journal record needs any more, deleted.
+    pub pruned_catalogs: usize,
 }
 
 /// Takes a snapshot without touching the serving engine: a fresh engine is built from the
@@ -471,10 +474,18 @@ pub fn checkpoint(
         "checkpoint: read {records} records after LSN {base_lsn}, expected {} up to {upto}",
         upto.0 - base_lsn.0
     );
+    catalogs::store_for_snapshot(dir, &engine, &replayer.last)?;
     let path = snapshot::write(dir, upto, |w| engine.write_snapshot(now, w))?;
     let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     let pruned = journal.prune(keep)?;
-    Ok(Some(Checkpoint { lsn: upto, records, bytes, pruned_segments: pruned.segments_removed }))
+    let pruned_catalogs = catalogs::prune(dir, &id.catalog_digest)?;
+    Ok(Some(Checkpoint {
+        lsn: upto,
+        records,
+        bytes,
+        pruned_segments: pruned.segments_removed,
+        pruned_catalogs,
+    }))
 }
 
 #[cfg(test)]
@@ -494,6 +505,45 @@ mod tests {
         std::fs::write(dir.path().join(IDENTITY_FILE), "something else\n").unwrap();
         let e = identity(dir.path(), "aa", [2; 16], 9_000).unwrap_err().to_string();
         assert!(e.contains("not a gyro identity file"), "{e}");
+    }
+
+    /// Stored catalogs that no snapshot or journal record names are deleted once old; the
+    /// directory's first, a file a record installs and a file just stored are kept.
+    #[test]
+    fn unreferenced_catalogs_are_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Now { mono_ms: 0, unix_secs: 1_800_000_000 };
+        let demo = Catalog::demo_toml();
+        let local = crate::diameter::answer::LocalIdentity {
+            origin_host: "gyro.test".into(),
+            origin_realm: "test".into(),
+            host_ip_addresses: Vec::new(),
+            vendor_id: 0,
+            product_name: "gyro".into(),
+            firmware_revision: 0,
+            origin_state_id: 1,
+        };
+        let cfg = EngineConfig::new(&local);
+        let started = start(demo, cfg, Some(JournalConfig::new(dir.path())), now).unwrap();
+        let v2 = format!("{demo}\n[[customers]]\nid = \"c-x\"\nname = \"X\"\nplan = \"mobile-basic\"\n");
+        let installed = started.catalogs.install("v2", &v2, now).unwrap();
+        let store = CatalogStore::open(dir.path()).unwrap();
+        let unused = store.put(&format!("{demo}\n# never installed\n")).unwrap();
+        let fresh = store.put(&format!("{demo}\n# stored just now\n")).unwrap();
+        let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        for digest in [&installed.digest, &unused, &catalog_digest(demo)] {
+            std::fs::File::options()
+                .write(true)
+                .open(store.path(digest))
+                .unwrap()
+                .set_modified(hour_ago)
+                .unwrap();
+        }
+        assert_eq!(catalogs::prune(dir.path(), &catalog_digest(demo)).unwrap(), 1);
+        assert!(!store.path(&unused).exists());
+        for kept in [&installed.digest, &fresh, &catalog_digest(demo)] {
+            assert!(store.path(kept).exists(), "{kept}");
+        }
     }
 
     #[test]

@@ -231,39 +231,52 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     }
 }
 
-/// A catalog change (here: a new account) is a journal record: a restart
-/// replays it from the journal, and a snapshot taken after it names both catalog versions, so a
-/// restart from the snapshot alone has them too.
+/// Catalog changes are journal records: a catalog file installed (here with a new account) and
+/// an admin edit (another account). A restart replays both from the journal; a snapshot taken
+/// after them names the catalog in force (stored as a file) and when each range of accounts
+/// began, so a restart from the snapshot alone has them too.
 #[test]
 fn catalog_changes_are_recovered_from_the_journal_and_from_a_snapshot() {
     let dir = tempfile::tempdir().unwrap();
     let live = Node::open(dir.path());
-    let first = live.started.catalogs.live().current().digest.clone();
+    let catalogs = &live.started.catalogs;
+    let first = catalogs.live().current().digest.clone();
     let text = Catalog::demo_toml().to_owned()
         + "\n[[accounts]]\ncustomer = \"c-erin\"\nsubscription_ids = [\"e164:491700000099\"]\nfunding = \"prepaid\"\nbalance = \"1.00\"\n";
-    let done = live.started.catalogs.install("test", &text, NOW).unwrap();
+    let done = catalogs.install("test", &text, NOW).unwrap();
     assert_eq!((done.unchanged, done.accounts_added, done.previous.as_str()), (false, 1, first.as_str()));
+    let body = serde_json::json!({ "customer": "c-alice", "subscription_ids": ["e164:491700000098"], "funding": "prepaid" });
+    let edited = catalogs.edit(&gyro::catalog::Edit::AddAccount { body }, NOW).unwrap();
+    assert_eq!((edited.accounts_added, edited.previous.as_str()), (1, done.digest.as_str()));
     assert_eq!(
         result_code(&live.send(&ccr("pgw.test;1;new", "491700000099", 1, 0, None))),
         ResultCode::SUCCESS
     );
+    assert_eq!(
+        result_code(&live.send(&ccr("pgw.test;1;ed", "491700000098", 1, 0, None))),
+        ResultCode::SUCCESS
+    );
     let check = |node: &Node| {
-        assert_eq!(node.started.catalogs.live().current().digest, done.digest);
-        assert_eq!(node.started.engine.ledger().stats().accounts, 6);
-        let new = node.started.engine.ledger().lookup(SubscriptionKind::E164, "491700000099");
-        assert_eq!(new.map(|a| a.0), Some(5));
+        assert_eq!(node.started.catalogs.live().current().digest, edited.digest);
+        assert_eq!(node.started.engine.ledger().stats().accounts, 7);
+        let ledger = node.started.engine.ledger();
+        assert_eq!(ledger.lookup(SubscriptionKind::E164, "491700000099").map(|a| a.0), Some(5));
+        assert_eq!(ledger.lookup(SubscriptionKind::E164, "491700000098").map(|a| a.0), Some(6));
         same_state(&live, node);
     };
     // From the journal.
     let copy = tempfile::tempdir().unwrap();
     copy_dir(dir.path(), copy.path());
     check(&Node::open(copy.path()));
-    // From a snapshot taken after the change: it names both versions.
+    // From a snapshot taken after the changes: the catalog in force, stored as a file.
     let (journal, _) = live.started.journal.as_ref().unwrap();
     checkpoint(journal, &live.started.engine_cfg, 1, NOW).unwrap().expect("a snapshot is taken");
     let snap = gyro::journal::snapshot::newest_valid(dir.path()).unwrap().unwrap();
-    let versions: Vec<String> = gyro::cc::snapshot_catalogs(&snap.body).into_iter().map(|(d, _)| d).collect();
-    assert_eq!(versions, vec![first, done.digest.clone()]);
+    let state = gyro::cc::CatalogState::of_snapshot(&snap.body).expect("the snapshot names its catalog");
+    assert_eq!(state.version, edited.digest);
+    assert_eq!(state.epochs.iter().map(|e| e.0).collect::<Vec<_>>(), vec![0, 5, 6]);
+    let stored = dir.path().join("catalogs").join(format!("{}.toml", state.file));
+    assert!(std::fs::read_to_string(stored).unwrap().contains("491700000098"));
     let copy = tempfile::tempdir().unwrap();
     copy_dir(dir.path(), copy.path());
     let recovered = Node::open(copy.path());

@@ -194,7 +194,7 @@ fn bundle(raw: RawBundle) -> BundleSpec {
     BundleSpec { name: raw.name, service: raw.service, units: raw.units, valid_days: raw.valid_days }
 }
 
-fn customer(index: usize, raw: RawCustomer) -> Result<Customer, Located> {
+pub(super) fn customer(index: usize, raw: RawCustomer) -> Result<Customer, Located> {
     let entry = format!("customers[{index}] \"{}\"", raw.id);
     let overrides = raw.overrides;
     let discount_percent = overrides
@@ -232,7 +232,7 @@ fn customer(index: usize, raw: RawCustomer) -> Result<Customer, Located> {
     })
 }
 
-fn account(index: usize, raw: RawAccount) -> Result<AccountSpec, Located> {
+pub(super) fn account(index: usize, raw: RawAccount) -> Result<AccountSpec, Located> {
     let at = |problem| (format!("accounts[{index}]"), problem);
     let subscription_ids = raw
         .subscription_ids

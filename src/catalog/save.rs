@@ -138,7 +138,7 @@ fn bundle(bundle: &BundleSpec) -> RawBundle {
     }
 }
 
-fn customer(customer: &Customer) -> RawCustomer {
+pub(super) fn customer(customer: &Customer) -> RawCustomer {
     let overrides = &customer.overrides;
     RawCustomer {
         id: customer.id.clone(),
@@ -163,7 +163,7 @@ fn customer(customer: &Customer) -> RawCustomer {
     }
 }
 
-fn account(account: &AccountSpec) -> RawAccount {
+pub(super) fn account(account: &AccountSpec) -> RawAccount {
     let (card, iban, mandate) = match &account.payment {
         None => (None, None, None),
         Some(PaymentMethod::Card(card)) => (Some(card.token.clone()), None, None),

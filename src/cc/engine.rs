@@ -554,6 +554,12 @@ pub fn describe_record(record: &[u8], filter: &RecordFilter) -> Option<String> {
                     let digest = String::from_utf8_lossy(r.take(len)?).into_owned();
                     parts.push(format!("catalog installed digest={digest} unix_ms={}", r.u64()?));
                 }
+                redo::TAG_CATALOG_EDIT => {
+                    let unix_ms = r.u64()?;
+                    let len = r.u32()? as usize;
+                    let edit = String::from_utf8_lossy(r.take(len)?).into_owned();
+                    parts.push(format!("catalog edit unix_ms={unix_ms} {edit}"));
+                }
                 redo::TAG_SESSION_GONE => {
                     let key = [r.u64()?, r.u64()?];
                     sessions.push(key);
@@ -704,9 +710,8 @@ pub struct Engine {
     /// Settlements waiting for the worker (entries added after their record was appended).
     outbox: Arc<Outbox>,
     counters: EngineCounters,
-    /// Catalog versions in force since the data directory began (digest, Unix ms installed),
-    /// written into snapshots.
-    catalogs: Mutex<Vec<(String, u64)>>,
+    /// The catalog in force and when each range of accounts began, written into snapshots.
+    catalog_state: Mutex<redo::CatalogState>,
 }
 
 /// An operator's change to an account (the admin API), journaled like a CCR's.
@@ -787,7 +792,7 @@ impl Engine {
             events: DuplicateCache::with_defaults(KeyCase::Sensitive),
             outbox: Arc::new(Outbox::new()),
             counters: EngineCounters::default(),
-            catalogs: Mutex::default(),
+            catalog_state: Mutex::default(),
         }
     }
 
@@ -1830,9 +1835,9 @@ impl Engine {
                     let key = SessionKey([r.u64()?, r.u64()?]);
                     self.sessions.lock(key).remove(key);
                 }
-                redo::TAG_CATALOG => {
+                redo::TAG_CATALOG | redo::TAG_CATALOG_EDIT => {
                     return Err(RecordError(
-                        "a catalog change is replayed by durable::replay, which reads its file",
+                        "a catalog change is replayed by durable::catalogs, which reads its file or edit",
                     ))
                 }
                 redo::TAG_RESERVE => {
@@ -1912,8 +1917,9 @@ impl Engine {
     pub fn write_snapshot(&self, now: Now, w: &mut dyn std::io::Write) -> std::io::Result<()> {
         let mut rec = Recorder::new();
         w.write_all(redo::SNAPSHOT_MAGIC)?;
-        for (digest, unix_ms) in self.catalog_versions() {
-            w.write_all(&redo::catalog_entry(&digest, unix_ms))?;
+        let state = self.catalog_state();
+        if !state.version.is_empty() {
+            w.write_all(&state.encode())?;
         }
         let accounts = self.ledger.stats().accounts;
         for id in (0..accounts).map(AccountId) {
@@ -1958,12 +1964,9 @@ impl Engine {
     /// traffic: each account's balance (the difference from the catalog's booked as funding or
     /// debit), status, bundles and holds; then sessions and event answers.
     pub fn load_snapshot(&self, now: Now, body: &[u8]) -> Result<(), RecordError> {
-        let mut rest = body.strip_prefix(redo::SNAPSHOT_MAGIC).ok_or(RecordError("not a gyro snapshot"))?;
-        // The catalog versions: the caller read them (`redo::snapshot_catalogs`) and installed
-        // them before.
-        while let Some((_, _, after)) = redo::read_catalog_entry(rest) {
-            rest = after;
-        }
+        let rest = body.strip_prefix(redo::SNAPSHOT_MAGIC).ok_or(RecordError("not a gyro snapshot"))?;
+        // The catalog in force: the caller read it (`CatalogState::of_snapshot`) and loaded it.
+        let rest = redo::CatalogState::skip(rest);
         let mut r = Reader::new(rest);
         let refused = |what| move |_| RecordError(what);
         while !r.is_empty() {
@@ -2048,7 +2051,7 @@ impl Engine {
                     .map_err(|e| format!("accounts[{i}]: {e:?}"))?;
             }
         }
-        create_accounts(self, catalog, &installed.packages, in_force, |valid_ms| {
+        create_accounts(self, catalog, &installed.packages, in_force..catalog.accounts.len(), |valid_ms| {
             redo::mono_ms(now, at_unix_ms.saturating_add(valid_ms))
         })?;
         let packages = self.packages.read().unwrap_or_else(|e| e.into_inner());
@@ -2063,19 +2066,59 @@ impl Engine {
             })
         });
         drop(packages);
-        self.catalogs.lock().unwrap_or_else(|e| e.into_inner()).push((installed.digest.clone(), at_unix_ms));
-        Ok(catalog.accounts.len() - in_force)
+        let added = catalog.accounts.len() - in_force;
+        let mut state = self.catalog_state.lock().unwrap_or_else(|e| e.into_inner());
+        state.version = installed.digest.clone();
+        if added > 0 {
+            state.epochs.push((u32::try_from(in_force).expect("fewer than 2^32 accounts"), at_unix_ms));
+        }
+        Ok(added)
     }
 
-    /// Records the version of the catalog the engine was loaded with (`load_catalog*`), for
-    /// snapshots: they name every catalog version in force since the data directory began.
+    /// Records the catalog the engine was loaded with (`load_catalog*`): file digest and
+    /// version `digest`, every account existing since `since_unix_ms`.
     pub fn set_catalog_base(&self, digest: &str, since_unix_ms: u64) {
-        *self.catalogs.lock().unwrap_or_else(|e| e.into_inner()) = vec![(digest.to_owned(), since_unix_ms)];
+        *self.catalog_state.lock().unwrap_or_else(|e| e.into_inner()) = redo::CatalogState {
+            file: digest.to_owned(),
+            version: digest.to_owned(),
+            epochs: vec![(0, since_unix_ms)],
+        };
     }
 
-    /// The catalog versions installed, oldest first, with when each was installed (Unix ms).
-    pub fn catalog_versions(&self) -> Vec<(String, u64)> {
-        self.catalogs.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    /// Loads a snapshot's catalog (`state`; `catalog` is its file's): creates the accounts,
+    /// each range since its time, and assigns packages. Returns the accounts created.
+    pub fn load_catalog_state(
+        &self,
+        catalog: &Catalog,
+        state: &redo::CatalogState,
+        now: Now,
+    ) -> Result<usize, String> {
+        let packages = catalog.packages();
+        for (k, &(first, since)) in state.epochs.iter().enumerate() {
+            let end = state.epochs.get(k + 1).map_or(catalog.accounts.len(), |e| e.0 as usize);
+            if end > catalog.accounts.len() || (first as usize) > end {
+                return Err(format!(
+                    "the snapshot's account ranges do not fit the catalog ({} accounts)",
+                    catalog.accounts.len()
+                ));
+            }
+            create_accounts(self, catalog, &packages, first as usize..end, |valid_ms| {
+                redo::mono_ms(now, since.saturating_add(valid_ms))
+            })?;
+        }
+        *self.catalog_state.lock().unwrap_or_else(|e| e.into_inner()) = state.clone();
+        Ok(catalog.accounts.len())
+    }
+
+    /// The catalog in force, as snapshots record it.
+    pub fn catalog_state(&self) -> redo::CatalogState {
+        self.catalog_state.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Names the file holding the catalog in force (the checkpointer stores it before it
+    /// writes a snapshot).
+    pub fn set_catalog_file(&self, digest: &str) {
+        self.catalog_state.lock().unwrap_or_else(|e| e.into_inner()).file = digest.to_owned();
     }
 }
 
@@ -2380,19 +2423,19 @@ fn load_catalog(
     expires_at_ms: impl Fn(u64) -> u64,
 ) -> Result<usize, String> {
     let packages = catalog.packages();
-    create_accounts(engine, catalog, &packages, 0, expires_at_ms)?;
+    create_accounts(engine, catalog, &packages, 0..catalog.accounts.len(), expires_at_ms)?;
     Ok(catalog.accounts.len())
 }
 
-/// Creates the catalog's accounts from `first` on, each with its package.
+/// Creates the catalog's accounts `range`, each with its package.
 fn create_accounts(
     engine: &Engine,
     catalog: &Catalog,
     packages: &std::collections::HashMap<String, SharedPackage>,
-    first: usize,
+    range: std::ops::Range<usize>,
     expires_at_ms: impl Fn(u64) -> u64,
 ) -> Result<(), String> {
-    for (i, a) in catalog.accounts.iter().enumerate().skip(first) {
+    for (i, a) in catalog.accounts.iter().enumerate().take(range.end).skip(range.start) {
         let package = packages
             .get(&a.customer)
             .ok_or_else(|| format!("accounts[{i}]: customer {:?} has no package", a.customer))?;

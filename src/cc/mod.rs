@@ -15,5 +15,7 @@ mod sessions;
 pub use engine::{describe_record, RecordFilter};
 pub use engine::{AdminOp, Engine, EngineConfig, NoJournal, Now, RecordSink, SweepStats};
 pub use engine::{AnswerView, RatingGroupView, SessionCursor, SessionFilter, SessionState, SessionView};
-pub use redo::{catalog_entry, read_catalog_entry, snapshot_catalogs, RecordError, TAG_CATALOG};
+pub use redo::{
+    catalog_edit_entry, catalog_entry, read_catalog_edit_entry, read_catalog_entry, CatalogState, RecordError,
+};
 pub use sessions::hash_session_id;

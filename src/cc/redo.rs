@@ -47,44 +47,123 @@ pub(super) const TAG_STATUS: u8 = 21;
 /// refuses ("unknown entry tag") rather than misreads. Tag 1 stays for the images of CCR-U,
 /// CCR-T and sweeps (the names do not change) and for records written before tag 22.
 pub(super) const TAG_SESSION_NAMED: u8 = 22;
-/// A new catalog version installed (live reload or an admin change): `length u16 | digest
-/// (ASCII) | installed Unix ms u64`. Always a record of its own; the catalog's text is the file
-/// `catalogs/<digest>.toml` in the data directory, made durable before the record was
-/// appended. `durable` replays it (it reads the file); in snapshots, one per version in force
-/// since the directory began, oldest first, right after the magic.
-pub const TAG_CATALOG: u8 = 23;
+/// A catalog file installed (live reload, `PUT /v1/catalog`, a changed file at start):
+/// `length u16 | digest (ASCII) | installed Unix ms u64`. Always a record of its own; the
+/// catalog's text is the file `catalogs/<digest>.toml` in the data directory, made durable
+/// before the record was appended. `durable` replays it (it reads the file).
+pub(super) const TAG_CATALOG: u8 = 23;
+/// An admin API edit of the catalog (a customer or account created, updated, closed):
+/// `installed Unix ms u64 | length u32 | the edit as JSON` (`catalog::Edit`). A record of its
+/// own; `durable` replays it by making the same edit on the catalog in force then.
+pub(super) const TAG_CATALOG_EDIT: u8 = 24;
+/// Snapshots only, right after the magic: the catalog in force at the snapshot —
+/// `length u16 | file digest` (the `catalogs/<digest>.toml` holding it) `| length u16 |
+/// version` (its digest as metrics show it) `| count u32 | (first account u32 | since Unix
+/// ms u64) × count` (from which account on, accounts exist since when: bundle validity).
+pub(super) const TAG_CATALOG_STATE: u8 = 25;
 
-/// The record (or snapshot entry) for catalog version `digest`, installed at `unix_ms`.
+fn put_str16(v: &mut Vec<u8>, s: &str) {
+    v.extend_from_slice(&u16::try_from(s.len()).expect("a digest is short").to_le_bytes());
+    v.extend_from_slice(s.as_bytes());
+}
+
+fn get_str16(bytes: &[u8]) -> Option<(String, &[u8])> {
+    let len = usize::from(u16::from_le_bytes(bytes.get(..2)?.try_into().ok()?));
+    let s = std::str::from_utf8(bytes.get(2..2 + len)?).ok()?;
+    Some((s.to_owned(), &bytes[2 + len..]))
+}
+
+fn get_u64(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    Some((u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?), &bytes[8..]))
+}
+
+fn get_u32(bytes: &[u8]) -> Option<(u32, &[u8])> {
+    Some((u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?), &bytes[4..]))
+}
+
+/// The record for catalog file `digest`, installed at `unix_ms`.
 pub fn catalog_entry(digest: &str, unix_ms: u64) -> Vec<u8> {
-    let len = u16::try_from(digest.len()).expect("a digest is short");
-    let mut v = Vec::with_capacity(11 + digest.len());
-    v.push(TAG_CATALOG);
-    v.extend_from_slice(&len.to_le_bytes());
-    v.extend_from_slice(digest.as_bytes());
+    let mut v = vec![TAG_CATALOG];
+    put_str16(&mut v, digest);
     v.extend_from_slice(&unix_ms.to_le_bytes());
     v
 }
 
-/// Reads one catalog entry at the start of `bytes`: (digest, Unix ms, the bytes after it), or
-/// `None` if `bytes` does not start with a well-formed one.
-pub fn read_catalog_entry(bytes: &[u8]) -> Option<(String, u64, &[u8])> {
-    let rest = bytes.strip_prefix(&[TAG_CATALOG])?;
-    let len = usize::from(u16::from_le_bytes(rest.get(..2)?.try_into().ok()?));
-    let digest = std::str::from_utf8(rest.get(2..2 + len)?).ok()?;
-    let unix_ms = u64::from_le_bytes(rest.get(2 + len..10 + len)?.try_into().ok()?);
-    Some((digest.to_owned(), unix_ms, &rest[10 + len..]))
+/// A whole catalog-file record: (digest, Unix ms), or `None` if `record` is not one.
+pub fn read_catalog_entry(record: &[u8]) -> Option<(String, u64)> {
+    let (digest, rest) = get_str16(record.strip_prefix(&[TAG_CATALOG])?)?;
+    match get_u64(rest)? {
+        (unix_ms, []) => Some((digest, unix_ms)),
+        _ => None,
+    }
 }
 
-/// The catalog versions a snapshot body names (oldest first); empty for snapshots written
-/// before live reload, whose catalog is the data directory's first.
-pub fn snapshot_catalogs(body: &[u8]) -> Vec<(String, u64)> {
-    let mut out = Vec::new();
-    let Some(mut rest) = body.strip_prefix(SNAPSHOT_MAGIC.as_slice()) else { return out };
-    while let Some((digest, unix_ms, after)) = read_catalog_entry(rest) {
-        out.push((digest, unix_ms));
-        rest = after;
+/// The record for an admin edit (`json`, a serialized `catalog::Edit`) made at `unix_ms`.
+pub fn catalog_edit_entry(unix_ms: u64, json: &[u8]) -> Vec<u8> {
+    let mut v = vec![TAG_CATALOG_EDIT];
+    v.extend_from_slice(&unix_ms.to_le_bytes());
+    v.extend_from_slice(&u32::try_from(json.len()).expect("an edit is small").to_le_bytes());
+    v.extend_from_slice(json);
+    v
+}
+
+/// A whole admin-edit record: (Unix ms, JSON), or `None` if `record` is not one.
+pub fn read_catalog_edit_entry(record: &[u8]) -> Option<(u64, &[u8])> {
+    let (unix_ms, rest) = get_u64(record.strip_prefix(&[TAG_CATALOG_EDIT])?)?;
+    let (len, rest) = get_u32(rest)?;
+    (rest.len() == len as usize).then_some((unix_ms, rest))
+}
+
+/// The catalog in force at a snapshot (`TAG_CATALOG_STATE`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CatalogState {
+    /// The digest of the file in `catalogs/` that holds it.
+    pub file: String,
+    /// Its version (what metrics and the admin API show): the file's digest, or after admin
+    /// edits a digest chained over them.
+    pub version: String,
+    /// (first account, Unix ms): accounts from `first` on exist since then.
+    pub epochs: Vec<(u32, u64)>,
+}
+
+impl CatalogState {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = vec![TAG_CATALOG_STATE];
+        put_str16(&mut v, &self.file);
+        put_str16(&mut v, &self.version);
+        v.extend_from_slice(&u32::try_from(self.epochs.len()).expect("few epochs").to_le_bytes());
+        for (first, since) in &self.epochs {
+            v.extend_from_slice(&first.to_le_bytes());
+            v.extend_from_slice(&since.to_le_bytes());
+        }
+        v
     }
-    out
+
+    /// The state at the start of `bytes` and what follows it.
+    fn decode(bytes: &[u8]) -> Option<(Self, &[u8])> {
+        let (file, rest) = get_str16(bytes.strip_prefix(&[TAG_CATALOG_STATE])?)?;
+        let (version, rest) = get_str16(rest)?;
+        let (n, mut rest) = get_u32(rest)?;
+        let mut epochs = Vec::with_capacity(n.min(1 << 16) as usize);
+        for _ in 0..n {
+            let (first, r) = get_u32(rest)?;
+            let (since, r) = get_u64(r)?;
+            epochs.push((first, since));
+            rest = r;
+        }
+        Some((Self { file, version, epochs }, rest))
+    }
+
+    /// The state a snapshot body names, if any (snapshots written before live reload have
+    /// none: their catalog is the data directory's first).
+    pub fn of_snapshot(body: &[u8]) -> Option<Self> {
+        Self::decode(body.strip_prefix(SNAPSHOT_MAGIC.as_slice())?).map(|(s, _)| s)
+    }
+
+    /// `body` after the magic and the state, if any.
+    pub(super) fn skip(body: &[u8]) -> &[u8] {
+        Self::decode(body).map_or(body, |(_, rest)| rest)
+    }
 }
 
 /// The first bytes of a snapshot body.

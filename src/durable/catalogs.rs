@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use super::{catalog_digest, io, ChargingJournal, Completion, DataDirError, Identity, Waiting};
-use crate::catalog::{accounts_repriced, check_change, Catalog, CatalogError, Installed, Live};
+use crate::catalog::{
+    accounts_repriced, check_change, Catalog, CatalogError, Edit, EditError, Installed, Live,
+};
 use crate::cc::{Engine, Now};
 
 /// Where catalog versions are kept, under the data directory.
@@ -104,23 +106,57 @@ impl Replayer {
         Ok(v)
     }
 
-    /// One journal record: a catalog change is installed from its file, anything else goes to
-    /// the engine.
+    /// One journal record: a catalog file is installed from its file, an admin edit made
+    /// again on the catalog in force, anything else goes to the engine.
     pub(super) fn replay(&mut self, engine: &Engine, now: Now, payload: &[u8]) -> anyhow::Result<()> {
-        match crate::cc::read_catalog_entry(payload) {
-            Some((digest, at_unix_ms, [])) => {
-                let name = self.store.path(&digest).display().to_string();
-                let v = self.version(&digest, &name)?;
-                engine
-                    .install_catalog(&v, now, at_unix_ms)
-                    .map_err(|e| anyhow::anyhow!("catalog {digest}: {e}"))?;
-                self.last = v;
-                Ok(())
-            }
-            _ => Ok(engine.recover(now, payload)?),
+        if let Some((digest, at_unix_ms)) = crate::cc::read_catalog_entry(payload) {
+            let name = self.store.path(&digest).display().to_string();
+            let v = self.version(&digest, &name)?;
+            engine
+                .install_catalog(&v, now, at_unix_ms)
+                .map_err(|e| anyhow::anyhow!("catalog {digest}: {e}"))?;
+            self.last = v;
+            return Ok(());
         }
+        if let Some((at_unix_ms, json)) = crate::cc::read_catalog_edit_entry(payload) {
+            let edit: Edit = serde_json::from_slice(json)?;
+            let v = Arc::new(
+                edited(&self.last, &edit).map_err(|e| anyhow::anyhow!("a journaled catalog edit: {e}"))?,
+            );
+            engine
+                .install_catalog(&v, now, at_unix_ms)
+                .map_err(|e| anyhow::anyhow!("catalog {}: {e}", v.digest))?;
+            self.last = v;
+            return Ok(());
+        }
+        Ok(engine.recover(now, payload)?)
     }
 }
+
+/// The catalog `edit` makes of `current`, with its version: a digest chained over the
+/// previous version and the edit, so replay gives the same. Validated; not checked against
+/// `current` (the caller does, live).
+fn edited(current: &Installed, edit: &Edit) -> Result<Installed, EditError> {
+    let catalog = current.catalog.apply(ADMIN_API, edit)?;
+    let json = serde_json::to_string(edit).expect("an edit serializes");
+    let version = catalog_digest(&format!("{}\n{json}", current.digest));
+    Ok(Installed::new(catalog, ADMIN_API, version))
+}
+
+/// Stands in for the catalog until `engine_at` has loaded one.
+fn placeholder() -> Installed {
+    Installed::new(Catalog { plans: Vec::new(), customers: Vec::new(), accounts: Vec::new() }, "", "")
+}
+
+/// Wall-clock Unix ms (to the millisecond, unlike `Now`'s seconds).
+fn unix_ms(now: Now) -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(now.unix_secs * 1000, |d| d.as_millis() as u64)
+}
+
+/// What admin edits are called in errors and as a catalog's name.
+const ADMIN_API: &str = "admin API";
 
 /// An engine with the catalog versions in force at `snapshot` (the directory's first catalog
 /// when there is none, or when the snapshot predates catalog versions) and the snapshot loaded.
@@ -152,10 +188,6 @@ pub(super) fn engine_at(
         }
         .into());
     }
-    let mut chain = snapshot.map(|s| crate::cc::snapshot_catalogs(&s.body)).unwrap_or_default();
-    if chain.is_empty() {
-        chain.push((id.catalog_digest.clone(), id.created_unix_ms));
-    }
     let name_of = |digest: &str| {
         if digest == configured_digest {
             name.to_owned()
@@ -163,24 +195,29 @@ pub(super) fn engine_at(
             store.path(digest).display().to_string()
         }
     };
-    let (base, since) = chain[0].clone();
-    let base_text = store.get(&base)?;
-    let base_catalog = Catalog::from_toml(&name_of(&base), &base_text)?;
-    let base_version = Arc::new(Installed::new(base_catalog, name_of(&base), base.clone()));
     let engine = Engine::new(engine_cfg, Arc::new(crate::ledger::Ledger::new()));
-    engine
-        .load_catalog_since(&base_version.catalog, now, since)
-        .map_err(|e| anyhow::anyhow!("catalog: {e}"))?;
-    engine.set_catalog_base(&base, since);
-    let mut replayer = Replayer {
-        store: store.clone(),
-        parsed: HashMap::from([(base.clone(), Arc::clone(&base_version))]),
-        last: base_version,
-    };
-    for (digest, at) in &chain[1..] {
-        let v = replayer.version(digest, &name_of(digest))?;
-        engine.install_catalog(&v, now, *at).map_err(|e| anyhow::anyhow!("catalog {digest}: {e}"))?;
-        replayer.last = v;
+    let state = snapshot.and_then(|s| crate::cc::CatalogState::of_snapshot(&s.body));
+    let mut replayer =
+        Replayer { store: store.clone(), parsed: HashMap::new(), last: Arc::new(placeholder()) };
+    match state {
+        // The catalog in force at the snapshot, its accounts in their ranges.
+        Some(state) => {
+            let file = replayer.version(&state.file, &name_of(&state.file))?;
+            engine
+                .load_catalog_state(&file.catalog, &state, now)
+                .map_err(|e| anyhow::anyhow!("catalog {}: {e}", state.file))?;
+            let name = if state.version == state.file { file.name.clone() } else { ADMIN_API.to_owned() };
+            replayer.last = Arc::new(Installed::new(file.catalog.clone(), name, state.version.clone()));
+        }
+        // No snapshot, or one from before catalog versions: the directory's first catalog.
+        None => {
+            let base = replayer.version(&id.catalog_digest, &name_of(&id.catalog_digest))?;
+            engine
+                .load_catalog_since(&base.catalog, now, id.created_unix_ms)
+                .map_err(|e| anyhow::anyhow!("catalog: {e}"))?;
+            engine.set_catalog_base(&id.catalog_digest, id.created_unix_ms);
+            replayer.last = base;
+        }
     }
     engine.ledger().begin_recovery();
     if let Some(s) = snapshot {
@@ -200,6 +237,9 @@ pub enum InstallError {
     Refused(#[from] CatalogError),
     #[error(transparent)]
     Store(#[from] DataDirError),
+    /// An admin edit that cannot be made (names the key or entry).
+    #[error(transparent)]
+    Edit(#[from] EditError),
     /// The journal did not make the change durable (it has stopped).
     #[error("the journal did not take the catalog change: {0}")]
     Journal(String),
@@ -302,25 +342,55 @@ impl Catalogs {
         if let Some(store) = &self.store {
             store.put(text)?;
         }
-        let at_unix_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(now.unix_secs * 1000, |d| d.as_millis() as u64);
+        let at_unix_ms = unix_ms(now);
+        self.commit(&current, installed, crate::cc::catalog_entry(&digest, at_unix_ms), now, at_unix_ms)
+    }
+
+    /// Makes an admin edit of the catalog in force (`catalog::Edit`): validated as a file,
+    /// checked against the catalog in force, journaled as the edit itself (no file), installed.
+    /// Blocking, as `install`.
+    pub fn edit(&self, edit: &Edit, now: Now) -> Result<Installation, InstallError> {
+        let _one_at_a_time = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.live.current();
+        let installed = edited(&current, edit)?;
+        check_change(
+            ADMIN_API,
+            &current.catalog,
+            &current.packages,
+            &installed.catalog,
+            &installed.packages,
+        )?;
+        let at_unix_ms = unix_ms(now);
+        let json = serde_json::to_vec(edit).expect("an edit serializes");
+        self.commit(&current, installed, crate::cc::catalog_edit_entry(at_unix_ms, &json), now, at_unix_ms)
+    }
+
+    /// Appends `record`, switches the engine to `installed`, publishes it, and waits until the
+    /// record is durable. Called with the lock held and every check passed.
+    fn commit(
+        &self,
+        current: &Installed,
+        installed: Installed,
+        record: Vec<u8>,
+        now: Now,
+        at_unix_ms: u64,
+    ) -> Result<Installation, InstallError> {
         // The record goes first: whatever the engine does on the new catalog (a CCR on a new
         // account) is appended after it, so recovery meets the change before what depends on it.
         let durable = self.journal.as_ref().map(|j| {
             let (tx, rx) = tokio::sync::oneshot::channel();
-            j.append(&crate::cc::catalog_entry(&digest, at_unix_ms), Completion(Waiting::Task(tx)));
+            j.append(&record, Completion(Waiting::Task(tx)));
             rx
         });
-        let added = self.engine.install_catalog(&installed, now, at_unix_ms);
-        let accounts_added = match added {
+        let accounts_added = match self.engine.install_catalog(&installed, now, at_unix_ms) {
             Ok(n) => n,
-            // check_change and validation passed, so the ledger refusing an account is a bug;
+            // Validation and check_change passed, so the ledger refusing an account is a bug;
             // the record is in the journal and the next start will say the same.
-            Err(e) => panic!("catalog {digest} passed its checks but the engine refused it: {e}"),
+            Err(e) => panic!("catalog {} passed its checks but the engine refused it: {e}", installed.digest),
         };
         let installed = Arc::new(installed);
-        let repriced = accounts_repriced(&current, &installed);
+        let repriced = accounts_repriced(current, &installed);
+        let digest = installed.digest.clone();
         self.live.replace(installed);
         if let Some(rx) = durable {
             match rx.blocking_recv() {
@@ -337,4 +407,58 @@ impl Catalogs {
             repriced,
         })
     }
+}
+
+/// How long a stored catalog file is kept even when nothing names it yet: an install stores
+/// its file before it appends its record, and a checkpoint must not delete it in between.
+const UNREFERENCED_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Names the file holding `engine`'s catalog in force (`current`) for its snapshot: the file
+/// of that version if it is one, else `current` written out (`Catalog::to_toml`) and stored.
+pub(super) fn store_for_snapshot(dir: &Path, engine: &Engine, current: &Installed) -> anyhow::Result<()> {
+    let store = CatalogStore::open(dir)?;
+    let file = if store.get(&current.digest).is_ok() {
+        current.digest.clone()
+    } else {
+        store.put(&current.catalog.to_toml())?
+    };
+    engine.set_catalog_file(&file);
+    Ok(())
+}
+
+/// Deletes the stored catalogs nothing needs any more: kept are the directory's first, the
+/// one each remaining snapshot names, those the remaining journal records install, and any
+/// stored in the last `UNREFERENCED_GRACE`. Returns how many were deleted.
+pub(super) fn prune(dir: &Path, first: &str) -> anyhow::Result<usize> {
+    let store = CatalogStore::open(dir)?;
+    let mut keep = std::collections::HashSet::from([first.to_owned()]);
+    for file in crate::journal::snapshot::list(dir)? {
+        if let Ok(s) = crate::journal::snapshot::read(&file) {
+            if let Some(state) = crate::cc::CatalogState::of_snapshot(&s.body) {
+                keep.insert(state.file);
+            }
+        }
+    }
+    crate::journal::scan(dir, crate::journal::Lsn::ZERO, |r| {
+        if let Some((digest, _)) = crate::cc::read_catalog_entry(r.payload) {
+            keep.insert(digest);
+        }
+        Ok(())
+    })?;
+    let mut deleted = 0;
+    for entry in std::fs::read_dir(&store.dir).map_err(io(&store.dir))? {
+        let path = entry.map_err(io(&store.dir))?.path();
+        let Some(digest) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".toml"))
+        else {
+            continue;
+        };
+        let old = std::fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > UNREFERENCED_GRACE));
+        if !keep.contains(digest) && old {
+            std::fs::remove_file(&path).map_err(io(&path))?;
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
 }

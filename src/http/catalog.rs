@@ -31,6 +31,7 @@ fn install_error(e: InstallError) -> ApiError {
         InstallError::Refused(e) => {
             ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string(), Some("catalog"))
         }
+        InstallError::Edit(e) => edit_error(e),
         InstallError::Store(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None),
         InstallError::Journal(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e, None),
     }
@@ -149,10 +150,14 @@ fn edit_error(e: EditError) -> ApiError {
     ApiError::new(status, e.to_string(), Some(e.field()))
 }
 
-/// Makes `edit` on the catalog in force and installs the result.
-async fn edit(b: &Backend, edit: Edit<'_>) -> Result<Installation, ApiError> {
-    let text = b.catalogs.live().current().catalog.edited(edit).map_err(edit_error)?;
-    install(b, "admin API", text).await
+/// Makes `edit` on the catalog in force (journaled) on a blocking thread.
+async fn edit(b: &Backend, edit: Edit) -> Result<Installation, ApiError> {
+    let catalogs = std::sync::Arc::clone(&b.catalogs);
+    let now = Charging::now_from(b.epoch);
+    tokio::task::spawn_blocking(move || catalogs.edit(&edit, now))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None))?
+        .map_err(install_error)
 }
 
 fn body_json(body: &str) -> Result<Value, ApiError> {
@@ -235,7 +240,7 @@ pub(super) async fn create_customer(
     if b.catalogs.live().current().customer(&id).is_some() {
         return Err(ApiError::new(StatusCode::CONFLICT, format!("customer {id:?} exists"), Some("id")));
     }
-    let done = edit(b, Edit::AddCustomer(&v)).await?;
+    let done = edit(b, Edit::AddCustomer { body: v }).await?;
     tracing::info!(customer = %id, version = %done.digest, "admin: customer created");
     let mut out = customer_json(b, &id).unwrap_or(Value::Null);
     out["catalog"] = installation_json(b, &done);
@@ -253,7 +258,7 @@ pub(super) async fn update_customer(
     authorize(&state, &headers)?;
     let b = backend(&state)?;
     let v = body_json(&body)?;
-    let done = edit(b, Edit::UpdateCustomer { id: &id, patch: &v }).await?;
+    let done = edit(b, Edit::UpdateCustomer { id: id.clone(), patch: v }).await?;
     tracing::info!(customer = %id, version = %done.digest, "admin: customer updated");
     let mut out = customer_json(b, &id).unwrap_or(Value::Null);
     out["catalog"] = installation_json(b, &done);
@@ -281,7 +286,7 @@ pub(super) async fn create_account(
     authorize(&state, &headers)?;
     let b = backend(&state)?;
     let v = body_json(&body)?;
-    let done = edit(b, Edit::AddAccount(&v)).await?;
+    let done = edit(b, Edit::AddAccount { body: v }).await?;
     let id = crate::ledger::AccountId(b.catalogs.live().current().catalog.accounts.len() as u32 - 1);
     tracing::info!(account = id.0, version = %done.digest, "admin: account created");
     Ok(json_response(StatusCode::CREATED, account_body(b, id, &done)))
@@ -301,7 +306,7 @@ pub(super) async fn update_account(
     let b = backend(&state)?;
     let id = account_of(b, &reference)?;
     let v = body_json(&body)?;
-    let done = edit(b, Edit::UpdateAccount { index: id.0 as usize, patch: &v }).await?;
+    let done = edit(b, Edit::UpdateAccount { index: id.0 as usize, patch: v }).await?;
     tracing::info!(account = id.0, version = %done.digest, "admin: account updated");
     Ok(json_response(StatusCode::OK, account_body(b, id, &done)))
 }
