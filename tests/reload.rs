@@ -153,6 +153,21 @@ fn a_bad_configuration_or_a_key_that_needs_a_restart_is_reported() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["restart_required"], serde_json::json!(["journal"]), "{body}");
 
+    // A catalog over axum's default 2 MB body limit is loaded (25 000 accounts more); a body
+    // over the API's limit for small JSON is a JSON 413 naming the body.
+    let mut big = Catalog::demo_toml().to_owned();
+    for n in 0..25_000u32 {
+        big += &format!(
+            "[[accounts]]\ncustomer = \"c-carol\"\nsubscription_ids = [\"e164:4917100{n:05}\"]\nfunding = \"prepaid\"\n"
+        );
+    }
+    assert!(big.len() > 2 << 20);
+    let (status, body) = http(api, "PUT", "/v1/catalog", Some(&big));
+    assert_eq!((status, body["accounts_added"].as_u64()), (200, Some(25_000)), "{body}");
+    let (status, body) =
+        http(api, "POST", "/v1/customers", Some(&format!("{{\"id\":\"{}\"}}", "x".repeat(3 << 20))));
+    assert_eq!((status, body["field"].as_str()), (413, Some("body")), "{body}");
+
     // Dictionaries: a vendor file added to diameter.dictionary_dir is loaded; a broken one is
     // refused naming the key, and the set in force stays.
     let dicts = dir.path().join("dicts");

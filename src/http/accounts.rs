@@ -349,9 +349,10 @@ pub(super) async fn plans(State(state): State<HttpState>, headers: HeaderMap) ->
 pub(super) async fn validate(
     State(state): State<HttpState>,
     headers: HeaderMap,
-    body: String,
+    body: super::TextBody,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
+    let body = super::text(body)?;
     match Catalog::from_toml("request body", &body) {
         Ok(c) => {
             // Whether it may also replace the catalog in force (`PUT /v1/catalog`, a reload).

@@ -20,7 +20,7 @@ use crate::reload::{ReloadError, ReloadReport};
 
 /// Largest catalog `PUT /v1/catalog` takes (a million accounts is ≈ 100 MB of TOML: load
 /// such a catalog as a file and reload).
-const CATALOG_BODY_MAX_BYTES: usize = 64 << 20;
+pub(super) const CATALOG_BODY_MAX_BYTES: usize = 64 << 20;
 
 fn json_response(status: StatusCode, body: Value) -> Response {
     (status, axum::Json(body)).into_response()
@@ -126,17 +126,11 @@ pub(super) async fn get(State(state): State<HttpState>, headers: HeaderMap) -> R
 pub(super) async fn put(
     State(state): State<HttpState>,
     headers: HeaderMap,
-    body: String,
+    body: super::TextBody,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
+    let body = super::text(body)?;
     let b = backend(&state)?;
-    if body.len() > CATALOG_BODY_MAX_BYTES {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "a catalog over 64 MiB: reload it from a file",
-            Some("body"),
-        ));
-    }
     let done = install(b, "admin API", body).await?;
     tracing::info!(version = %done.digest, changed = !done.unchanged, "admin: catalog loaded");
     Ok(json_response(StatusCode::OK, installation_json(b, &done)))
@@ -231,9 +225,10 @@ pub(super) async fn get_customer(
 pub(super) async fn create_customer(
     State(state): State<HttpState>,
     headers: HeaderMap,
-    body: String,
+    body: super::TextBody,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
+    let body = super::text(body)?;
     let b = backend(&state)?;
     let v = body_json(&body)?;
     let id = v.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
@@ -253,9 +248,10 @@ pub(super) async fn update_customer(
     State(state): State<HttpState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    body: String,
+    body: super::TextBody,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
+    let body = super::text(body)?;
     let b = backend(&state)?;
     let v = body_json(&body)?;
     let done = edit(b, Edit::UpdateCustomer { id: id.clone(), patch: v }).await?;
@@ -281,9 +277,10 @@ fn account_body(b: &Backend, id: crate::ledger::AccountId, done: &Installation) 
 pub(super) async fn create_account(
     State(state): State<HttpState>,
     headers: HeaderMap,
-    body: String,
+    body: super::TextBody,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
+    let body = super::text(body)?;
     let b = backend(&state)?;
     let v = body_json(&body)?;
     let done = edit(b, Edit::AddAccount { body: v }).await?;
@@ -300,9 +297,10 @@ pub(super) async fn update_account(
     State(state): State<HttpState>,
     headers: HeaderMap,
     Path(reference): Path<String>,
-    body: String,
+    body: super::TextBody,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
+    let body = super::text(body)?;
     let b = backend(&state)?;
     let id = account_of(b, &reference)?;
     let v = body_json(&body)?;

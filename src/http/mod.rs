@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -126,7 +126,10 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/accounts/{account}/close", post(catalog::close_account))
         .route("/v1/customers", get(catalog::list_customers).post(catalog::create_customer))
         .route("/v1/customers/{customer}", get(catalog::get_customer).patch(catalog::update_customer))
-        .route("/v1/catalog", get(catalog::get).put(catalog::put))
+        .route(
+            "/v1/catalog",
+            get(catalog::get).put(catalog::put).layer(DefaultBodyLimit::max(catalog::CATALOG_BODY_MAX_BYTES)),
+        )
         .route("/v1/reload", post(catalog::reload))
         .route("/v1/accounts/{account}/top-ups", post(accounts::top_up))
         .route("/v1/accounts/{account}/adjustments", post(accounts::adjust))
@@ -136,7 +139,10 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/sessions/{session_id}", get(sessions::get))
         .route("/v1/sessions/{session_id}/abort", post(sessions::abort))
         .route("/v1/plans", get(accounts::plans))
-        .route("/v1/plans/validate", post(accounts::validate))
+        .route(
+            "/v1/plans/validate",
+            post(accounts::validate).layer(DefaultBodyLimit::max(catalog::CATALOG_BODY_MAX_BYTES)),
+        )
         .fallback(|uri: axum::http::Uri| async move {
             error(StatusCode::NOT_FOUND, format!("no such endpoint: {}", uri.path()), None)
         })
@@ -219,6 +225,14 @@ impl IntoResponse for ApiError {
         }
         (self.status, Json(body)).into_response()
     }
+}
+
+/// A text body, or the reason there is none (too large: 413; not UTF-8: 400).
+pub(crate) type TextBody = Result<String, axum::extract::rejection::StringRejection>;
+
+/// The body of a `TextBody`, or the JSON error naming `body`.
+pub(crate) fn text(body: TextBody) -> Result<String, ApiError> {
+    body.map_err(|e| ApiError::new(e.status(), e.body_text(), Some("body")))
 }
 
 /// Checks the bearer token (RFC 6750 §2.1). Compares SHA-256 digests, so the comparison's
