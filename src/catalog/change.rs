@@ -42,6 +42,26 @@ impl Installed {
         Self { catalog, packages, customers, plans, name: name.into(), digest: digest.into() }
     }
 
+    /// `new`, but a customer whose package did not change keeps `previous`'s `Arc` of it: the
+    /// engine then sees which accounts a change reprices by pointer, and interns no new copy
+    /// of an unchanged package at every change.
+    pub fn succeeding(
+        previous: &Self,
+        catalog: Catalog,
+        name: impl Into<String>,
+        digest: impl Into<String>,
+    ) -> Self {
+        let mut next = Self::new(catalog, name, digest);
+        for (customer, package) in &mut next.packages {
+            if let Some(before) = previous.packages.get(customer) {
+                if **before == **package {
+                    *package = Arc::clone(before);
+                }
+            }
+        }
+        next
+    }
+
     pub fn customer(&self, id: &str) -> Option<&super::Customer> {
         self.customers.get(id).and_then(|&i| self.catalog.customers.get(i))
     }
@@ -170,15 +190,15 @@ pub fn check_change(
 }
 
 /// Accounts whose package changed from `old` to `new` (prices, quotas, services, plan): the
-/// ones whose open sessions are told to re-authorise (RAR). Compared by content, once per
-/// customer.
+/// ones whose open sessions are told to re-authorise (RAR). Compared by pointer, else by
+/// content, once per customer.
 pub fn accounts_repriced(old: &Installed, new: &Installed) -> Vec<u32> {
     let mut by_customer: HashMap<&str, bool> = HashMap::new();
     let mut out = Vec::new();
     for (i, account) in old.catalog.accounts.iter().enumerate() {
         let changed = *by_customer.entry(account.customer.as_str()).or_insert_with(|| {
             match (old.packages.get(&account.customer), new.packages.get(&account.customer)) {
-                (Some(a), Some(b)) => format!("{a:?}") != format!("{b:?}"),
+                (Some(a), Some(b)) => !Arc::ptr_eq(a, b) && a != b,
                 _ => true,
             }
         });
@@ -187,4 +207,28 @@ pub fn accounts_repriced(old: &Installed, new: &Installed) -> Vec<u32> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A price change reprices the accounts of that plan only; an unchanged package keeps its
+    /// `Arc`, so the engine switches nothing for the others.
+    #[test]
+    fn only_the_accounts_of_a_changed_package_are_repriced() {
+        let text = Catalog::demo_toml();
+        let old = Installed::new(Catalog::from_toml("a", text).unwrap(), "a", "1");
+        let cheaper: String = text
+            .lines()
+            .map(|l| if l.contains("0.50 EUR lasts 5 MiB") { "  price = \"0.05\"".to_owned() } else { l.to_owned() })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let new = Installed::succeeding(&old, Catalog::from_toml("b", &cheaper).unwrap(), "b", "2");
+        assert_eq!(accounts_repriced(&old, &new), vec![4], "Erin, on mobile-flex");
+        assert!(Arc::ptr_eq(&old.packages["c-carol"], &new.packages["c-carol"]));
+        assert!(!Arc::ptr_eq(&old.packages["c-erin"], &new.packages["c-erin"]));
+        let same = Installed::succeeding(&new, Catalog::from_toml("c", &cheaper).unwrap(), "c", "3");
+        assert!(accounts_repriced(&new, &same).is_empty());
+    }
 }

@@ -126,7 +126,7 @@ pub struct ServiceOverride {
 
 /// The effective prices for one customer: the plan with the overrides applied. Customers
 /// without overrides share their plan's package (`Arc`).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Package {
     pub plan_id: String,
     pub currency: Currency,

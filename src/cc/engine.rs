@@ -659,6 +659,26 @@ struct Packages {
     by_account: Vec<u32>,
 }
 
+impl Packages {
+    /// Interns `package` (by pointer) and assigns it to `account`.
+    fn set(&mut self, account: AccountId, package: &SharedPackage) {
+        let Self { list, by_pointer, by_account } = self;
+        let index = *by_pointer.entry(Arc::as_ptr(package) as usize).or_insert_with(|| {
+            list.push(Arc::clone(package));
+            u32::try_from(list.len() - 1).expect("fewer than 2^32 packages")
+        });
+        let slot = account.0 as usize;
+        if by_account.len() <= slot {
+            by_account.resize(slot + 1, u32::MAX);
+        }
+        by_account[slot] = index;
+    }
+
+    fn get(&self, account: AccountId) -> Option<&SharedPackage> {
+        self.list.get(*self.by_account.get(account.0 as usize)? as usize)
+    }
+}
+
 /// Where the engine puts the redo record of each request that changed something (see `redo`).
 pub trait RecordSink {
     /// Makes `record` durable, then sends `answer`, the bytes the engine just wrote for the
@@ -823,17 +843,7 @@ impl Engine {
 
     /// Sets the price package used for an account.
     pub fn set_package(&self, account: AccountId, package: SharedPackage) {
-        let mut p = self.packages.write().unwrap_or_else(|e| e.into_inner());
-        let Packages { list, by_pointer, by_account } = &mut *p;
-        let index = *by_pointer.entry(Arc::as_ptr(&package) as usize).or_insert_with(|| {
-            list.push(Arc::clone(&package));
-            u32::try_from(list.len() - 1).expect("fewer than 2^32 packages")
-        });
-        let slot = account.0 as usize;
-        if by_account.len() <= slot {
-            by_account.resize(slot + 1, u32::MAX);
-        }
-        by_account[slot] = index;
+        self.packages.write().unwrap_or_else(|e| e.into_inner()).set(account, &package);
     }
 
     fn package(&self, account: AccountId) -> Option<SharedPackage> {
@@ -2038,12 +2048,19 @@ impl Engine {
                 catalog.accounts.len()
             ));
         }
+        let mut packages = self.packages.write().unwrap_or_else(|e| e.into_inner());
         for (i, a) in catalog.accounts.iter().enumerate().take(in_force) {
             let package = installed
                 .packages
                 .get(&a.customer)
                 .ok_or_else(|| format!("accounts[{i}]: customer {:?} has no package", a.customer))?;
-            self.set_package(AccountId(i as u32), Arc::clone(package));
+            // Unchanged packages keep their `Arc` (`Installed::succeeding`): nothing to do.
+            if !packages.get(AccountId(i as u32)).is_some_and(|p| Arc::ptr_eq(p, package)) {
+                packages.set(AccountId(i as u32), package);
+            }
+        }
+        drop(packages);
+        for (i, a) in catalog.accounts.iter().enumerate().take(in_force) {
             if a.closed {
                 // Closing is a catalog change: replayed here, it bars at the same place.
                 self.ledger
@@ -2057,10 +2074,10 @@ impl Engine {
         let packages = self.packages.read().unwrap_or_else(|e| e.into_inner());
         self.sessions.for_each_shard(|shard| {
             shard.retain(|s| {
-                if let Some(p) =
-                    packages.by_account.get(s.account.0 as usize).and_then(|&i| packages.list.get(i as usize))
-                {
-                    s.package = Arc::clone(p);
+                if let Some(p) = packages.get(s.account) {
+                    if !Arc::ptr_eq(&s.package, p) {
+                        s.package = Arc::clone(p);
+                    }
                 }
                 true
             })

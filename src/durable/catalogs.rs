@@ -111,7 +111,8 @@ impl Replayer {
     pub(super) fn replay(&mut self, engine: &Engine, now: Now, payload: &[u8]) -> anyhow::Result<()> {
         if let Some((digest, at_unix_ms)) = crate::cc::read_catalog_entry(payload) {
             let name = self.store.path(&digest).display().to_string();
-            let v = self.version(&digest, &name)?;
+            let parsed = self.version(&digest, &name)?;
+            let v = Arc::new(Installed::succeeding(&self.last, parsed.catalog.clone(), name, digest.clone()));
             engine
                 .install_catalog(&v, now, at_unix_ms)
                 .map_err(|e| anyhow::anyhow!("catalog {digest}: {e}"))?;
@@ -140,7 +141,7 @@ fn edited(current: &Installed, edit: &Edit) -> Result<Installed, EditError> {
     let catalog = current.catalog.apply(ADMIN_API, edit)?;
     let json = serde_json::to_string(edit).expect("an edit serializes");
     let version = catalog_digest(&format!("{}\n{json}", current.digest));
-    Ok(Installed::new(catalog, ADMIN_API, version))
+    Ok(Installed::succeeding(current, catalog, ADMIN_API, version))
 }
 
 /// Stands in for the catalog until `engine_at` has loaded one.
@@ -337,7 +338,7 @@ impl Catalogs {
                 repriced: Vec::new(),
             });
         }
-        let installed = Installed::new(catalog, name, digest.clone());
+        let installed = Installed::succeeding(&current, catalog, name, digest.clone());
         check_change(name, &current.catalog, &current.packages, &installed.catalog, &installed.packages)?;
         if let Some(store) = &self.store {
             store.put(text)?;
