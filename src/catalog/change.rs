@@ -144,7 +144,7 @@ pub fn check_change(
         }
     }
     // Packages of customers with accounts in force: same currency, services in the same places.
-    let mut seen = std::collections::HashSet::new();
+    let mut seen = rustc_hash::FxHashSet::default();
     for (i, account) in old.accounts.iter().enumerate() {
         if !seen.insert(account.customer.as_str()) {
             continue;
@@ -193,7 +193,8 @@ pub fn check_change(
 /// ones whose open sessions are told to re-authorise (RAR). Compared by pointer, else by
 /// content, once per customer.
 pub fn accounts_repriced(old: &Installed, new: &Installed) -> Vec<u32> {
-    let mut by_customer: HashMap<&str, bool> = HashMap::new();
+    // Fx: one lookup per account in force (see `validate`).
+    let mut by_customer: rustc_hash::FxHashMap<&str, bool> = rustc_hash::FxHashMap::default();
     let mut out = Vec::new();
     for (i, account) in old.catalog.accounts.iter().enumerate() {
         let changed = *by_customer.entry(account.customer.as_str()).or_insert_with(|| {
@@ -221,7 +222,13 @@ mod tests {
         let old = Installed::new(Catalog::from_toml("a", text).unwrap(), "a", "1");
         let cheaper: String = text
             .lines()
-            .map(|l| if l.contains("0.50 EUR lasts 5 MiB") { "  price = \"0.05\"".to_owned() } else { l.to_owned() })
+            .map(|l| {
+                if l.contains("0.50 EUR lasts 5 MiB") {
+                    "  price = \"0.05\"".to_owned()
+                } else {
+                    l.to_owned()
+                }
+            })
             .collect::<Vec<_>>()
             .join("\n");
         let new = Installed::succeeding(&old, Catalog::from_toml("b", &cheaper).unwrap(), "b", "2");

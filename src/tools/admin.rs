@@ -60,7 +60,7 @@ pub enum AccountCommand {
     Bar { account: String },
     /// Unbar an account.
     Unbar { account: String },
-    /// Create an account: BODY is a JSON object with the catalog's [[accounts]] keys, e.g.
+    /// Create an account: BODY is a JSON object with the catalog's `[[accounts]]` keys, e.g.
     /// '{"customer":"c-acme","subscription_ids":["e164:491709999999"],"funding":"prepaid","balance":"5.00"}',
     /// or @FILE.
     Create { body: String },
@@ -81,7 +81,7 @@ pub enum CustomerCommand {
     },
     /// Show a customer and its accounts.
     Show { id: String },
-    /// Create a customer: BODY is a JSON object with the catalog's [[customers]] keys, or @FILE.
+    /// Create a customer: BODY is a JSON object with the catalog's `[[customers]]` keys, or @FILE.
     Create { body: String },
     /// Update a customer: BODY is a JSON merge patch of its keys (a new plan reprices its
     /// accounts: their open sessions get a RAR), or @FILE.
