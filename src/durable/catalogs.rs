@@ -254,6 +254,8 @@ pub struct Installation {
     /// The text was the catalog in force already: nothing was done.
     pub unchanged: bool,
     pub accounts_added: usize,
+    /// Accounts in the catalog now in force (an account just added is the last of them).
+    pub accounts: usize,
     /// Accounts whose prices changed (their open sessions get a RAR).
     pub repriced: Vec<u32>,
 }
@@ -294,6 +296,7 @@ impl Catalogs {
                 previous: current.digest.clone(),
                 unchanged: true,
                 accounts_added: 0,
+                accounts: current.catalog.accounts.len(),
                 repriced: Vec::new(),
             });
         }
@@ -324,6 +327,7 @@ impl Catalogs {
                 digest,
                 unchanged: true,
                 accounts_added: 0,
+                accounts: current.catalog.accounts.len(),
                 repriced: Vec::new(),
             });
         }
@@ -335,6 +339,7 @@ impl Catalogs {
                 previous: current.digest.clone(),
                 unchanged: true,
                 accounts_added: 0,
+                accounts: current.catalog.accounts.len(),
                 repriced: Vec::new(),
             });
         }
@@ -390,6 +395,7 @@ impl Catalogs {
             Err(e) => panic!("catalog {} passed its checks but the engine refused it: {e}", installed.digest),
         };
         let installed = Arc::new(installed);
+        let accounts = installed.catalog.accounts.len();
         let repriced = accounts_repriced(current, &installed);
         let digest = installed.digest.clone();
         self.live.replace(installed);
@@ -405,6 +411,7 @@ impl Catalogs {
             previous: current.digest.clone(),
             unchanged: false,
             accounts_added,
+            accounts,
             repriced,
         })
     }

@@ -284,7 +284,8 @@ pub(super) async fn create_account(
     let b = backend(&state)?;
     let v = body_json(&body)?;
     let done = edit(b, Edit::AddAccount { body: v }).await?;
-    let id = crate::ledger::AccountId(b.catalogs.live().current().catalog.accounts.len() as u32 - 1);
+    // From this change, not the catalog in force now: another edit may have followed.
+    let id = crate::ledger::AccountId(u32::try_from(done.accounts - 1).expect("fewer than 2^32 accounts"));
     tracing::info!(account = id.0, version = %done.digest, "admin: account created");
     Ok(json_response(StatusCode::CREATED, account_body(b, id, &done)))
 }
