@@ -264,13 +264,17 @@ impl Reloader {
                 }));
             }
         }
-        let log_level_changed = running.log.level != cfg.log.level;
-        if log_level_changed {
-            if let Some(set) = &self.log {
-                if let Err(e) = set(&cfg.log.level) {
+        let mut restart_required = restart_required;
+        let mut log_level_changed = false;
+        if running.log.level != cfg.log.level {
+            match &self.log {
+                Some(set) => match set(&cfg.log.level) {
+                    Ok(()) => log_level_changed = true,
                     // Validated by Config::load, so this is the subscriber refusing.
-                    tracing::warn!(error = %e, "reload: the log filter could not be replaced");
-                }
+                    Err(e) => tracing::warn!(error = %e, "reload: the log filter could not be replaced"),
+                },
+                // RUST_LOG set the filter at start and wins over the file (as at start).
+                None => restart_required.push("log.level (RUST_LOG is set)"),
             }
         }
         // What is in force now: the live keys from the file, the rest as it runs.

@@ -152,6 +152,12 @@ fn a_bad_configuration_or_a_key_that_needs_a_restart_is_reported() {
     let (status, body) = http(api, "POST", "/v1/reload", None);
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["restart_required"], serde_json::json!(["journal"]), "{body}");
+    // log.level reloads, unless RUST_LOG chose the filter (as the test harness does): then it
+    // is said, not pretended.
+    admin::write_config(dir.path(), &format!("{extra}[log]\nlevel = \"debug\"\n"));
+    let (status, body) = http(api, "POST", "/v1/reload", None);
+    assert_eq!((status, body["log_level_changed"].as_bool()), (200, Some(false)), "{body}");
+    assert!(body["restart_required"].to_string().contains("RUST_LOG"), "{body}");
 
     // A catalog over axum's default 2 MB body limit is loaded (25 000 accounts more); a body
     // over the API's limit for small JSON is a JSON 413 naming the body.
@@ -278,4 +284,34 @@ async fn customers_and_accounts_are_created_updated_and_closed_through_the_admin
     );
     let (status, body) = http_async(api, "GET", "/v1/customers/c-acme".into(), None).await.unwrap();
     assert_eq!((status, body["accounts"].clone()), (200, serde_json::json!([number])), "{body}");
+}
+
+/// Without RUST_LOG, `log.level` reloads: a credit-control decision logged at debug appears
+/// only after the reload turned debug on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_level_reloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = admin::write_config(dir.path(), "[log]\nlevel = \"info\"\n");
+    let gyro = serve::Gyro::start_with_rust_log(
+        &config,
+        &dir.path().join("data"),
+        dir.path().join("gyro.log"),
+        None,
+    );
+    let api = serve::http_addr(&gyro.log_text()).unwrap();
+    let mut c = Client::open(gyro.addr).await;
+    let cca = exchange(&mut c, "pgw.test;1;a", 0, "e164:491700000001", RequestType::Initial, None).await;
+    assert_eq!(result_code(&cca), Some(2001));
+    assert!(!gyro.log_text().contains("DEBUG"), "{}", gyro.log_text());
+    admin::write_config(dir.path(), "[log]\nlevel = \"debug\"\n");
+    let (status, body) = http_async(api, "POST", "/v1/reload".into(), None).await.unwrap();
+    assert_eq!((status, body["log_level_changed"].as_bool()), (200, Some(true)), "{body}");
+    let cca = exchange(&mut c, "pgw.test;1;b", 0, "e164:491700000001", RequestType::Initial, None).await;
+    assert_eq!(result_code(&cca), Some(2001));
+    // Lines reach the file shortly after the answer: bounded wait.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !gyro.log_text().contains("DEBUG") && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(gyro.log_text().contains("DEBUG"), "{}", gyro.log_text());
 }
