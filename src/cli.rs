@@ -153,10 +153,11 @@ pub enum JournalCommand {
         #[arg(long)]
         account: Option<u32>,
         /// Only records that touch the account of this subscriber, e.g. e164:491700000001
-        /// (resolved with --catalog, or the embedded demo catalog).
+        /// (resolved with --catalog, else the data directory's catalog in force, else the
+        /// embedded demo catalog).
         #[arg(long)]
         subscriber: Option<String>,
-        /// The catalog the journal began with, to resolve --subscriber.
+        /// A catalog holding the subscriber's account, to resolve --subscriber.
         #[arg(long)]
         catalog: Option<PathBuf>,
         /// Only records of this Session-Id (its session and its events).
@@ -242,6 +243,11 @@ fn record_filter(
             s.parse().map_err(|e| anyhow::anyhow!("--subscriber {s:?}: {e}"))?;
         let catalog = match &catalog {
             Some(p) => Catalog::load(p)?,
+            // The data directory's own catalog in force (with changes made through the API);
+            // the demo for a directory that is not one.
+            None if dir.join(crate::durable::CATALOGS_DIR).is_dir() => {
+                crate::durable::catalog_in_force(dir)?.catalog
+            }
             None => Catalog::demo(),
         };
         let engine = crate::cc::Engine::new(

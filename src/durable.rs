@@ -29,7 +29,7 @@ use crate::net::DurableWake;
 
 mod catalogs;
 
-pub use catalogs::{CatalogStore, Catalogs, InstallError, Installation, CATALOGS_DIR};
+pub use catalogs::{catalog_in_force, CatalogStore, Catalogs, InstallError, Installation, CATALOGS_DIR};
 
 /// The journal as the server uses it.
 pub type ChargingJournal = Journal<Completion>;

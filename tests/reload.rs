@@ -275,6 +275,17 @@ async fn customers_and_accounts_are_created_updated_and_closed_through_the_admin
     );
     drop(c);
     gyro.terminate();
+    // `gyro journal inspect` finds the new subscriber's account in the data directory's own
+    // catalog in force (the edits replayed), with no --catalog.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gyro"))
+        .args(["journal", "inspect"])
+        .arg(dir.path().join("data"))
+        .args(["--subscriber", sub])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains(&format!("account={number}")), "{text}");
     let (_gyro, api) = start_with(dir.path(), "");
     let (status, body) = http_async(api, "GET", format!("/v1/accounts/{number}"), None).await.unwrap();
     assert_eq!(

@@ -470,3 +470,52 @@ pub(super) fn prune(dir: &Path, first: &str) -> anyhow::Result<usize> {
     }
     Ok(deleted)
 }
+
+/// The catalog in force in the data directory `dir`, rebuilt without an engine (for tools:
+/// `gyro journal inspect --subscriber`): the catalog the newest snapshot names (or the
+/// directory's first), then every catalog file and admin edit the journal has after it.
+/// Reads only.
+pub fn catalog_in_force(dir: &Path) -> anyhow::Result<Installed> {
+    let id = super::read_identity(dir)?;
+    let store = CatalogStore { dir: dir.join(CATALOGS_DIR) };
+    let load = |digest: &str| -> anyhow::Result<Installed> {
+        let path = store.path(digest).display().to_string();
+        Ok(Installed::new(Catalog::from_toml(&path, &store.get(digest)?)?, path, digest))
+    };
+    let snap = crate::journal::snapshot::newest_valid(dir)?;
+    let state = snap.as_ref().and_then(|s| crate::cc::CatalogState::of_snapshot(&s.body));
+    let mut current = match &state {
+        Some(state) => {
+            let file = load(&state.file)?;
+            Installed::new(file.catalog, file.name, state.version.clone())
+        }
+        None => load(&id.catalog_digest)?,
+    };
+    let after = snap.map_or(crate::journal::Lsn::ZERO, |s| s.lsn);
+    let mut failed = None;
+    crate::journal::scan(dir, after, |r| {
+        if failed.is_some() {
+            return Ok(());
+        }
+        let next = if let Some((digest, _)) = crate::cc::read_catalog_entry(r.payload) {
+            load(&digest).map(Some)
+        } else if let Some((_, json)) = crate::cc::read_catalog_edit_entry(r.payload) {
+            serde_json::from_slice::<Edit>(json)
+                .map_err(anyhow::Error::from)
+                .and_then(|e| edited(&current, &e).map_err(anyhow::Error::from))
+                .map(Some)
+        } else {
+            Ok(None)
+        };
+        match next {
+            Ok(Some(c)) => current = c,
+            Ok(None) => {}
+            Err(e) => failed = Some(e.context(format!("the catalog change at LSN {}", r.lsn))),
+        }
+        Ok(())
+    })?;
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(current),
+    }
+}
