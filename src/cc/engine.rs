@@ -2071,18 +2071,18 @@ impl Engine {
         create_accounts(self, catalog, &installed.packages, in_force..catalog.accounts.len(), |valid_ms| {
             redo::mono_ms(now, at_unix_ms.saturating_add(valid_ms))
         })?;
-        let packages = self.packages.read().unwrap_or_else(|e| e.into_inner());
+        // The package lock is taken per session, never held while a shard lock is waited for
+        // (a CCR holds its shard's lock and may read packages).
         self.sessions.for_each_shard(|shard| {
             shard.retain(|s| {
-                if let Some(p) = packages.get(s.account) {
-                    if !Arc::ptr_eq(&s.package, p) {
-                        s.package = Arc::clone(p);
+                if let Some(p) = self.package(s.account) {
+                    if !Arc::ptr_eq(&s.package, &p) {
+                        s.package = p;
                     }
                 }
                 true
             })
         });
-        drop(packages);
         let added = catalog.accounts.len() - in_force;
         let mut state = self.catalog_state.lock().unwrap_or_else(|e| e.into_inner());
         state.version = installed.digest.clone();
