@@ -10,7 +10,7 @@
 
 #[path = "support/journaled.rs"]
 mod journaled;
-use journaled::{ccr, env, local, Journaling};
+use journaled::{catalog_text, ccr, env, local, Journaling};
 
 use std::time::Instant;
 
@@ -21,20 +21,6 @@ use gyro::durable::{checkpoint, start, Sink};
 use gyro::journal::{Fsync, JournalConfig};
 
 const NOW: Now = Now { mono_ms: 1_000, unix_secs: 1_796_000_000 };
-
-fn catalog_text(accounts: usize) -> String {
-    let mut s = String::from(
-        "[[plans]]\nid = \"p\"\nname = \"P\"\ncurrency = \"EUR\"\n  [[plans.services]]\n  name = \"data\"\n  \
-         contexts = [32251]\n  unit = \"octets\"\n  price = \"0.01\"\n  per = 1048576\n  quota = 10485760\n\
-         [[customers]]\nid = \"c\"\nname = \"C\"\nplan = \"p\"\n",
-    );
-    for i in 0..accounts {
-        s.push_str(&format!(
-            "[[accounts]]\ncustomer = \"c\"\nsubscription_ids = [\"e164:4917{i:08}\"]\nfunding = \"prepaid\"\nbalance = \"1000.00\"\n"
-        ));
-    }
-    s
-}
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");

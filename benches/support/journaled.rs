@@ -1,5 +1,5 @@
 //! What the benches that drive the engine through the real journal share (`recovery`,
-//! `settlement`): our identity, a CCR builder, the sink that journals without holding answers,
+//! `settlement`, `catalog`): a catalog of N accounts, our identity, a CCR builder, the sink that journals without holding answers,
 //! and size overrides from the environment. Included with `#[path]`.
 
 #![allow(dead_code, unreachable_pub)]
@@ -9,6 +9,22 @@ use gyro::cc::RecordSink;
 use gyro::diameter::encode::spec;
 use gyro::diameter::{ApplicationId, AvpSpec, CommandCode, CommandFlags, Encoder, LocalIdentity};
 use gyro::durable::Sink;
+
+/// A catalog of one plan (data at 0.01 EUR per MiB), one customer `c` and `accounts` prepaid
+/// accounts, e164:4917 + the account number in 8 digits.
+pub fn catalog_text(accounts: usize) -> String {
+    let mut s = String::from(
+        "[[plans]]\nid = \"p\"\nname = \"P\"\ncurrency = \"EUR\"\n  [[plans.services]]\n  name = \"data\"\n  \
+         contexts = [32251]\n  unit = \"octets\"\n  price = \"0.01\"\n  per = 1048576\n  quota = 10485760\n\
+         [[customers]]\nid = \"c\"\nname = \"C\"\nplan = \"p\"\n",
+    );
+    for i in 0..accounts {
+        s.push_str(&format!(
+            "[[accounts]]\ncustomer = \"c\"\nsubscription_ids = [\"e164:4917{i:08}\"]\nfunding = \"prepaid\"\nbalance = \"1000.00\"\n"
+        ));
+    }
+    s
+}
 
 pub fn local() -> LocalIdentity {
     LocalIdentity {
