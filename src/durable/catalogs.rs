@@ -447,13 +447,8 @@ pub(super) fn prune(dir: &Path, first: &str) -> anyhow::Result<usize> {
             }
         }
     }
-    crate::journal::scan(dir, crate::journal::Lsn::ZERO, |r| {
-        if let Some((digest, _)) = crate::cc::read_catalog_entry(r.payload) {
-            keep.insert(digest);
-        }
-        Ok(())
-    })?;
-    let mut deleted = 0;
+    // Candidates: stored catalogs no snapshot names, older than the grace.
+    let mut candidates = Vec::new();
     for entry in std::fs::read_dir(&store.dir).map_err(io(&store.dir))? {
         let path = entry.map_err(io(&store.dir))?.path();
         let Some(digest) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".toml"))
@@ -463,7 +458,23 @@ pub(super) fn prune(dir: &Path, first: &str) -> anyhow::Result<usize> {
         let old = std::fs::metadata(&path)
             .and_then(|m| m.modified())
             .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > UNREFERENCED_GRACE));
-        if !keep.contains(digest) && old {
+        if old && !keep.contains(digest) {
+            candidates.push((digest.to_owned(), path));
+        }
+    }
+    if candidates.is_empty() {
+        // The usual case (no reload since the last checkpoint): no journal scan.
+        return Ok(0);
+    }
+    crate::journal::scan(dir, crate::journal::Lsn::ZERO, |r| {
+        if let Some((digest, _)) = crate::cc::read_catalog_entry(r.payload) {
+            keep.insert(digest);
+        }
+        Ok(())
+    })?;
+    let mut deleted = 0;
+    for (digest, path) in candidates {
+        if !keep.contains(&digest) {
             std::fs::remove_file(&path).map_err(io(&path))?;
             deleted += 1;
         }
