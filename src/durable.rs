@@ -2,8 +2,9 @@
 //! `net` (deferred answers).
 //!
 //! - At start-up: the data directory's identity file (the Session-Id hash key, and a digest of
-//!   the catalog the journal was begun with), then the catalog, then every journal record
-//!   replayed through [`Engine::recover`].
+//!   the catalog the journal was begun with), then the catalog in force (`catalogs`: the
+//!   snapshot's or the first), the snapshot, then every journal record replayed (catalog
+//!   changes by `catalogs`, the rest through [`Engine::recover`]).
 //! - While serving: [`Sink`] appends each request's record with a [`Completion`] holding the
 //!   connection's `DurableWake`; the answer stays with the connection, which holds it until the
 //!   journal's writer thread, once the batch holding the record is fsync'ed, tells the waker
@@ -272,7 +273,7 @@ pub fn start(
 
 /// Builds the engine the way `gyro serve` does. Without a journal: the catalog `catalog_text`
 /// (`name` says where it is from), in memory. With one: the data directory's identity, the
-/// catalog versions in force (the directory's first, or a snapshot's), the snapshot, every
+/// catalog in force (the directory's first, or a snapshot's), the snapshot, every
 /// journal record since; then, if the configured catalog is not the one in force, it is
 /// installed as a change, or refused with `catalog_refused` (an invalid file too) and the one in
 /// force stays. A new data directory (or none) needs a valid catalog. `now` is the engine clock

@@ -1,13 +1,15 @@
 //! Catalog versions in the data directory (live reload, issue 7).
 //!
 //! The journal and the ledger refer to the catalog by position (account N, service index), so a
-//! catalog change is an event in the journal like any other: the new catalog's text is stored
-//! as `DIR/catalogs/<digest>.toml` (durable before anything names it), and a record of its own
-//! (`cc::TAG_CATALOG`: digest, when) is appended before the engine switches to it. Recovery and
-//! the checkpointer rebuild the same sequence: the directory's first catalog (or the versions a
-//! snapshot names), then every change where the journal has it. So a catalog edited between two
-//! starts is no longer refused: it is installed like a reload, if `catalog::check_change`
-//! accepts it, and otherwise the catalog in force stays and the refusal is logged.
+//! catalog change is an event in the journal like any other, appended before the engine
+//! switches to it: a catalog file's text is stored as `DIR/catalogs/<digest>.toml` (durable
+//! before anything names it) and its record (`TAG_CATALOG`: digest, when) appended; an admin
+//! edit is journaled as the edit itself (`TAG_CATALOG_EDIT`). Recovery and the checkpointer
+//! rebuild the same sequence: the catalog the newest snapshot names (`TAG_CATALOG_STATE`) or the
+//! directory's first, then every change where the journal has it. So a catalog edited between
+//! two starts is no longer refused: it is installed like a reload, if `catalog::check_change`
+//! accepts it, and otherwise the catalog in force stays and the refusal is logged. Checkpoints
+//! store the catalog in force for their snapshot and prune files nothing names.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -159,8 +161,8 @@ fn unix_ms(now: Now) -> u64 {
 /// What admin edits are called in errors and as a catalog's name.
 const ADMIN_API: &str = "admin API";
 
-/// An engine with the catalog versions in force at `snapshot` (the directory's first catalog
-/// when there is none, or when the snapshot predates catalog versions) and the snapshot loaded.
+/// An engine with the catalog in force at `snapshot` (the directory's first catalog when there
+/// is none, or when the snapshot predates catalog versions) and the snapshot loaded.
 /// The journal after the snapshot is the caller's to replay through the returned `Replayer`.
 /// `configured` (name, text) is the catalog file gyro was started with: it names the versions
 /// it matches, and stands in for the directory's first catalog in directories begun before
