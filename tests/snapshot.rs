@@ -226,7 +226,14 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
             std::fs::create_dir_all(&target).unwrap();
             copy_dir(&entry.path(), &target);
         } else {
-            std::fs::copy(entry.path(), target).unwrap();
+            // The journal's spare thread renames files while the live node runs: one listed a
+            // moment ago may be gone, as it would be in a crash at that moment.
+            match std::fs::copy(entry.path(), target) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                other => {
+                    other.unwrap();
+                }
+            }
         }
     }
 }
