@@ -262,6 +262,20 @@ pub struct Installation {
     pub repriced: Vec<u32>,
 }
 
+impl Installation {
+    /// Nothing done: `current` stays in force.
+    fn unchanged(current: &Installed) -> Self {
+        Self {
+            digest: current.digest.clone(),
+            previous: current.digest.clone(),
+            unchanged: true,
+            accounts_added: 0,
+            accounts: current.catalog.accounts.len(),
+            repriced: Vec::new(),
+        }
+    }
+}
+
 /// Makes catalog changes on a running engine: one at a time, journaled before the engine
 /// switches, then published to `live`.
 pub struct Catalogs {
@@ -293,14 +307,7 @@ impl Catalogs {
         let digest = catalog_digest(text);
         let current = self.live.current();
         if self.source.lock().unwrap_or_else(|e| e.into_inner()).as_deref() == Some(digest.as_str()) {
-            return Ok(Installation {
-                digest: current.digest.clone(),
-                previous: current.digest.clone(),
-                unchanged: true,
-                accounts_added: 0,
-                accounts: current.catalog.accounts.len(),
-                repriced: Vec::new(),
-            });
+            return Ok(Installation::unchanged(&current));
         }
         let done = self.install(name, text, now)?;
         if let Some(store) = &self.store {
@@ -324,26 +331,12 @@ impl Catalogs {
         let digest = catalog_digest(text);
         let current = self.live.current();
         if digest == current.digest {
-            return Ok(Installation {
-                previous: digest.clone(),
-                digest,
-                unchanged: true,
-                accounts_added: 0,
-                accounts: current.catalog.accounts.len(),
-                repriced: Vec::new(),
-            });
+            return Ok(Installation::unchanged(&current));
         }
         // The same content in other words (comments, order of keys, `GET /v1/catalog`'s text):
         // no new version. Debug too, as `Decimal`'s == ignores the scale ("1.0" == "1.00").
         if catalog == current.catalog && format!("{catalog:?}") == format!("{:?}", current.catalog) {
-            return Ok(Installation {
-                digest: current.digest.clone(),
-                previous: current.digest.clone(),
-                unchanged: true,
-                accounts_added: 0,
-                accounts: current.catalog.accounts.len(),
-                repriced: Vec::new(),
-            });
+            return Ok(Installation::unchanged(&current));
         }
         let installed = Installed::succeeding(&current, catalog, name, digest.clone());
         check_change(name, &current.catalog, &current.packages, &installed.catalog, &installed.packages)?;

@@ -30,6 +30,13 @@ use crate::settlement::worker::StepLog;
 const ACCOUNTS_PAGE_MAX: u32 = 1_000;
 const KEY_MAX_BYTES: usize = 128;
 
+/// The admin API's gate for a handler: the bearer token, then the backend (503 while the
+/// journal is being recovered).
+pub(super) fn admin<'s>(state: &'s HttpState, headers: &HeaderMap) -> Result<&'s Backend, ApiError> {
+    authorize(state, headers)?;
+    backend(state)
+}
+
 pub(super) fn backend(state: &HttpState) -> Result<&Backend, ApiError> {
     state.backend.get().ok_or_else(|| {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not ready: the journal is being recovered", None)
@@ -105,10 +112,9 @@ pub(super) async fn list(
     headers: HeaderMap,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
+    let b = admin(&state, &headers)?;
     let Query(q) = query.map_err(|e| ApiError::bad_query(&e))?;
     let limit = super::page_size(q.limit.map(|l| l as usize), ACCOUNTS_PAGE_MAX as usize)? as u32;
-    let b = backend(&state)?;
     let count = b.engine.ledger().stats().accounts;
     let first = q.after.map_or(0, |a| a.saturating_add(1));
     let last = first.saturating_add(limit).min(count);
@@ -126,8 +132,7 @@ pub(super) async fn get(
     headers: HeaderMap,
     Path(reference): Path<String>,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
-    let b = backend(&state)?;
+    let b = admin(&state, &headers)?;
     let id = account_of(b, &reference)?;
     let view = b.engine.ledger().view(id).expect("checked by account_of");
     Ok(Json(view_json(b, &view)).into_response())
@@ -245,8 +250,7 @@ pub(super) async fn top_up(
     Path(reference): Path<String>,
     body: Result<Json<ChangeBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
-    let b = backend(&state)?;
+    let b = admin(&state, &headers)?;
     let (id, amount, body) = change(b, &reference, body)?;
     if amount <= 0 {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "a top-up must be above 0", Some("amount")));
@@ -263,8 +267,7 @@ pub(super) async fn adjust(
     Path(reference): Path<String>,
     body: Result<Json<ChangeBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
-    let b = backend(&state)?;
+    let b = admin(&state, &headers)?;
     let (id, amount, body) = change(b, &reference, body)?;
     let key = ledger_key(&body.key);
     let op = match amount {
@@ -290,8 +293,7 @@ async fn set_status(
     reference: String,
     status: AccountStatus,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
-    let b = backend(&state)?;
+    let b = admin(&state, &headers)?;
     let id = account_of(b, &reference)?;
     if status == AccountStatus::Active && super::catalog::is_closed(b, id) {
         let message = format!("account {} is closed: a closed account is never unbarred", id.0);
@@ -323,8 +325,7 @@ pub(super) async fn unbar(
 
 /// `GET /v1/plans`: the catalog's plans and their services.
 pub(super) async fn plans(State(state): State<HttpState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
-    let b = backend(&state)?;
+    let b = admin(&state, &headers)?;
     let catalog = b.catalogs.live().current();
     let plans: Vec<Value> = catalog
         .catalog

@@ -10,9 +10,9 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::accounts::{account_of, backend};
+use super::accounts::{account_of, admin};
 use super::notify::{self, Trigger};
-use super::{authorize, ApiError, Backend, HttpState};
+use super::{ApiError, Backend, HttpState};
 use crate::catalog::{Edit, EditError};
 use crate::durable::{InstallError, Installation};
 use crate::net::charging::Charging;
@@ -62,8 +62,7 @@ async fn install(b: &Backend, name: &'static str, text: String) -> Result<Instal
 /// `POST /v1/reload`: what SIGHUP does (configuration, dictionaries, catalog), answered with
 /// what changed, or 422 naming what was refused (nothing changed then).
 pub(super) async fn reload(State(state): State<HttpState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
-    let b = backend(&state)?;
+    let b = admin(&state, &headers)?;
     match run_reload(b, "admin API").await? {
         Ok(report) => Ok(json_response(StatusCode::OK, report)),
         Err(ReloadError::Busy) => {
@@ -110,8 +109,7 @@ fn report_json(b: &Backend, r: &ReloadReport) -> Value {
 
 /// `GET /v1/catalog`: the catalog in force as TOML (the file format; `ETag` its version).
 pub(super) async fn get(State(state): State<HttpState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
-    let b = backend(&state)?;
+    let b = admin(&state, &headers)?;
     let c = b.catalogs.live().current();
     let text = c.catalog.to_toml();
     Ok((
@@ -128,9 +126,8 @@ pub(super) async fn put(
     headers: HeaderMap,
     body: super::TextBody,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
+    let b = admin(&state, &headers)?;
     let body = super::text(body)?;
-    let b = backend(&state)?;
     let done = install(b, "admin API", body).await?;
     tracing::info!(version = %done.digest, changed = !done.unchanged, "admin: catalog loaded");
     Ok(json_response(StatusCode::OK, installation_json(b, &done)))
@@ -154,9 +151,12 @@ async fn edit(b: &Backend, edit: Edit) -> Result<Installation, ApiError> {
         .map_err(install_error)
 }
 
-fn body_json(body: &str) -> Result<Value, ApiError> {
-    serde_json::from_str(body)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("not JSON: {e}"), Some("body")))
+/// A JSON body, or the rejection as a JSON error naming `body` (400 syntax, 413 too large,
+/// 415 without `Content-Type: application/json`).
+type JsonBody = Result<axum::Json<Value>, axum::extract::rejection::JsonRejection>;
+
+fn json_body(body: JsonBody) -> Result<Value, ApiError> {
+    body.map(|axum::Json(v)| v).map_err(|e| ApiError::new(e.status(), e.body_text(), Some("body")))
 }
 
 fn customer_json(b: &Backend, id: &str) -> Option<Value> {
@@ -188,8 +188,7 @@ pub(super) async fn list_customers(
     headers: HeaderMap,
     query: Result<Query<CustomersQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
-    let b = backend(&state)?;
+    let b = admin(&state, &headers)?;
     let Query(q) = query.map_err(|e| ApiError::bad_query(&e))?;
     let limit = super::page_size(q.limit, 1_000)?;
     let c = b.catalogs.live().current();
@@ -214,8 +213,7 @@ pub(super) async fn get_customer(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
-    let b = backend(&state)?;
+    let b = admin(&state, &headers)?;
     let v = customer_json(b, &id).ok_or_else(|| edit_error(EditError::NoCustomer(id)))?;
     Ok(json_response(StatusCode::OK, v))
 }
@@ -225,21 +223,17 @@ pub(super) async fn get_customer(
 pub(super) async fn create_customer(
     State(state): State<HttpState>,
     headers: HeaderMap,
-    body: super::TextBody,
+    body: JsonBody,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
-    let body = super::text(body)?;
-    let b = backend(&state)?;
-    let v = body_json(&body)?;
+    let b = admin(&state, &headers)?;
+    let v = json_body(body)?;
     let id = v.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
     if b.catalogs.live().current().customer(&id).is_some() {
         return Err(ApiError::new(StatusCode::CONFLICT, format!("customer {id:?} exists"), Some("id")));
     }
     let done = edit(b, Edit::AddCustomer { body: v }).await?;
     tracing::info!(customer = %id, version = %done.digest, "admin: customer created");
-    let mut out = customer_json(b, &id).unwrap_or(Value::Null);
-    out["catalog"] = installation_json(b, &done);
-    Ok(json_response(StatusCode::CREATED, out))
+    Ok(json_response(StatusCode::CREATED, customer_body(b, &id, &done)))
 }
 
 /// `PATCH /v1/customers/{id}`: a JSON merge patch (RFC 7396) of the customer's keys. A new plan
@@ -248,17 +242,20 @@ pub(super) async fn update_customer(
     State(state): State<HttpState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    body: super::TextBody,
+    body: JsonBody,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
-    let body = super::text(body)?;
-    let b = backend(&state)?;
-    let v = body_json(&body)?;
+    let b = admin(&state, &headers)?;
+    let v = json_body(body)?;
     let done = edit(b, Edit::UpdateCustomer { id: id.clone(), patch: v }).await?;
     tracing::info!(customer = %id, version = %done.digest, "admin: customer updated");
-    let mut out = customer_json(b, &id).unwrap_or(Value::Null);
-    out["catalog"] = installation_json(b, &done);
-    Ok(json_response(StatusCode::OK, out))
+    Ok(json_response(StatusCode::OK, customer_body(b, &id, &done)))
+}
+
+/// The customer's JSON (as `GET /v1/customers/{id}`), plus the catalog change.
+fn customer_body(b: &Backend, id: &str, done: &Installation) -> Value {
+    let mut out = customer_json(b, id).unwrap_or_else(|| json!({ "id": id }));
+    out["catalog"] = installation_json(b, done);
+    out
 }
 
 /// The account's JSON (as `GET /v1/accounts/{ref}`), plus the catalog change.
@@ -277,12 +274,10 @@ fn account_body(b: &Backend, id: crate::ledger::AccountId, done: &Installation) 
 pub(super) async fn create_account(
     State(state): State<HttpState>,
     headers: HeaderMap,
-    body: super::TextBody,
+    body: JsonBody,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
-    let body = super::text(body)?;
-    let b = backend(&state)?;
-    let v = body_json(&body)?;
+    let b = admin(&state, &headers)?;
+    let v = json_body(body)?;
     let done = edit(b, Edit::AddAccount { body: v }).await?;
     // From this change, not the catalog in force now: another edit may have followed.
     let id = crate::ledger::AccountId(u32::try_from(done.accounts - 1).expect("fewer than 2^32 accounts"));
@@ -298,13 +293,11 @@ pub(super) async fn update_account(
     State(state): State<HttpState>,
     headers: HeaderMap,
     Path(reference): Path<String>,
-    body: super::TextBody,
+    body: JsonBody,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
-    let body = super::text(body)?;
-    let b = backend(&state)?;
+    let b = admin(&state, &headers)?;
     let id = account_of(b, &reference)?;
-    let v = body_json(&body)?;
+    let v = json_body(body)?;
     let done = edit(b, Edit::UpdateAccount { index: id.0 as usize, patch: v }).await?;
     tracing::info!(account = id.0, version = %done.digest, "admin: account updated");
     Ok(json_response(StatusCode::OK, account_body(b, id, &done)))
@@ -318,8 +311,7 @@ pub(super) async fn close_account(
     headers: HeaderMap,
     Path(reference): Path<String>,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
-    let b = backend(&state)?;
+    let b = admin(&state, &headers)?;
     let id = account_of(b, &reference)?;
     let done = edit(b, Edit::CloseAccount { index: id.0 as usize }).await?;
     tracing::info!(account = id.0, version = %done.digest, "admin: account closed");

@@ -15,8 +15,8 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::accounts::{account_of, backend, money};
-use super::{authorize, notify, ApiError, Backend, HttpState};
+use super::accounts::{account_of, admin, money};
+use super::{notify, ApiError, Backend, HttpState};
 use crate::cc::{AnswerView, Now, SessionCursor, SessionFilter, SessionState, SessionView};
 use crate::net::charging::Charging;
 use crate::net::{SendError, ServerCommand};
@@ -42,7 +42,7 @@ pub(super) async fn list(
     headers: HeaderMap,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
+    let b = admin(&state, &headers)?;
     let Query(q) = query.map_err(|e| ApiError::bad_query(&e))?;
     let limit = super::page_size(q.limit, SESSIONS_PAGE_MAX)?;
     let after = match q.after.as_deref() {
@@ -52,7 +52,6 @@ pub(super) async fn list(
             ApiError::new(StatusCode::BAD_REQUEST, message, Some("after"))
         })?),
     };
-    let b = backend(&state)?;
     let filter = match q.account.as_deref() {
         None => SessionFilter::All,
         Some(reference) => SessionFilter::Account(account_of(b, reference)?),
@@ -84,8 +83,7 @@ pub(super) async fn get(
     headers: HeaderMap,
     Path(session_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
-    let b = backend(&state)?;
+    let b = admin(&state, &headers)?;
     let now = Charging::now_from(b.epoch);
     let view = session_view(b, now, &session_id)?;
     Ok(Json(view_json(&view)).into_response())
@@ -100,8 +98,7 @@ pub(super) async fn abort(
     headers: HeaderMap,
     Path(session_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
-    let b = backend(&state)?;
+    let b = admin(&state, &headers)?;
     let now = Charging::now_from(b.epoch);
     let view = session_view(b, now, &session_id)?;
     if view.state != SessionState::Open {
