@@ -32,6 +32,11 @@ async fn rar_after_a_top_up_reaches_the_client_and_the_next_ccr_u_is_granted() {
     let last = granted.expect("a grant");
     assert!(last <= 5 * MIB, "{last}");
 
+    // The decision trace says why the grant is her last.
+    let (_, session) = http_async(api, "GET", "/v1/sessions/pgw.test%3B1%3Berin".into(), None).await.unwrap();
+    let why = session["rating_groups"][0]["why"].as_str().unwrap_or_default();
+    assert!(why.starts_with("final unit"), "{session}");
+
     let topped = http_async(
         api,
         "POST",

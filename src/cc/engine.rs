@@ -130,6 +130,10 @@ struct RgState {
     /// Bands in force before and after the Tariff-Time-Change of the open grant.
     band_before: u8,
     band_after: u8,
+    /// Why the last decision came out as it did (`Why::code`; 0: not known, a decision
+    /// recovered from the journal, whose images do not carry it). Shown by the admin API; it
+    /// sits in what was padding.
+    last_why: u8,
 }
 
 const _: () = assert!(size_of::<RgState>() <= 80);
@@ -485,6 +489,7 @@ impl SessionImage {
                 flags: r.u8()?,
                 band_before: r.u8()?,
                 band_after: r.u8()?,
+                last_why: 0,
             });
         }
         Ok(Self {
@@ -1213,6 +1218,15 @@ impl Engine {
     ) -> ResultCode {
         let number = ccr.request_number;
         let d = self.decide_service(now, rec, session, package, number, m, may_grant);
+        // For the admin API's session view: one byte, in the rating group just decided (a
+        // refusal before it had one, 5031 or too many rating groups, has none to keep it).
+        let rating_group = rg_of(m.rating_group);
+        let decided = |r: &&mut RgState| {
+            r.rating_group == rating_group && r.is(LAST_DECIDED) && r.last_number == number
+        };
+        if let Some(rg) = session.rgs.iter_mut().find(decided) {
+            rg.last_why = d.why.code();
+        }
         // With debug off this is one level comparison. The line itself is written by a cold
         // function: inline, the macro's code kept `write` from being inlined and cost ≈ 30
         // instructions per CCR-U in register moves around it (callgrind, benches/engine.rs).
@@ -1259,6 +1273,7 @@ impl Engine {
                     flags: 0,
                     band_before: 0,
                     band_after: 0,
+                    last_why: 0,
                 });
                 session.rgs.len() - 1
             }
@@ -2218,39 +2233,78 @@ enum Why {
     PriceQuoted,
 }
 
+/// `Why::text` by `Why::code`; index 0 is "not known".
+const WHY_TEXTS: [&str; 27] = [
+    "not known: decided before the last restart (the journal keeps the result, not the reason)",
+    "granted from a bundle's free units",
+    "granted the units requested",
+    "granted the service's quota",
+    "cut to an equal share of the balance: other grants are open on the account",
+    "final unit: the remaining balance covers only the units granted",
+    "usage charged; no units requested",
+    "session ends: usage charged, the open grant released",
+    "4012: the balance is below the cost of the smallest grant",
+    "the account is barred",
+    "the account is gone",
+    "the balance does not cover it",
+    "the account holds as many reservations as it may",
+    "the ledger refused the operation",
+    "5031: no service of the plan rates this rating group / service id",
+    "the session uses as many rating groups as it may",
+    "5030: no account has these Subscription-Ids",
+    "the account has no price package",
+    "4010: the plan serves no service in this Service-Context-Id",
+    "5002: no such session",
+    "5002: the session has ended",
+    "from the rating groups: 2001 if any succeeded, else their common failure",
+    "retransmission: the answer remembered for this CC-Request-Number",
+    "event: debited",
+    "event: refunded",
+    "event: balance checked",
+    "event: price quoted",
+];
+
 impl Why {
-    fn text(self) -> &'static str {
+    /// A byte for the decision's reason (index into `WHY_TEXTS`; never 0).
+    fn code(self) -> u8 {
         match self {
-            Self::Bundle => "granted from a bundle's free units",
-            Self::Requested => "granted the units requested",
-            Self::Quota => "granted the service's quota",
-            Self::FairShare => "cut to an equal share of the balance: other grants are open on the account",
-            Self::FinalUnit => "final unit: the remaining balance covers only the units granted",
-            Self::NothingRequested => "usage charged; no units requested",
-            Self::Terminated => "session ends: usage charged, the open grant released",
-            Self::CreditLimit => "4012: the balance is below the cost of the smallest grant",
-            Self::Ledger(Reject::AccountBarred) => "the account is barred",
-            Self::Ledger(Reject::AccountNotFound) => "the account is gone",
-            Self::Ledger(Reject::InsufficientFunds | Reject::InsufficientUnits) => {
-                "the balance does not cover it"
-            }
-            Self::Ledger(Reject::LimitReached) => "the account holds as many reservations as it may",
-            Self::Ledger(_) => "the ledger refused the operation",
-            Self::NoService => "5031: no service of the plan rates this rating group / service id",
-            Self::RatingGroupsMax => "the session uses as many rating groups as it may",
-            Self::UnknownSubscriber => "5030: no account has these Subscription-Ids",
-            Self::NoPackage => "the account has no price package",
-            Self::ContextNotServed => "4010: the plan serves no service in this Service-Context-Id",
-            Self::UnknownSession => "5002: no such session",
-            Self::SessionClosed => "5002: the session has ended",
-            Self::RatingGroups => "from the rating groups: 2001 if any succeeded, else their common failure",
-            Self::Retransmission => "retransmission: the answer remembered for this CC-Request-Number",
-            Self::Debited => "event: debited",
-            Self::Refunded => "event: refunded",
-            Self::BalanceChecked => "event: balance checked",
-            Self::PriceQuoted => "event: price quoted",
+            Self::Bundle => 1,
+            Self::Requested => 2,
+            Self::Quota => 3,
+            Self::FairShare => 4,
+            Self::FinalUnit => 5,
+            Self::NothingRequested => 6,
+            Self::Terminated => 7,
+            Self::CreditLimit => 8,
+            Self::Ledger(Reject::AccountBarred) => 9,
+            Self::Ledger(Reject::AccountNotFound) => 10,
+            Self::Ledger(Reject::InsufficientFunds | Reject::InsufficientUnits) => 11,
+            Self::Ledger(Reject::LimitReached) => 12,
+            Self::Ledger(_) => 13,
+            Self::NoService => 14,
+            Self::RatingGroupsMax => 15,
+            Self::UnknownSubscriber => 16,
+            Self::NoPackage => 17,
+            Self::ContextNotServed => 18,
+            Self::UnknownSession => 19,
+            Self::SessionClosed => 20,
+            Self::RatingGroups => 21,
+            Self::Retransmission => 22,
+            Self::Debited => 23,
+            Self::Refunded => 24,
+            Self::BalanceChecked => 25,
+            Self::PriceQuoted => 26,
         }
     }
+
+    fn text(self) -> &'static str {
+        WHY_TEXTS[usize::from(self.code())]
+    }
+}
+
+/// The text of a stored `Why::code`.
+pub(super) fn why_text(code: u8) -> &'static str {
+    WHY_TEXTS.get(usize::from(code)).copied().unwrap_or(WHY_TEXTS[0])
 }
 
 /// The debug line of one rating group's decision (`Engine::service_request`). The request ids

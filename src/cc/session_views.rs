@@ -116,6 +116,10 @@ pub struct RatingGroupView {
     pub final_unit: bool,
     /// The CC-Request-Number and Result-Code of this rating group's last decision.
     pub last_decision: Option<AnswerView>,
+    /// Why it came out so ("granted the service's quota", "4012: the balance is below the cost
+    /// of the smallest grant", "final unit: …"): the decision trace's reason, the same text as
+    /// the debug log line's `why`. "not known" for a decision made before the last restart.
+    pub why: Option<&'static str>,
 }
 
 impl Engine {
@@ -265,6 +269,7 @@ fn view_of(now: Now, s: &Session) -> PendingView {
                     request_number: g.last_number,
                     result_code: ResultCode(u32::from(g.last_result)),
                 }),
+                why: g.is(LAST_DECIDED).then(|| super::why_text(g.last_why)),
             }
         })
         .collect();
@@ -383,6 +388,8 @@ mod tests {
         assert!(g.granted_units.is_some_and(|u| u > 0), "{g:?}");
         assert!(g.validity_deadline_unix_ms.is_some_and(|d| d > NOW.unix_secs * 1000), "{g:?}");
         assert_eq!(g.last_decision.map(|d| d.result_code), Some(ResultCode::SUCCESS));
+        // The decision trace: the demo's Alice is granted from her 1 GiB bundle.
+        assert_eq!(g.why, Some("granted from a bundle's free units"), "{g:?}");
         assert_eq!(e.sessions(NOW, SessionFilter::Account(AccountId(0)), None, 10), std::slice::from_ref(&v));
         assert!(e.sessions(NOW, SessionFilter::Account(AccountId(1)), None, 10).is_empty());
         assert!(e.sessions(NOW, SessionFilter::All, Some(v.cursor), 10).is_empty());
@@ -392,6 +399,7 @@ mod tests {
         assert_eq!((v.state, v.request_number), (SessionState::Closed, 1));
         assert!(!v.rating_groups[0].open);
         assert_eq!(v.rating_groups[0].reserved, MoneyMinor(0));
+        assert_eq!(v.rating_groups[0].why, Some("session ends: usage charged, the open grant released"));
         assert!(e.session(NOW, "pgw.test;1;nobody").is_none());
     }
 

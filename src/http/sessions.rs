@@ -165,6 +165,7 @@ fn view_json(v: &SessionView) -> Value {
                 "debited": money(g.debited.0, v.currency),
                 "final_unit": g.final_unit,
                 "last_decision": g.last_decision.as_ref().map(answer_json),
+                "why": g.why,
             })
         })
         .collect();
