@@ -1078,7 +1078,7 @@ impl Engine {
             return;
         };
         if let Err(r) = self.ledger.available(account) {
-            self.write(out, msg, ccr, reject_code(r), Why::Ledger(r), &Answer::default());
+            self.write(out, msg, ccr, reject_code(r), Why::ledger(r), &Answer::default());
             return;
         }
         let Some(package) = self.package(account) else {
@@ -1218,15 +1218,6 @@ impl Engine {
     ) -> ResultCode {
         let number = ccr.request_number;
         let d = self.decide_service(now, rec, session, package, number, m, may_grant);
-        // For the admin API's session view: one byte, in the rating group just decided (a
-        // refusal before it had one, 5031 or too many rating groups, has none to keep it).
-        let rating_group = rg_of(m.rating_group);
-        let decided = |r: &&mut RgState| {
-            r.rating_group == rating_group && r.is(LAST_DECIDED) && r.last_number == number
-        };
-        if let Some(rg) = session.rgs.iter_mut().find(decided) {
-            rg.last_why = d.why.code();
-        }
         // With debug off this is one level comparison. The line itself is written by a cold
         // function: inline, the macro's code kept `write` from being inlined and cost ≈ 30
         // instructions per CCR-U in register moves around it (callgrind, benches/engine.rs).
@@ -1279,6 +1270,25 @@ impl Engine {
             }
         };
         session.rgs[idx].decide(number);
+        let d = self.decide_rg(now, rec, session, idx, package, m, may_grant);
+        // For the admin API's session view (a refusal before the rating group had a place,
+        // 5031 or too many rating groups, has none to keep it in).
+        session.rgs[idx].last_why = d.why.code();
+        d
+    }
+
+    /// `decide_service` for the rating group at `idx`, its decision begun.
+    #[allow(clippy::too_many_arguments)]
+    fn decide_rg(
+        &self,
+        now: Now,
+        rec: &mut Recorder,
+        session: &mut Session,
+        idx: usize,
+        package: &Package,
+        m: &Mscc<'_>,
+        may_grant: bool,
+    ) -> Decision {
         // The rate converted once for the debit, the grant and its hold.
         let pricer =
             Pricer::new(&package.services[usize::from(session.rgs[idx].service)].rate, package.currency);
@@ -1363,7 +1373,7 @@ impl Engine {
                 return Ok((Why::Bundle, MoneyMinor(0)));
             }
         }
-        let available = self.ledger.available(account).map_err(|r| (reject_code(r), Why::Ledger(r)))?;
+        let available = self.ledger.available(account).map_err(|r| (reject_code(r), Why::ledger(r)))?;
         let all = pricer.affordable(&rg.usage, band, available);
         // Fair share: with other grants open on the account (a family plan), take at most an
         // equal share of what is left, so one session does not starve the others.
@@ -1382,7 +1392,7 @@ impl Engine {
         let hold = MoneyMinor(pricer.charge(&after).0 - before.0);
         self.ledger
             .reserve(now.mono_ms, account, key, hold, None, expires_at_ms)
-            .map_err(|r| (reject_code(r), Why::Ledger(r)))?;
+            .map_err(|r| (reject_code(r), Why::ledger(r)))?;
         rec.reserve(now, account, key, hold, None, expires_at_ms);
         shape.record(rg, units, Funds::Money);
         self.counters.granted(rate.unit, units);
@@ -1581,7 +1591,7 @@ impl Engine {
         let available = match self.ledger.available(account) {
             Ok(v) => v,
             Err(r) => {
-                self.write(out, msg, ccr, reject_code(r), Why::Ledger(r), &answer);
+                self.write(out, msg, ccr, reject_code(r), Why::ledger(r), &answer);
                 return false;
             }
         };
@@ -1676,7 +1686,7 @@ impl Engine {
                             mscc.grant = Some(grant);
                             (ResultCode::SUCCESS, Why::Debited, true)
                         }
-                        Err(r) => (reject_code(r), Why::Ledger(r), false),
+                        Err(r) => (reject_code(r), Why::ledger(r), false),
                     }
                 }
             }
@@ -1686,7 +1696,7 @@ impl Engine {
                     answer.cost = Some(Amount { money: cost, currency: package.currency });
                     (ResultCode::SUCCESS, Why::Refunded, true)
                 }
-                Err(r) => (reject_code(r), Why::Ledger(r), false),
+                Err(r) => (reject_code(r), Why::ledger(r), false),
             },
             RequestedAction::CheckBalance => {
                 answer.check_balance_enough = Some(available >= cost && available.0 > 0);
@@ -2205,9 +2215,10 @@ impl Decision {
 /// Why a decision came out as it did: the `why` of its debug line. A small enum while
 /// deciding; text only when the line is written.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
 enum Why {
-    // A rating group's grant.
-    Bundle,
+    // A rating group's grant. The discriminants index `WHY_TEXTS` (0 is "not known").
+    Bundle = 1,
     Requested,
     Quota,
     FairShare,
@@ -2216,7 +2227,11 @@ enum Why {
     Terminated,
     // Refusals, of a rating group or of the whole request.
     CreditLimit,
-    Ledger(Reject),
+    LedgerBarred,
+    LedgerGone,
+    LedgerFunds,
+    LedgerLimit,
+    LedgerOther,
     NoService,
     RatingGroupsMax,
     UnknownSubscriber,
@@ -2234,7 +2249,7 @@ enum Why {
 }
 
 /// `Why::text` by `Why::code`; index 0 is "not known".
-const WHY_TEXTS: [&str; 27] = [
+const WHY_TEXTS: [&str; Why::PriceQuoted as usize + 1] = [
     "not known: decided before the last restart (the journal keeps the result, not the reason)",
     "granted from a bundle's free units",
     "granted the units requested",
@@ -2265,36 +2280,20 @@ const WHY_TEXTS: [&str; 27] = [
 ];
 
 impl Why {
-    /// A byte for the decision's reason (index into `WHY_TEXTS`; never 0).
-    fn code(self) -> u8 {
-        match self {
-            Self::Bundle => 1,
-            Self::Requested => 2,
-            Self::Quota => 3,
-            Self::FairShare => 4,
-            Self::FinalUnit => 5,
-            Self::NothingRequested => 6,
-            Self::Terminated => 7,
-            Self::CreditLimit => 8,
-            Self::Ledger(Reject::AccountBarred) => 9,
-            Self::Ledger(Reject::AccountNotFound) => 10,
-            Self::Ledger(Reject::InsufficientFunds | Reject::InsufficientUnits) => 11,
-            Self::Ledger(Reject::LimitReached) => 12,
-            Self::Ledger(_) => 13,
-            Self::NoService => 14,
-            Self::RatingGroupsMax => 15,
-            Self::UnknownSubscriber => 16,
-            Self::NoPackage => 17,
-            Self::ContextNotServed => 18,
-            Self::UnknownSession => 19,
-            Self::SessionClosed => 20,
-            Self::RatingGroups => 21,
-            Self::Retransmission => 22,
-            Self::Debited => 23,
-            Self::Refunded => 24,
-            Self::BalanceChecked => 25,
-            Self::PriceQuoted => 26,
+    /// Why the ledger refused.
+    fn ledger(r: Reject) -> Self {
+        match r {
+            Reject::AccountBarred => Self::LedgerBarred,
+            Reject::AccountNotFound => Self::LedgerGone,
+            Reject::InsufficientFunds | Reject::InsufficientUnits => Self::LedgerFunds,
+            Reject::LimitReached => Self::LedgerLimit,
+            _ => Self::LedgerOther,
         }
+    }
+
+    /// A byte for the decision's reason: its index into `WHY_TEXTS`, never 0.
+    fn code(self) -> u8 {
+        self as u8
     }
 
     fn text(self) -> &'static str {
