@@ -16,11 +16,8 @@ use gyro::diameter::encode::spec;
 use gyro::diameter::{
     validate_answer, ApplicationId, AvpCode, CommandCode, CommandFlags, Dictionary, Encoder, MessageRef,
 };
-use gyro::net::client::ClientIdentity;
 use gyro::net::echo::{Echo, GRANTED_OCTETS, VALIDITY_TIME_S};
-use gyro::tools::ccr::{
-    avp, encode_ccr, run, AnswerSummary, CcrArgs, CcrRequest, Envelope, RequestType, Timestamp, Unit,
-};
+use gyro::tools::ccr::{avp, run, AnswerSummary, CcrArgs, CcrRequest, RequestType, Timestamp, Unit};
 
 const CC: ApplicationId = ApplicationId::CREDIT_CONTROL;
 
@@ -45,24 +42,6 @@ fn request(request_type: RequestType, rating_groups: &[u32], single_service: boo
         action: None,
         timestamp: Timestamp::Omit,
     }
-}
-
-/// Encodes a CCR with the client's next ids.
-fn ccr(c: &mut Client, session_id: &str, number: u32, req: &CcrRequest) -> Bytes {
-    let (hop_by_hop, end_to_end) = c.ids();
-    let origin = ClientIdentity { origin_host: c.origin_host.clone(), origin_realm: "test".into() };
-    let env = Envelope {
-        hop_by_hop,
-        end_to_end,
-        origin: &origin,
-        destination_realm: "test",
-        session_id,
-        number,
-        now_unix_secs: 0,
-    };
-    let mut buf = BytesMut::new();
-    encode_ccr(&mut buf, &env, req);
-    buf.freeze()
 }
 
 /// Checks everything the canned answer promises about `answer` to `request`.
@@ -124,12 +103,12 @@ async fn every_ccr_form_gets_the_canned_answer_with_its_own_fields() {
         let session = format!("pgw.test;1;{i}");
         let types = [RequestType::Initial, RequestType::Update, RequestType::Update, RequestType::Terminate];
         for (number, t) in types.into_iter().enumerate() {
-            let req = ccr(&mut c, &session, number as u32, &request(t, rgs, *single));
+            let req = c.ccr(&session, number as u32, &request(t, rgs, *single));
             let answer = c.call(&req).await;
             check_answer(&dict, &req, &answer, *expected_rg);
         }
         let event = request(RequestType::Event, rgs, *single);
-        let req = ccr(&mut c, &format!("pgw.test;2;{i}"), 0, &event);
+        let req = c.ccr(&format!("pgw.test;2;{i}"), 0, &event);
         check_answer(&dict, &req, &c.call(&req).await, *expected_rg);
     }
     s.shutdown.cancel();
@@ -195,7 +174,7 @@ async fn sixteen_in_flight_come_back_matched_by_hop_by_hop() {
         while pending.len() < IN_FLIGHT && sent < TOTAL {
             let rgs: &[u32] = if sent % 3 == 0 { &[] } else { &[7, 8] };
             let session = format!("pgw.test;9;{}", sent % 40);
-            let req = ccr(&mut c, &session, sent as u32, &request(RequestType::Update, rgs, false));
+            let req = c.ccr(&session, sent as u32, &request(RequestType::Update, rgs, false));
             let hbh = MessageRef::parse(&req).unwrap().header.hop_by_hop;
             burst.extend_from_slice(&req);
             pending.insert(hbh, (req, rgs.first().copied()));
@@ -302,7 +281,7 @@ async fn the_binary_serves_and_stops() {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     };
     let mut c = Client::open(addr).await;
-    let req = ccr(&mut c, "pgw.test;4;1", 0, &request(RequestType::Initial, &[10], false));
+    let req = c.ccr("pgw.test;4;1", 0, &request(RequestType::Initial, &[10], false));
     let answer = c.call(&req).await;
     let a = MessageRef::parse(&answer).unwrap();
     assert_eq!(a.u32(AvpCode::RESULT_CODE), Some(2001));

@@ -3,6 +3,9 @@
 //! invoice endpoints with their errors. Real processes on loopback: `gyro serve` and `gyro ccr`
 //! as a Diameter client.
 
+#[path = "common/admin.rs"]
+mod admin;
+mod common;
 #[path = "common/serve.rs"]
 mod serve;
 
@@ -14,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use serve::Gyro;
 
-const TOKEN: &str = "test-admin-token-0123456789";
+use admin::{request, TOKEN};
 
 /// One sample of the text exposition format: name, labels, value.
 #[derive(Debug)]
@@ -86,51 +89,6 @@ fn post(addr: SocketAddr, path: &str, body: &str) -> (u16, String) {
     request(addr, "POST", path, Some(TOKEN), Some(body))
 }
 
-fn request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Option<&str>,
-) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    let content = body.map_or(String::new(), |b| {
-        let kind = if b.starts_with('{') { "application/json" } else { "application/toml" };
-        format!("Content-Type: {kind}\r\nContent-Length: {}\r\n", b.len())
-    });
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: test\r\n{auth}{content}Connection: close\r\n\r\n{}",
-        body.unwrap_or("")
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).expect("a status line");
-    let (head, body) = text.split_once("\r\n\r\n").expect("headers end");
-    // axum answers with Content-Length or chunked; de-chunk the simple case.
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        let mut out = String::new();
-        let mut rest = body;
-        while let Some((size, tail)) = rest.split_once("\r\n") {
-            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-            if n == 0 {
-                break;
-            }
-            out.push_str(&tail[..n]);
-            rest = &tail[n + 2..];
-        }
-        out
-    } else {
-        body.to_owned()
-    };
-    (status, body)
-}
-
 /// `gyro ccr --script` against `addr`; asserts it met every expectation.
 fn ccr_script(addr: SocketAddr, subscriber: &str, script: &str, dir: &Path) {
     let file = dir.join(format!("{}.script", subscriber.replace(':', "_")));
@@ -149,20 +107,7 @@ fn ccr_script(addr: SocketAddr, subscriber: &str, script: &str, dir: &Path) {
 }
 
 fn start(dir: &Path) -> (Gyro, SocketAddr) {
-    let token = dir.join("admin-token");
-    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
-    let config = dir.join("gyro.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[diameter]\nallowed_peers = [\"ccr.gyro.test\", \"pgw.absent.test\"]\n\n[http]\nadmin_token_file = {:?}\n",
-            token.display().to_string()
-        ),
-    )
-    .unwrap();
-    let gyro = Gyro::start(&config, &dir.join("data"), dir.join("gyro.log"));
-    let http = serve::http_addr(&gyro.log_text()).expect("the HTTP listener's address is logged");
-    (gyro, http)
+    admin::start_with(dir, "[diameter]\nallowed_peers = [\"ccr.gyro.test\", \"pgw.absent.test\"]\n")
 }
 
 #[test]

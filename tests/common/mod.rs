@@ -156,6 +156,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         (self.next_id, self.next_id + 0x1000_0000)
     }
 
+    /// `req` as a CCR from this client (realm `test`) with its next ids (`gyro ccr`'s encoder).
+    pub fn ccr(&mut self, session_id: &str, number: u32, req: &gyro::tools::ccr::CcrRequest) -> Bytes {
+        use gyro::tools::ccr::{encode_ccr, Envelope};
+        let (hop_by_hop, end_to_end) = self.ids();
+        let origin = gyro::net::client::ClientIdentity {
+            origin_host: self.origin_host.clone(),
+            origin_realm: "test".into(),
+        };
+        let env = Envelope {
+            hop_by_hop,
+            end_to_end,
+            origin: &origin,
+            destination_realm: "test",
+            session_id,
+            number,
+            now_unix_secs: 0,
+        };
+        let mut buf = BytesMut::new();
+        encode_ccr(&mut buf, &env, req);
+        buf.freeze()
+    }
+
     /// Builds a request with Origin-Host/Realm; `body` adds the rest.
     pub fn request(
         &mut self,
