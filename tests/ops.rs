@@ -115,7 +115,16 @@ fn metrics_count_the_traffic_sent_and_probes_answer() {
     let dir = tempfile::tempdir().unwrap();
     let (gyro, http) = start(dir.path());
     assert_eq!(get(http, "/healthz", None).0, 200);
-    let (status, body) = get(http, "/readyz", None);
+    // Ready once the listeners are bound: the log line the harness waits for comes from the
+    // bind, a moment before gyro marks itself ready, so poll (bounded).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (status, body) = loop {
+        let (status, body) = get(http, "/readyz", None);
+        if status == 200 || Instant::now() > deadline {
+            break (status, body);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
     assert_eq!((status, body.contains("\"ready\":true")), (200, true), "{body}");
 
     // Bob (on_file): a whole data session, charged in money. Then three refusals.
